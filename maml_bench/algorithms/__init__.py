@@ -1,0 +1,22 @@
+"""Meta-learning algorithms and baselines, one family per file, and their registry."""
+
+from maml_bench.algorithms.base import Algorithm
+from maml_bench.algorithms.maml import FOMAML, MAML
+from maml_bench.algorithms.metasgd import MetaSGD
+from maml_bench.algorithms.multitask import MultiTaskAverage, MultiTaskL2, MultiTaskMean
+from maml_bench.algorithms.pretrain import Oracle, Pretrain
+from maml_bench.algorithms.reptile import Reptile
+from maml_bench.registry import Registry
+
+ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
+ALGORITHMS.register("maml", MAML)
+ALGORITHMS.register("fomaml", FOMAML)
+ALGORITHMS.register("reptile", Reptile)
+ALGORITHMS.register("metasgd", MetaSGD)
+ALGORITHMS.register("pretrain", Pretrain)
+ALGORITHMS.register("oracle", Oracle)
+ALGORITHMS.register("multitask-noreg", MultiTaskAverage)
+ALGORITHMS.register("multitask-l2", MultiTaskL2)
+ALGORITHMS.register("multitask-mean", MultiTaskMean)
+
+__all__ = ["ALGORITHMS", "Algorithm"]

@@ -1,0 +1,148 @@
+"""The algorithm interface the runner drives, and helpers shared by algorithms."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from maml_bench.core.functional import (
+    BatchedForward,
+    StepSizes,
+    SupervisedBatch,
+    evaluate_adaptation,
+    make_batched_forward,
+)
+from maml_bench.errors import UserError
+from maml_bench.tasks.base import SupervisedBenchmark
+
+
+class Algorithm(ABC):
+    """A method: `iterations` calls of `train_step`, then `evaluate` on the fixed test tasks.
+
+    Everything random comes from `self.gen` (task sampling) and the seeded model init, and all
+    of it is in `state_dict`, so a resumed run continues with exactly the same numbers.
+    """
+
+    def __init__(self, benchmark: SupervisedBenchmark, config: Any, seed: int) -> None:
+        self.benchmark = benchmark
+        self.config = config
+        self.seed = seed
+        self.gen = torch.Generator().manual_seed(seed)
+        #: extra facts for run.json (tuned step sizes, fractions...)
+        self.info: dict[str, Any] = {}
+
+    @property
+    def iterations(self) -> int:
+        return self.config.iterations
+
+    @abstractmethod
+    def train_step(self, iteration: int) -> Tensor:
+        """One training iteration; returns the training loss (a 0-d tensor, not synced)."""
+
+    @abstractmethod
+    def evaluate(self) -> dict[int, Tensor]:
+        """Meta-test metric per K: tensor [test tasks, eval_steps + 1]."""
+
+    @abstractmethod
+    def modules(self) -> dict[str, Any]:
+        """Everything that makes up the state: modules, tensors, optimizers."""
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {name: obj.state_dict() if hasattr(obj, "state_dict") else obj
+                 for name, obj in self.modules().items()}
+        state["generator"] = self.gen.get_state()
+        state["info"] = dict(self.info)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, obj in self.modules().items():
+            if hasattr(obj, "load_state_dict"):
+                obj.load_state_dict(state[name])
+            elif isinstance(obj, Tensor):
+                with torch.no_grad():
+                    obj.copy_(state[name])
+        self.gen.set_state(state["generator"])
+        self.info = dict(state["info"])
+
+    def tensors(self) -> list[Tensor]:
+        """Learned tensors, checked for NaN/inf by the runner."""
+        out: list[Tensor] = []
+        for obj in self.modules().values():
+            if isinstance(obj, nn.Module):
+                out.extend(obj.parameters())
+            elif isinstance(obj, Tensor):
+                out.append(obj)
+        return out
+
+
+def adam(params: list[Tensor], lr: float) -> torch.optim.Adam:
+    """Adam for meta-parameters; the fused CPU kernel is several times faster on small nets."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
+def seeded_model(benchmark: SupervisedBenchmark, seed: int, extra_inputs: int = 0) -> nn.Module:
+    """The benchmark's model, initialised from `seed` alone (independent of global RNG state)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return benchmark.make_model(extra_inputs)
+
+
+def choose_forward(model: nn.Module, path: str) -> BatchedForward | None:
+    """The batched forward to use, or None for the per-task reference loop."""
+    if path == "loop":
+        return None
+    try:
+        return make_batched_forward(model)
+    except ValueError as err:
+        if path == "batched":
+            raise UserError(f"{err}; or run with --set path=loop") from None
+        return None  # auto: fall back to the reference loop
+
+
+def adapt_and_measure(
+    benchmark: SupervisedBenchmark,
+    forward: BatchedForward,
+    theta: dict[str, Tensor],
+    sets: dict[int, SupervisedBatch],
+    lrs: StepSizes,
+    steps: int,
+    chunk: int,
+    lr_per_shots: dict[int, float] | None = None,
+) -> dict[int, Tensor]:
+    """Fine-tune on each K's support sets and measure the query metric after 0..steps steps."""
+    out = {}
+    for k, batch in sets.items():
+        lr = lr_per_shots[k] if lr_per_shots else lrs
+        out[k] = evaluate_adaptation(
+            forward, theta, batch, benchmark.loss, benchmark.metric, steps, lr, chunk
+        )
+    return out
+
+
+def tuned_finetune(
+    benchmark: SupervisedBenchmark,
+    forward: BatchedForward,
+    theta: dict[str, Tensor],
+    config: Any,
+    info: dict[str, Any],
+) -> dict[int, Tensor]:
+    """'Fine-tuned with a tuned step size': for each K, pick from `finetune_lrs` the step size
+    with the best mean metric over steps 1..eval_steps on the validation tasks, then test."""
+    val = benchmark.eval_sets("val")
+    best: dict[int, float] = {}
+    sign = -1.0 if benchmark.higher_is_better else 1.0
+    for k, batch in val.items():
+        scores = {}
+        for lr in config.finetune_lrs:
+            curve = evaluate_adaptation(forward, theta, batch, benchmark.loss, benchmark.metric,
+                                        config.eval_steps, lr, config.eval_chunk)
+            score = sign * curve[:, 1:].mean().item() if config.eval_steps else 0.0
+            scores[lr] = score if score == score else float("inf")  # NaN loses
+        best[k] = min(scores, key=scores.__getitem__)
+    info["tuned_finetune_lr"] = {str(k): v for k, v in best.items()}
+    test = benchmark.eval_sets("test")
+    return adapt_and_measure(benchmark, forward, theta, test, 0.0, config.eval_steps,
+                             config.eval_chunk, lr_per_shots=best)

@@ -1,0 +1,86 @@
+"""MAML (second order) and first-order MAML (Finn et al. 2017, Algorithm 2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from maml_bench.algorithms.base import (
+    Algorithm,
+    adam,
+    adapt_and_measure,
+    choose_forward,
+    seeded_model,
+)
+from maml_bench.core.functional import StepSizes, meta_loss, reference_meta_loss
+from maml_bench.tasks.base import SupervisedBenchmark
+
+
+class MAML(Algorithm):
+    """Second-order MAML: Adam on the loss after inner gradient steps (Finn et al. 2017).
+
+    theta <- theta - beta * grad_theta sum_i L_i(theta - alpha grad L_i(theta))."""
+
+    first_order = False
+
+    def __init__(self, benchmark: SupervisedBenchmark, config: Any, seed: int) -> None:
+        super().__init__(benchmark, config, seed)
+        self.model = seeded_model(benchmark, seed)
+        self.forward = choose_forward(self.model, config.path)
+        self.info["path"] = "batched" if self.forward is not None else "loop"
+        self.theta = dict(self.model.named_parameters())
+        self.optimizer = adam(self.meta_parameters(), config.meta_lr)
+
+    def meta_parameters(self) -> list[Tensor]:
+        return list(self.theta.values())
+
+    def step_sizes(self) -> StepSizes:
+        return self.config.inner_lr
+
+    def modules(self) -> dict[str, Any]:
+        return {"model": self.model, "optimizer": self.optimizer}
+
+    def query_losses(self, batch: Any) -> Tensor:
+        c = self.config
+        if self.forward is None:
+            return reference_meta_loss(self.model, self.theta, batch, self.benchmark.loss,
+                                       c.inner_steps, self.step_sizes(), self.first_order)
+        return meta_loss(self.forward, self.theta, batch, self.benchmark.loss, c.inner_steps,
+                         self.step_sizes(), self.first_order)
+
+    def train_step(self, iteration: int) -> Tensor:
+        c = self.config
+        batch = self.benchmark.train_batch(self.gen, c.meta_batch, c.train_shots, c.train_query)
+        loss = self.query_losses(batch).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.grad_clip > 0:
+            for p in self.meta_parameters():
+                p.grad.clamp_(-c.grad_clip, c.grad_clip)
+        self.optimizer.step()
+        return loss.detach()
+
+    def eval_step_sizes(self) -> StepSizes:
+        return self.config.inner_lr
+
+    def evaluate(self) -> dict[int, Tensor]:
+        c = self.config
+        forward = self.forward or _vmap_or_fast(self.model)
+        return adapt_and_measure(self.benchmark, forward, self.theta,
+                                 self.benchmark.eval_sets("test"), self.eval_step_sizes(),
+                                 c.eval_steps, c.eval_chunk)
+
+
+class FOMAML(MAML):
+    """MAML with inner gradients treated as constants (the paper's first-order approximation)."""
+
+    first_order = True
+
+
+def _vmap_or_fast(model: torch.nn.Module) -> Any:
+    # Meta-test needs no second derivatives, so any batched forward that runs is fine.
+    from maml_bench.core.functional import make_batched_forward
+
+    return make_batched_forward(model)

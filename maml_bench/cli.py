@@ -1,0 +1,198 @@
+"""`maml-bench`: list, show, run, report and plot the paper's experiments."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import typing
+from pathlib import Path
+
+from maml_bench.errors import UserError
+
+EPILOG = """\
+examples:
+  maml-bench run                                  # sinusoid Table 2 at quick scale, then report
+  maml-bench run sinusoid-table2-v1 --scale paper # the paper's protocol, into results/
+  maml-bench run sinusoid-table2-v1 --method maml --set inner_lr=0.001 --seeds 3
+  maml-bench show sinusoid-table2-v1              # every setting you can --set, with defaults
+  maml-bench report sinusoid-table2-v1 --out results --ci t
+An interrupted run resumes from its last checkpoint when the same command is run again.
+"""
+
+
+def default_out(scale: str) -> Path:
+    return Path("results") if scale == "paper" else Path("runs") / scale
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from maml_bench.experiments import DEFAULT_EXPERIMENT
+
+    parser = argparse.ArgumentParser(
+        prog="maml-bench", description="Reproduce and benchmark Model-Agnostic Meta-Learning.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step taken")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list registered algorithms, benchmarks, experiments, models")
+    p.add_argument("kind", nargs="?", default="all",
+                   choices=["all", "algorithms", "benchmarks", "experiments", "models"])
+    p.add_argument("--pattern", default="*", help="only ids matching this glob, e.g. 'multi*'")
+
+    p = sub.add_parser("show", help="an experiment's methods, scales and settings (for --set)")
+    p.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT)
+
+    p = sub.add_parser(
+        "run", help="train and evaluate an experiment's methods, then write tables and figures",
+        description="Train and evaluate every method (or --method ones) of an experiment for "
+        "each seed, writing one records file per run, then the tables and figures.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT,
+                   help=f"experiment id (default {DEFAULT_EXPERIMENT}; see `maml-bench list`)")
+    p.add_argument("--method", action="append", dest="methods", metavar="ALGORITHM",
+                   help="only this method (repeatable); default: all of the experiment's")
+    p.add_argument("--set", action="append", dest="overrides", default=[], metavar="KEY=VALUE",
+                   help="change a setting, checked against the experiment's typed config "
+                   "(repeatable), e.g. --set inner_lr=0.001")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="repetitions per method (default: the scale's, or each method's own)")
+    p.add_argument("--scale", default="quick", choices=["quick", "paper", "tiny"],
+                   help="quick: minutes on a laptop (default); paper: the paper's protocol; "
+                   "tiny: seconds, for smoke tests")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output root (default: results/ for --scale paper, runs/SCALE otherwise)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
+    p.add_argument("--no-report", action="store_true", help="skip tables and figures")
+
+    for name, text in (("report", "paper-vs-ours tables (markdown, CSV, LaTeX) with 95% CIs"),
+                       ("plot", "learning-curve figures (PNG) with 95% CI bands")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT)
+        p.add_argument("--out", type=Path, default=Path("results"),
+                       help="root holding the experiment's records (default results/)")
+        if name == "report":
+            p.add_argument("--ci", default="normal", choices=["normal", "t"],
+                           help="normal: the paper's 1.96*std/sqrt(n); t: Student-t")
+            p.add_argument("--level", type=float, default=0.95, help="confidence level")
+    return parser
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from maml_bench.algorithms import ALGORITHMS
+    from maml_bench.experiments import EXPERIMENTS
+    from maml_bench.models import MODELS
+    from maml_bench.tasks import BENCHMARKS
+
+    registries = {"algorithms": ALGORITHMS, "benchmarks": BENCHMARKS,
+                  "experiments": EXPERIMENTS, "models": MODELS}
+    for kind, registry in registries.items():
+        if args.kind not in ("all", kind):
+            continue
+        print(f"{kind}:")
+        for name in registry.names(args.pattern):
+            entry = registry.get(name)
+            text = getattr(entry, "title", None) or (entry.__doc__ or "").strip().split("\n")[0]
+            print(f"  {name:<22} {text}")
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    from maml_bench.experiments import EXPERIMENTS
+
+    exp = EXPERIMENTS.get(args.experiment)
+    print(f"{exp.id}: {exp.title}\nbenchmark: {exp.benchmark}\n\nmethods (paper-scale seeds):")
+    for m in exp.methods:
+        print(f"  {m.algorithm:<18} {m.label} ({m.seeds})")
+    print("\nscales:")
+    for name, scale in exp.scales.items():
+        print(f"  {name:<6} {scale.description}")
+    print("\nsettings (--set KEY=VALUE):")
+    docs = _field_docs(type(exp.config))
+    hints = typing.get_type_hints(type(exp.config))
+    for f in dataclasses.fields(exp.config):
+        kind = getattr(hints[f.name], "__name__", str(hints[f.name]))
+        value = getattr(exp.config, f.name)
+        print(f"  {f.name:<22} {kind:<8} {value!s:<24} {docs.get(f.name, '')}")
+    if exp.notes:
+        print(f"\nnotes: {exp.notes}")
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string under each field) of a dataclass and its bases."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            tree = ast.parse(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, nxt in zip(body, body[1:], strict=False):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+                docs[node.target.id] = str(nxt.value.value).strip()
+    return docs
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from maml_bench.executors import run_all
+    from maml_bench.runner import plan_runs
+
+    out = args.out or default_out(args.scale)
+    runs = plan_runs(args.experiment, args.scale, args.overrides, args.methods, args.seeds, out)
+    logging.getLogger(__name__).info("%d runs of %s at %s scale into %s", len(runs),
+                                     args.experiment, args.scale, out)
+    run_all(runs, jobs=args.jobs)
+    if not args.no_report:
+        _report(args.experiment, out, "normal", 0.95)
+        _plot(args.experiment, out)
+
+
+def _report(experiment: str, out: Path, ci: str, level: float) -> None:
+    from maml_bench.reporting import build_tables
+
+    for path in build_tables(experiment, out, ci, level):
+        print(f"wrote {path}")
+
+
+def _plot(experiment: str, out: Path) -> None:
+    from maml_bench.reporting import build_figures
+
+    for path in build_figures(experiment, out):
+        print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    quiet = os.environ.get("CI") or not sys.stderr.isatty()
+    logging.basicConfig(level=logging.INFO if args.verbose or not quiet else logging.WARNING,
+                        format="%(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        if args.command == "list":
+            cmd_list(args)
+        elif args.command == "show":
+            cmd_show(args)
+        elif args.command == "run":
+            cmd_run(args)
+        elif args.command == "report":
+            _report(args.experiment, args.out, args.ci, args.level)
+        elif args.command == "plot":
+            _plot(args.experiment, args.out)
+    except UserError as err:
+        print(f"maml-bench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("maml-bench: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

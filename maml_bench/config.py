@@ -1,0 +1,97 @@
+"""Typed configuration: command-line overrides (`--set key=value`) checked against dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from typing import Any, TypeVar
+
+from maml_bench.errors import UserError
+
+C = TypeVar("C")
+
+
+def _parse_scalar(kind: type, text: str, key: str) -> Any:
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise UserError(f"--set {key}={text}: expected true or false")
+    if kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise UserError(f"--set {key}={text}: expected {kind.__name__}") from None
+        return value
+    if kind is str:
+        return text
+    raise UserError(f"--set {key}: cannot be set from the command line")
+
+
+def parse_value(annotation: Any, text: str, key: str) -> Any:
+    """Turn override text into a value of the annotated type (no eval of user text)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (types.UnionType, typing.Union):
+        if text.strip().lower() == "none" and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return parse_value(non_none[0], text, key)
+    if origin is tuple:
+        items = [t for t in text.replace(" ", "").split(",") if t]
+        if not items:
+            raise UserError(f"--set {key}={text}: expected a comma-separated list")
+        return tuple(_parse_scalar(args[0], item, key) for item in items)
+    if origin is typing.Literal:
+        if text not in args:
+            raise UserError(f"--set {key}={text}: expected one of {', '.join(map(str, args))}")
+        return text
+    return _parse_scalar(annotation, text, key)
+
+
+def apply_overrides(config: C, overrides: dict[str, Any] | list[str]) -> C:
+    """Return a copy of the dataclass `config` with overrides applied and validated.
+
+    `overrides` is either a list of "key=value" strings (command line) or a dict of typed values.
+    """
+    hints = typing.get_type_hints(type(config))
+    fields = {f.name for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+    changes: dict[str, Any] = {}
+    items = overrides.items() if isinstance(overrides, dict) else map(_split, overrides)
+    for key, value in items:
+        if key not in fields:
+            import difflib
+
+            close = difflib.get_close_matches(key, sorted(fields), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UserError(
+                f"unknown setting {key!r}{hint} (`maml-bench show EXPERIMENT` lists settings)"
+            )
+        changes[key] = parse_value(hints[key], value, key) if isinstance(value, str) else value
+    new = dataclasses.replace(config, **changes)  # type: ignore[type-var]
+    validate = getattr(new, "validate", None)
+    if validate is not None:
+        validate()
+    return new
+
+
+def _split(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {text!r}: expected key=value, e.g. --set inner_lr=0.01")
+    return key.strip(), value.strip()
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_hash(config: Any) -> str:
+    """A short stable hash of a config (stored with every record)."""
+    blob = json.dumps(config_dict(config), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]

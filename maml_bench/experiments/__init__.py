@@ -1,0 +1,13 @@
+"""The paper's tables and figures as versioned experiment specs, and their registry."""
+
+from maml_bench.experiments.base import Experiment, FigureSpec, MethodSpec, Scale, TableSpec
+from maml_bench.experiments.sinusoid import SINUSOID_TABLE2
+from maml_bench.registry import Registry
+
+EXPERIMENTS: Registry[Experiment] = Registry("experiment")
+EXPERIMENTS.register(SINUSOID_TABLE2.id, SINUSOID_TABLE2)
+
+DEFAULT_EXPERIMENT = SINUSOID_TABLE2.id
+
+__all__ = ["DEFAULT_EXPERIMENT", "EXPERIMENTS", "Experiment", "FigureSpec", "MethodSpec",
+           "Scale", "TableSpec"]

@@ -1,0 +1,86 @@
+"""Experiments: the paper's tables and figures as typed, versioned specs (data, not code).
+
+When a protocol changes, the id's version changes (`-v2`), so old numbers never silently move.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    algorithm: str
+    """algorithm id in the registry"""
+    label: str
+    """name in tables and figures"""
+    seeds: int = 1
+    """repetitions at paper scale"""
+
+
+@dataclass(frozen=True)
+class Scale:
+    description: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seeds: int | None = None
+    """repetitions for every method (None: each method's own `seeds`)"""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    caption: str
+    shots: int
+    steps: tuple[int, ...]
+    methods: tuple[str, ...] | None = None
+    """None: every method of the experiment"""
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    name: str
+    title: str
+    methods: tuple[str, ...]
+    shots: tuple[int, ...]
+    ylabel: str
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: str
+    title: str
+    benchmark: str
+    config: Any
+    """typed config with the paper's values as defaults"""
+    methods: tuple[MethodSpec, ...]
+    paper: tuple[tuple[str, int, int, float], ...] = ()
+    """(method, shots, steps, value) as printed in the paper"""
+    metric: str = "mse"
+    scales: dict[str, Scale] = field(default_factory=dict)
+    tables: tuple[TableSpec, ...] = ()
+    figures: tuple[FigureSpec, ...] = ()
+    notes: str = ""
+
+    def method(self, algorithm: str) -> MethodSpec:
+        for spec in self.methods:
+            if spec.algorithm == algorithm:
+                return spec
+        from maml_bench.errors import UserError
+
+        known = ", ".join(m.algorithm for m in self.methods)
+        raise UserError(f"{self.id} has no method {algorithm!r}; its methods: {known}")
+
+    def labels(self) -> dict[str, str]:
+        return {m.algorithm: m.label for m in self.methods}
+
+    def paper_frame(self) -> pd.DataFrame:
+        rows = [
+            {"experiment": self.id, "method": m, "shots": k, "steps": s, "metric": self.metric,
+             "paper": v, "paper_ci": float("nan")}
+            for m, k, s, v in self.paper
+        ]
+        return pd.DataFrame(rows, columns=["experiment", "method", "shots", "steps", "metric",
+                                           "paper", "paper_ci"])

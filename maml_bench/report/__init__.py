@@ -1,0 +1,1 @@
+"""Reproduction reports: summary tables (CSV / Markdown / LaTeX) and learning-curve figures."""

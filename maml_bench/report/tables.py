@@ -1,0 +1,258 @@
+"""Summary tables: our mean and CI over test tasks next to the paper's number.
+
+Statistics are over test tasks, as in the paper: the fixed test tasks are the same for every
+seed, so each task's value is first averaged over seeds and the interval is taken over tasks
+(n = number of tasks). The spread between seeds is reported separately (`seeds`, `seed_std`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from maml_bench.results import atomic_write_text
+from maml_bench.stats import ci_label, mean_ci
+
+#: Columns of `summarize`'s output and of the written CSV, in this order.
+SUMMARY_COLUMNS = [
+    "experiment",
+    "method",
+    "shots",
+    "steps",
+    "metric",
+    "paper",
+    "paper_ci",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "n",
+    "seeds",
+    "seed_std",
+    "ci_method",
+    "paper_in_ci",
+]
+PAPER_COLUMNS = ["experiment", "method", "shots", "steps", "metric", "paper", "paper_ci"]
+_KEYS = ["experiment", "method", "shots", "steps", "metric"]
+_GROUP = ["experiment", "method", "shots", "step", "metric"]
+_DASH = "–"
+
+
+def _mean_keep_nan(frame: pd.DataFrame, by: list[str]) -> pd.Series:
+    """Group mean of `value` where any NaN makes the group NaN (pandas skips NaN by default)."""
+    keys = [frame[b] for b in by]
+    mean = frame["value"].groupby(keys, sort=False).mean()
+    has_nan = frame["value"].isna().groupby(keys, sort=False).any()
+    return mean.mask(has_nan.reindex(mean.index, fill_value=False))
+
+
+def _check_paper(paper: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in PAPER_COLUMNS if c not in paper.columns and c != "paper_ci"]
+    if missing:
+        raise ValueError(f"paper frame lacks columns {missing}")
+    paper = paper.copy()
+    if "paper_ci" not in paper.columns:
+        paper["paper_ci"] = np.nan
+    paper = paper[PAPER_COLUMNS].astype({"shots": "int64", "steps": "int64"})
+    paper = paper.astype({"paper": "float64", "paper_ci": "float64"})
+    if paper.duplicated(_KEYS).any():
+        raise ValueError("paper frame holds duplicate (experiment, method, shots, steps, metric)")
+    return paper
+
+
+def summarize(
+    records: pd.DataFrame,
+    paper: pd.DataFrame | None,
+    level: float = 0.95,
+    ci: str = "normal",
+    *,
+    include_paper_only: bool = False,
+) -> pd.DataFrame:
+    """One row per (experiment, method, shots, steps, metric) with SUMMARY_COLUMNS.
+
+    `include_paper_only` adds rows for paper numbers we have no records for (n = 0, NaN mean),
+    restricted to the experiments present in `records`, so that tables can show a paper
+    baseline that was not run. The CI level is kept in `result.attrs["ci_level"]`.
+    """
+    mean_ci([], level=level, method=ci)  # validates `level` and `ci` before any work
+    paper = _check_paper(pd.DataFrame(columns=PAPER_COLUMNS) if paper is None else paper)
+
+    rows = []
+    if len(records):
+        per_task = _mean_keep_nan(records, [*_GROUP, "task"]).rename("value").reset_index()
+        per_seed = _mean_keep_nan(records, [*_GROUP, "seed"]).rename("value").reset_index()
+        seed_groups = dict(list(per_seed.groupby(_GROUP, sort=False)["value"]))
+        for key, values in per_task.groupby(_GROUP, sort=False)["value"]:
+            mean, low, high, n = mean_ci(values.to_numpy(), level=level, method=ci)
+            seed_means = seed_groups[key].to_numpy()
+            rows.append(
+                dict(zip(_KEYS, key, strict=True))
+                | {
+                    "mean": mean,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "n": n,
+                    "seeds": len(seed_means),
+                    # np.std propagates NaN; one seed gives 0, as documented.
+                    "seed_std": float(np.std(seed_means, ddof=0)),
+                }
+            )
+    stat_cols = ["mean", "ci_low", "ci_high", "n", "seeds", "seed_std"]
+    ours = pd.DataFrame(rows, columns=[*_KEYS, *stat_cols])
+    ours = ours.astype({"shots": "int64", "steps": "int64", "n": "int64", "seeds": "int64"})
+
+    how = "outer" if include_paper_only else "left"
+    if include_paper_only:
+        paper = paper[paper["experiment"].isin(ours["experiment"].unique())]
+    out = ours.merge(paper, on=_KEYS, how=how, validate="one_to_one")
+    out["n"] = out["n"].fillna(0).astype("int64")
+    out["seeds"] = out["seeds"].fillna(0).astype("int64")
+    out["ci_method"] = ci
+
+    valid = out["paper"].notna() & out["ci_low"].notna() & out["ci_high"].notna()
+    inside = (out["ci_low"] <= out["paper"]) & (out["paper"] <= out["ci_high"])
+    out["paper_in_ci"] = inside.astype("boolean").mask(~valid, pd.NA)
+
+    # Paper methods keep the paper's row order; methods the paper lacks follow alphabetically.
+    paper_order = list(dict.fromkeys(paper["method"]))
+    extra = sorted(set(out["method"]) - set(paper_order))
+    rank = {m: i for i, m in enumerate(paper_order + extra)}
+    out["_rank"] = out["method"].map(rank)
+    out = out.sort_values(["experiment", "_rank", "shots", "steps", "metric"], kind="stable")
+    out = out[SUMMARY_COLUMNS].reset_index(drop=True)
+    out.attrs["ci_level"] = level
+    return out
+
+
+def _steps_name(steps: int) -> str:
+    return f"{steps} step" if steps == 1 else f"{steps} steps"
+
+
+def _fmt(fmt: str, value: float) -> str:
+    return fmt.format(value)
+
+
+def format_table(
+    summary: pd.DataFrame,
+    shots: int,
+    steps: list[int],
+    method_labels: dict[str, str] | None = None,
+    metric_fmt: str = "{:.2f}",
+    *,
+    metric: str | None = None,
+    experiment: str | None = None,
+) -> pd.DataFrame:
+    """Wide table for one shot setting: a `method` column, then "<N step(s)> ours" and
+    "<N step(s)> paper" per step. Ours reads "0.67 ± 0.05 ✓" (± = CI half width; ✓ / ✗ = paper
+    value inside / outside our CI); missing values read "–". Rows keep the summary's order.
+    """
+    sub = summary[summary["shots"] == shots]
+    if metric is not None:
+        sub = sub[sub["metric"] == metric]
+    if experiment is not None:
+        sub = sub[sub["experiment"] == experiment]
+    for col in ("metric", "experiment"):
+        if sub[col].nunique() > 1:
+            raise ValueError(f"summary mixes several {col}s {sorted(sub[col].unique())}; pick one")
+    labels = method_labels or {}
+    columns = ["method"]
+    for s in steps:
+        columns += [f"{_steps_name(s)} ours", f"{_steps_name(s)} paper"]
+
+    rows = []
+    for method in dict.fromkeys(sub["method"]):
+        row = {"method": labels.get(method, method)}
+        for s in steps:
+            hit = sub[(sub["method"] == method) & (sub["steps"] == s)]
+            ours = paper = _DASH
+            if len(hit):
+                r = hit.iloc[0]
+                if r["n"] > 0:
+                    half = (r["ci_high"] - r["ci_low"]) / 2
+                    ours = f"{_fmt(metric_fmt, r['mean'])} ± {_fmt(metric_fmt, half)}"
+                    if not pd.isna(r["paper_in_ci"]):
+                        ours += " ✓" if r["paper_in_ci"] else " ✗"
+                if not pd.isna(r["paper"]):
+                    paper = _fmt(metric_fmt, r["paper"])
+                    if not pd.isna(r["paper_ci"]):
+                        paper += f" ± {_fmt(metric_fmt, r['paper_ci'])}"
+            row[f"{_steps_name(s)} ours"] = ours
+            row[f"{_steps_name(s)} paper"] = paper
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+# Applied after escaping, so the math and commands they insert are not escaped again.
+_LATEX_UNICODE = {"±": r"$\pm$", "✓": r"\checkmark", "✗": r"$\times$", "–": "--"}
+
+
+def _latex(text: object) -> str:
+    out = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+    for uni, tex in _LATEX_UNICODE.items():
+        out = out.replace(uni, tex)
+    return out
+
+
+def _ci_note(summary: pd.DataFrame, level: float | None) -> str:
+    if level is None:
+        level = summary.attrs.get("ci_level", 0.95)
+    methods = list(dict.fromkeys(summary["ci_method"].dropna())) or ["normal"]
+    label = "; ".join(ci_label(m, level) for m in methods)
+    return (
+        f"Ours: mean over test tasks (each task averaged over seeds) ± half width of the {label}. "
+        "✓ / ✗: paper value inside / outside our interval; – : no value."
+    )
+
+
+def write_table(
+    summary: pd.DataFrame,
+    wide: pd.DataFrame,
+    out_dir: Path,
+    name: str,
+    caption: str,
+    *,
+    level: float | None = None,
+) -> dict[str, Path]:
+    """Write `<name>.csv` (long summary), `<name>.md` and `<name>.tex` (wide table) atomically.
+
+    `level` defaults to the one `summarize` stored in `summary.attrs`, else 0.95. The .tex is a
+    table float using booktabs rules and `\\checkmark` (amssymb).
+    """
+    missing = [c for c in SUMMARY_COLUMNS if c not in summary.columns]
+    if missing:
+        raise ValueError(f"summary lacks columns {missing}")
+    out_dir = Path(out_dir)
+    note = _ci_note(summary, level)
+    paths = {ext: out_dir / f"{name}.{ext}" for ext in ("csv", "md", "tex")}
+
+    atomic_write_text(
+        paths["csv"], summary[SUMMARY_COLUMNS].to_csv(index=False, float_format="%.6g")
+    )
+    # disable_numparse keeps the text as formatted ("2.50", not "2.5").
+    markdown = wide.to_markdown(index=False, disable_numparse=True)
+    atomic_write_text(paths["md"], f"{caption}\n\n{markdown}\n\n{note}\n")
+
+    tex_frame = wide.map(_latex).rename(columns=_latex)
+    latex = tex_frame.style.hide(axis="index").to_latex(
+        caption=_latex(f"{caption} {note}"),
+        label=f"tab:{name}",
+        hrules=True,
+        position_float="centering",
+        column_format="l" + "r" * (tex_frame.shape[1] - 1),
+    )
+    header = "% Generated by maml-bench; needs \\usepackage{booktabs,amssymb}.\n"
+    atomic_write_text(paths["tex"], header + latex)
+    return paths

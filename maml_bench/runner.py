@@ -1,0 +1,258 @@
+"""Runs one (experiment, method, repetition): train with checkpoints, evaluate, write records.
+
+A run is a pure function of its spec and seed. Its directory holds a checkpoint (resumed after
+a kill: model, optimizer and sampler state, so the numbers are the same as an uninterrupted
+run), then the records file and run.json, each written atomically. A run whose run.json exists
+with the same config is done and is skipped, so rerunning a command never duplicates records.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from maml_bench.algorithms import ALGORITHMS, Algorithm
+from maml_bench.config import apply_overrides, config_dict, config_hash
+from maml_bench.errors import TrainingDiverged, UserError
+from maml_bench.experiments import EXPERIMENTS, Experiment
+from maml_bench.provenance import provenance
+from maml_bench.results import (
+    RECORD_COLUMNS,
+    RECORDS_FILE,
+    RUN_INFO_FILE,
+    atomic_write_bytes,
+    atomic_write_text,
+    write_json,
+    write_records,
+)
+from maml_bench.tasks import BENCHMARKS
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+TRAIN_LOG_FILE = "train_log.csv"
+
+
+def derive_seed(experiment: str, method: str, repetition: int) -> int:
+    """A seed from (experiment id, method, repetition) alone, stored in every record."""
+    digest = sha256(f"{experiment}|{method}|{repetition}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    experiment: str
+    method: str
+    repetition: int
+    config: Any
+    out: Path
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.experiment}/{self.method}/seed-{self.repetition}"
+
+    @property
+    def directory(self) -> Path:
+        return self.out / self.experiment / "raw" / self.method / f"seed-{self.repetition}"
+
+    @property
+    def seed(self) -> int:
+        return derive_seed(self.experiment, self.method, self.repetition)
+
+
+def resolve_config(experiment: Experiment, scale: str, overrides: list[str]) -> Any:
+    if scale not in experiment.scales:
+        raise UserError(f"unknown scale {scale!r}; choose one of {', '.join(experiment.scales)}")
+    config = apply_overrides(experiment.config, experiment.scales[scale].overrides)
+    return apply_overrides(config, overrides)
+
+
+def plan_runs(
+    experiment_id: str,
+    scale: str = "quick",
+    overrides: list[str] | None = None,
+    methods: list[str] | None = None,
+    seeds: int | None = None,
+    out: Path = Path("runs"),
+) -> list[RunSpec]:
+    """Every run an experiment command stands for, in the experiment's method order."""
+    experiment = EXPERIMENTS.get(experiment_id)
+    config = resolve_config(experiment, scale, overrides or [])
+    chosen = [experiment.method(m) for m in methods] if methods else list(experiment.methods)
+    for spec in chosen:
+        ALGORITHMS.get(spec.algorithm)  # unknown algorithm ids fail before any work
+    if seeds is not None and seeds <= 0:
+        raise UserError(f"--seeds must be positive, got {seeds}")
+    scale_seeds = experiment.scales[scale].seeds
+    return [
+        RunSpec(experiment.id, spec.algorithm, rep, config, out)
+        for spec in chosen
+        for rep in range(seeds or scale_seeds or spec.seeds)
+    ]
+
+
+def is_done(run: RunSpec) -> bool:
+    info_path = run.directory / RUN_INFO_FILE
+    if not (info_path.exists() and (run.directory / RECORDS_FILE).exists()):
+        return False
+    import json
+
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        return False  # a broken marker: redo the evaluation from the checkpoint
+    if info.get("config_hash") != config_hash(run.config):
+        raise UserError(
+            f"{run.directory} holds a finished run with another config; "
+            "use another --out, or delete that directory to replace it"
+        )
+    return True
+
+
+def show_progress() -> bool:
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def execute(run: RunSpec, progress: bool | None = None, threads: int = 1) -> Path:
+    """Train (resuming from a checkpoint if one exists), evaluate and write the run's files."""
+    if is_done(run):
+        log.info("%s: already done, skipped", run.run_id)
+        return run.directory
+    torch.set_num_threads(threads)
+    experiment = EXPERIMENTS.get(run.experiment)
+    benchmark = BENCHMARKS.get(experiment.benchmark)(run.config)
+    algorithm = ALGORITHMS.get(run.method)(benchmark, run.config, run.seed)
+    chash = config_hash(run.config)
+    run.directory.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run.directory / CHECKPOINT_FILE
+    start, train_log, train_seconds = 0, [], 0.0
+    if ckpt_path.exists():
+        state = _load_checkpoint(ckpt_path)
+        if state.get("config_hash") != chash:
+            raise UserError(f"{ckpt_path} belongs to another config; delete it or use --out")
+        algorithm.load_state_dict(state["algorithm"])
+        start, train_log = state["iteration"], state["train_log"]
+        train_seconds = state.get("train_seconds", 0.0)
+        log.info("%s: resumed at iteration %d", run.run_id, start)
+
+    train_seconds += _train(run, algorithm, start, train_log, ckpt_path, chash, progress)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        curves = algorithm.evaluate()
+    eval_seconds = time.perf_counter() - t0
+    prov = provenance("cpu")
+    frame = records_frame(run, curves, benchmark.metric_name, {**prov, "config_hash": chash})
+    write_records(run.directory / RECORDS_FILE, frame)
+    atomic_write_text(run.directory / TRAIN_LOG_FILE, pd.DataFrame(
+        train_log, columns=["iteration", "train_loss"]).to_csv(index=False))
+    write_json(run.directory / RUN_INFO_FILE, {
+        "run_id": run.run_id, "experiment": run.experiment, "method": run.method,
+        "repetition": run.repetition, "run_seed": run.seed, "config": config_dict(run.config),
+        "config_hash": chash, "iterations": algorithm.iterations,
+        "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
+        "info": algorithm.info, **prov,
+    })
+    return run.directory
+
+
+def _train(run: RunSpec, algorithm: Algorithm, start: int, train_log: list[dict[str, float]],
+           ckpt_path: Path, chash: str, progress: bool | None) -> float:
+    c = run.config
+    total = algorithm.iterations
+    every_ckpt = getattr(algorithm, "checkpoint_interval", c.checkpoint_every)
+    every_check = min(c.check_every, every_ckpt)
+    bar = _progress_bar(run.run_id, total, start, show_progress() if progress is None else progress)
+    loss_sum = torch.zeros(())
+    since_log = 0
+    last_good = start if ckpt_path.exists() else None
+    t0 = time.perf_counter()
+    for it in range(start, total):
+        # Losses stay tensors (no sync per step); they are read every `check_every` iterations.
+        loss_sum = loss_sum + algorithm.train_step(it)
+        since_log += 1
+        done = it + 1
+        check_due = done % every_check == 0 or done == total
+        if check_due and not (math.isfinite(loss_sum.item()) and _all_finite(algorithm)):
+            where = (f"last good checkpoint {ckpt_path} (iteration {last_good}) kept"
+                     if last_good is not None else "no checkpoint was written yet")
+            raise TrainingDiverged(
+                f"{run.run_id}: non-finite loss or parameters by iteration {done}; {where}; "
+                "lower meta_lr or inner_lr, or clip with --set grad_clip=10")
+        if done % c.log_every == 0 or done == total:
+            train_log.append({"iteration": done, "train_loss": loss_sum.item() / since_log})
+            loss_sum, since_log = torch.zeros(()), 0
+        if done % every_ckpt == 0 or done == total:
+            elapsed = time.perf_counter() - t0
+            _save_checkpoint(ckpt_path, algorithm, done, train_log, chash, elapsed)
+            last_good = done
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return time.perf_counter() - t0
+
+
+def _all_finite(algorithm: Algorithm) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in algorithm.tensors())
+
+
+def _progress_bar(name: str, total: int, start: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=name, unit="it", dynamic_ncols=True,
+                mininterval=0.5)
+
+
+def _save_checkpoint(path: Path, algorithm: Algorithm, iteration: int,
+                     train_log: list[dict[str, float]], chash: str, seconds: float) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"algorithm": algorithm.state_dict(), "iteration": iteration,
+                "train_log": list(train_log), "config_hash": chash,
+                "train_seconds": seconds}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing
+        raise UserError(f"checkpoint {path} is unreadable ({type(err).__name__}); "
+                        "delete it to restart that run") from None
+
+
+def records_frame(run: RunSpec, curves: dict[int, torch.Tensor], metric: str,
+                  provenance_columns: dict[str, str]) -> pd.DataFrame:
+    """Long form: one row per (test task, K, step) for this run's metric."""
+    frames = []
+    for shots, values in curves.items():
+        n_tasks, n_steps = values.shape
+        frames.append(pd.DataFrame({
+            "shots": shots,
+            "task": torch.arange(n_tasks).repeat_interleave(n_steps).numpy(),
+            "step": torch.arange(n_steps).repeat(n_tasks).numpy(),
+            "value": values.double().reshape(-1).numpy(),
+        }))
+    frame = pd.concat(frames, ignore_index=True)
+    frame.insert(0, "run_id", run.run_id)
+    frame.insert(1, "experiment", run.experiment)
+    frame.insert(2, "method", run.method)
+    frame.insert(3, "seed", run.repetition)
+    frame.insert(4, "run_seed", run.seed)
+    frame.insert(8, "metric", metric)
+    for key, value in provenance_columns.items():
+        frame[key] = value
+    return frame[RECORD_COLUMNS + list(provenance_columns)]
