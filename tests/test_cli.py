@@ -1,0 +1,66 @@
+"""The command line: listing, running, reporting, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from maml_bench.cli import main
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "maml_bench.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_list_shows_registries(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("maml", "fomaml", "reptile", "metasgd", "pretrain", "oracle", "sinusoid",
+                 "sinusoid-table2-v1", "conv4", "mlp"):
+        assert name in out
+
+
+def test_show_lists_settings_with_docs(capsys):
+    assert main(["show", "sinusoid-table2-v1"]) == 0
+    out = capsys.readouterr().out
+    assert "inner_lr" in out and "alpha: inner gradient step size" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "sinusoid-tabel2-v1"], "unknown experiment 'sinusoid-tabel2-v1'; did you mean"),
+    (["run", "--method", "mamll", "--scale", "tiny"], "has no method 'mamll'"),
+    (["run", "--set", "inner_lr=x", "--scale", "tiny"], "--set inner_lr=x: expected float"),
+    (["run", "--seeds", "0", "--scale", "tiny"], "--seeds must be positive"),
+    (["report", "--out", "/nonexistent-dir"], "no records for sinusoid-table2-v1"),
+])
+def test_bad_input_is_one_line_without_traceback(args, message):
+    result = cli(*args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_run_report_plot_end_to_end(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "--scale", "tiny", "--out", str(out), "--method", "maml",
+                 "--method", "pretrain", "--method", "oracle", "--set", "eval_steps=10"]) == 0
+    tables = out / "sinusoid-table2-v1" / "tables"
+    table2 = pd.read_csv(tables / "table2.csv")
+    for column in ("experiment", "method", "shots", "steps", "metric", "paper", "mean",
+                   "ci_low", "ci_high", "n", "paper_in_ci"):
+        assert column in table2.columns
+    maml = table2[(table2["method"] == "maml") & (table2["steps"] == 1)].iloc[0]
+    assert maml["paper"] == 0.67 and maml["n"] == 12
+    assert maml["ci_low"] <= maml["mean"] <= maml["ci_high"]
+    assert "MAML" in (tables / "table2.md").read_text()
+    assert "\\begin{table}" in (tables / "table2.tex").read_text()
+    figure = out / "sinusoid-table2-v1" / "figures" / "figure3.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # report again with the t interval: the table names it
+    assert main(["report", "--out", str(out), "--ci", "t"]) == 0
+    assert "Student-t" in (tables / "table2.md").read_text()

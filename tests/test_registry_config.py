@@ -1,0 +1,63 @@
+"""Registry and typed overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from maml_bench.config import apply_overrides, config_hash
+from maml_bench.errors import UserError
+from maml_bench.registry import Registry
+from maml_bench.tasks.sinusoid import SinusoidConfig
+
+
+def test_registry_register_get_list():
+    reg: Registry[int] = Registry("widget")
+    reg.register("alpha-v1", 1)
+
+    @reg.register("beta-v1")
+    def beta():
+        return 2
+
+    assert reg.get("alpha-v1") == 1 and reg.get("beta-v1") is beta
+    assert reg.names() == ["alpha-v1", "beta-v1"] and reg.names("b*") == ["beta-v1"]
+    assert "alpha-v1" in reg and len(reg) == 2
+
+
+def test_registry_refuses_duplicates():
+    reg: Registry[int] = Registry("widget")
+    reg.register("a", 1)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("a", 2)
+
+
+def test_unknown_id_names_closest():
+    reg: Registry[int] = Registry("experiment")
+    reg.register("omniglot-5w1s-v1", 1)
+    reg.register("sinusoid-table2-v1", 2)
+    with pytest.raises(UserError, match="did you mean sinusoid-table2-v1") as err:
+        reg.get("sinusoid-tabel2-v1")
+    assert "\n" not in str(err.value)
+
+
+def test_overrides_are_typed():
+    config = apply_overrides(SinusoidConfig(), ["inner_lr=0.001", "inner_steps=5",
+                                                "eval_shots=5,10", "path=loop"])
+    assert config.inner_lr == 0.001 and isinstance(config.inner_steps, int)
+    assert config.eval_shots == (5, 10) and config.path == "loop"
+    assert config_hash(config) != config_hash(SinusoidConfig())
+    assert config_hash(SinusoidConfig()) == config_hash(SinusoidConfig())
+
+
+@pytest.mark.parametrize("override, message", [
+    ("inner_lrr=0.1", "unknown setting 'inner_lrr'; did you mean inner_lr"),
+    ("inner_steps=1.5", "expected int"),
+    ("inner_lr=fast", "expected float"),
+    ("inner_lr", "expected key=value"),
+    ("iterations=-3", "iterations must be positive"),
+    ("eval_shots=0", "eval_shots must be positive"),
+    ("path=gpu", "path must be auto, batched or loop"),
+    ("amplitude_min=9", "amplitude_min <= amplitude_max"),
+])
+def test_bad_overrides_get_clear_errors(override, message):
+    with pytest.raises(UserError, match=message):
+        apply_overrides(SinusoidConfig(), [override])
