@@ -91,10 +91,12 @@ def cmd_list(args: argparse.Namespace) -> None:
         if args.kind not in ("all", kind):
             continue
         print(f"{kind}:")
-        for name in registry.names(args.pattern):
+        names = registry.names(args.pattern)
+        width = max((len(n) for n in names), default=0) + 2
+        for name in names:
             entry = registry.get(name)
             text = getattr(entry, "title", None) or (entry.__doc__ or "").strip().split("\n")[0]
-            print(f"  {name:<22} {text}")
+            print(f"  {name:<{width}} {text}")
 
 
 def cmd_show(args: argparse.Namespace) -> None:
@@ -188,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"maml-bench: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("maml-bench: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -1,12 +1,17 @@
 """The paper's tables and figures as versioned experiment specs, and their registry."""
 
 from maml_bench.experiments.base import Experiment, FigureSpec, MethodSpec, Scale, TableSpec
-from maml_bench.experiments.sinusoid import SINUSOID_TABLE2, SINUSOID_TABLE2_CODE_LR
+from maml_bench.experiments.sinusoid import (
+    SINUSOID_TABLE2,
+    SINUSOID_TABLE2_20K,
+    SINUSOID_TABLE2_CODE_LR,
+)
 from maml_bench.registry import Registry
 
 EXPERIMENTS: Registry[Experiment] = Registry("experiment")
 EXPERIMENTS.register(SINUSOID_TABLE2.id, SINUSOID_TABLE2)
 EXPERIMENTS.register(SINUSOID_TABLE2_CODE_LR.id, SINUSOID_TABLE2_CODE_LR)
+EXPERIMENTS.register(SINUSOID_TABLE2_20K.id, SINUSOID_TABLE2_20K)
 
 DEFAULT_EXPERIMENT = SINUSOID_TABLE2.id
 
