@@ -173,3 +173,11 @@ def test_plot_learning_curves_skips_missing_method(tmp_path, caplog) -> None:
         )
     assert out.read_bytes().startswith(PNG_SIGNATURE)
     assert "oracle" in caplog.text and "K = 20" in caplog.text
+
+
+def test_summarize_counts_diverged_tasks_and_gives_robust_median(records, paper) -> None:
+    summary = summarize(records, paper)
+    alpha = _row(summary, "alpha", 1)
+    assert alpha["nonfinite"] == 1 and alpha["median"] == 1.0 and math.isnan(alpha["mean"])
+    maml = _row(summary, "maml", 1)
+    assert maml["nonfinite"] == 0 and maml["median"] == 3.0

@@ -73,6 +73,13 @@ def step_size(lrs: StepSizes, step: int, name: str) -> float | Tensor:
     return lrs
 
 
+def gradient_step(params: Mapping[str, Tensor], grads: Sequence[Tensor], lrs: StepSizes,
+                  step: int) -> Params:
+    """One plain gradient-descent step (differentiable: the graph of `grads` is kept)."""
+    return {name: p - step_size(lrs, step, name) * g
+            for (name, p), g in zip(params.items(), grads, strict=True)}
+
+
 def expand_params(params: Mapping[str, Tensor], n_tasks: int) -> Params:
     """Give every parameter a leading task dimension without copying (an expand view)."""
     return {k: v.unsqueeze(0).expand(n_tasks, *v.shape) for k, v in params.items()}
@@ -99,10 +106,7 @@ def inner_adapt(
         # Summed, not averaged, over tasks: d(sum)/d(params[t]) is exactly task t's gradient.
         loss = loss_fn(forward(adapted, x), y).sum()
         grads = torch.autograd.grad(loss, list(adapted.values()), create_graph=create_graph)
-        adapted = {
-            name: p - step_size(lrs, step, name) * g
-            for (name, p), g in zip(adapted.items(), grads, strict=True)
-        }
+        adapted = gradient_step(adapted, grads, lrs, step)
     return adapted
 
 
@@ -142,10 +146,7 @@ def reference_meta_loss(
             grads = torch.autograd.grad(
                 loss, list(params.values()), create_graph=not first_order
             )
-            params = {
-                name: p - step_size(lrs, step, name) * g
-                for (name, p), g in zip(params.items(), grads, strict=True)
-            }
+            params = gradient_step(params, grads, lrs, step)
         pred = functional_call(module, params, (batch.x_query[i],))
         losses.append(loss_fn(pred.unsqueeze(0), batch.y_query[i : i + 1]))
     return torch.cat(losses)
@@ -205,10 +206,8 @@ def evaluate_adaptation(
             with torch.enable_grad():
                 loss = loss_fn(forward(params, batch.x_support[sl]), batch.y_support[sl]).sum()
                 grads = torch.autograd.grad(loss, list(params.values()))
-            params = {
-                name: (p - step_size(lrs_eval, step, name) * g).detach().requires_grad_()
-                for (name, p), g in zip(params.items(), grads, strict=True)
-            }
+            params = {name: p.detach().requires_grad_()
+                      for name, p in gradient_step(params, grads, lrs_eval, step).items()}
         out.append(torch.stack(per_step, dim=1))
     return torch.cat(out)
 

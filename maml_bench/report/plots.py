@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from pathlib import Path
 
 import matplotlib
@@ -52,12 +53,17 @@ def plot_learning_curves(
     ylabel: str = "mean squared error",
     title: str | None = None,
     paper: pd.DataFrame | None = None,
+    lower_is_better: bool = True,
 ) -> Path:
     """Write a PNG (dpi 150) of `metric` against gradient steps, one panel per shots value.
 
     Methods are drawn in the order of `methods`; those absent from `records` are skipped with a
     warning. `paper` (columns experiment, method, shots, steps, metric, paper) adds the paper's
     numbers as unconnected markers. `records` must hold a single experiment.
+
+    Where lower is better, the y axis runs from 0 to a little above the worst error before
+    adaptation, so that one diverging curve does not flatten the others; curves that leave the
+    axis and tasks whose value is not finite (not drawn) are named in the panel.
     """
     out_path = Path(out_path)
     data = records[records["metric"] == metric]
@@ -80,6 +86,8 @@ def plot_learning_curves(
     keys = [data[c] for c in ("method", "shots", "step", "task")]
     has_nan = data["value"].isna().groupby(keys).any()
     per_task = data["value"].groupby(keys).mean().mask(has_nan).reset_index()
+    finite = per_task["value"].map(math.isfinite)
+    per_task.loc[~finite, "value"] = float("nan")
     per_task["label"] = per_task["method"].map(lambda m: method_labels.get(m, m))
     labels = [method_labels.get(m, m) for m in drawn]
     colors = _palette(drawn)
@@ -126,6 +134,7 @@ def plot_learning_curves(
                             markeredgecolor=colors[m],
                             label=f"{method_labels.get(m, m)} (paper)",
                         )
+            notes = _panel_notes(per_task[per_task["shots"] == shots], finite, method_labels)
             ax.set_title(f"K = {shots}")
             ax.set_xlabel("number of gradient steps")
             ax.set_ylabel(ylabel)
@@ -135,6 +144,13 @@ def plot_learning_curves(
                 handles.setdefault(lb, h)
             if ax.get_legend() is not None:
                 ax.get_legend().remove()
+            if lower_is_better and len(per_task):
+                cap = _y_cap(per_task)
+                ax.set_ylim(0, cap)
+                notes += _off_scale(per_task[per_task["shots"] == shots], cap, method_labels)
+            if notes:
+                ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top",
+                        fontsize="x-small", color="dimgray")
         if handles:
             # One legend for the whole figure, in the last panel; method order as requested.
             order = labels + [f"{lb} (paper)" for lb in labels]
@@ -150,3 +166,26 @@ def plot_learning_curves(
     # atomic_write_bytes writes a temp file in the same folder and renames it over out_path.
     atomic_write_bytes(out_path, buf.getvalue())
     return out_path
+
+
+def _y_cap(per_task: pd.DataFrame) -> float:
+    """A little above the largest mean error before adaptation (step 0) of any method."""
+    start = per_task[per_task["step"] == per_task["step"].min()]
+    worst = start.groupby(["method", "shots"])["value"].mean().max()
+    return 1.25 * float(worst) if math.isfinite(worst) and worst > 0 else 1.0
+
+
+def _panel_notes(panel: pd.DataFrame, finite: pd.Series, labels: dict[str, str]) -> list[str]:
+    bad = panel[~finite.loc[panel.index]]
+    notes = []
+    for method, rows in bad.groupby("method"):
+        notes.append(f"{labels.get(method, method)}: {rows['task'].nunique()} task(s) diverged "
+                     "(not drawn)")
+    return notes
+
+
+def _off_scale(panel: pd.DataFrame, cap: float, labels: dict[str, str]) -> list[str]:
+    means = panel.groupby(["method", "step"])["value"].mean()
+    above = means[means > cap]
+    return [f"{labels.get(m, m)}: above the axis from step "
+            f"{int(rows.index.get_level_values(1).min())}" for m, rows in above.groupby(level=0)]

@@ -28,6 +28,8 @@ SUMMARY_COLUMNS = [
     "ci_low",
     "ci_high",
     "n",
+    "median",  # over tasks, NaN ignored: robust to a few diverged tasks
+    "nonfinite",  # tasks whose value is NaN or inf (diverged fine-tuning)
     "seeds",
     "seed_std",
     "ci_method",
@@ -93,12 +95,14 @@ def summarize(
                     "ci_low": low,
                     "ci_high": high,
                     "n": n,
+                    "median": float(np.nanmedian(values)) if values.notna().any() else np.nan,
+                    "nonfinite": int((~np.isfinite(values.to_numpy())).sum()),
                     "seeds": len(seed_means),
                     # np.std propagates NaN; one seed gives 0, as documented.
                     "seed_std": float(np.std(seed_means, ddof=0)),
                 }
             )
-    stat_cols = ["mean", "ci_low", "ci_high", "n", "seeds", "seed_std"]
+    stat_cols = ["mean", "ci_low", "ci_high", "n", "median", "nonfinite", "seeds", "seed_std"]
     ours = pd.DataFrame(rows, columns=[*_KEYS, *stat_cols])
     ours = ours.astype({"shots": "int64", "steps": "int64", "n": "int64", "seeds": "int64"})
 
@@ -107,6 +111,7 @@ def summarize(
         paper = paper[paper["experiment"].isin(ours["experiment"].unique())]
     out = ours.merge(paper, on=_KEYS, how=how, validate="one_to_one")
     out["n"] = out["n"].fillna(0).astype("int64")
+    out["nonfinite"] = out["nonfinite"].fillna(0).astype("int64")
     out["seeds"] = out["seeds"].fillna(0).astype("int64")
     out["ci_method"] = ci
 
