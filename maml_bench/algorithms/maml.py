@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from maml_bench.algorithms.base import (
@@ -14,7 +13,12 @@ from maml_bench.algorithms.base import (
     choose_forward,
     seeded_model,
 )
-from maml_bench.core.functional import StepSizes, meta_loss, reference_meta_loss
+from maml_bench.core.functional import (
+    StepSizes,
+    make_batched_forward,
+    meta_loss,
+    reference_meta_loss,
+)
 from maml_bench.tasks.base import SupervisedBenchmark
 
 
@@ -67,7 +71,8 @@ class MAML(Algorithm):
 
     def evaluate(self) -> dict[int, Tensor]:
         c = self.config
-        forward = self.forward or _vmap_or_fast(self.model)
+        # Meta-test needs no second derivatives: the batched forward serves the loop path too.
+        forward = self.forward or make_batched_forward(self.model)
         return adapt_and_measure(self.benchmark, forward, self.theta,
                                  self.benchmark.eval_sets("test"), self.eval_step_sizes(),
                                  c.eval_steps, c.eval_chunk)
@@ -77,10 +82,3 @@ class FOMAML(MAML):
     """MAML with inner gradients treated as constants (the paper's first-order approximation)."""
 
     first_order = True
-
-
-def _vmap_or_fast(model: torch.nn.Module) -> Any:
-    # Meta-test needs no second derivatives, so any batched forward that runs is fine.
-    from maml_bench.core.functional import make_batched_forward
-
-    return make_batched_forward(model)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
 from maml_bench.algorithms.maml import MAML
-from maml_bench.core.functional import expand_params, inner_adapt
+from maml_bench.core.functional import expand_params, inner_adapt, make_batched_forward
 
 
 class Reptile(MAML):
@@ -21,7 +19,7 @@ class Reptile(MAML):
     def train_step(self, iteration: int) -> Tensor:
         c = self.config
         batch = self.benchmark.train_batch(self.gen, c.meta_batch, c.train_shots, c.train_query)
-        forward = self.forward or _batched(self.model)
+        forward = self.forward or make_batched_forward(self.model)
         theta = {k: v.detach() for k, v in self.theta.items()}
         params = {k: v.clone().requires_grad_() for k, v in expand_params(
             theta, batch.n_tasks).items()}
@@ -38,9 +36,3 @@ class Reptile(MAML):
                 p.grad.clamp_(-c.grad_clip, c.grad_clip)
         self.optimizer.step()
         return query
-
-
-def _batched(model: torch.nn.Module) -> Any:
-    from maml_bench.core.functional import make_batched_forward
-
-    return make_batched_forward(model)
