@@ -48,3 +48,23 @@ def test_oracle_inputs_append_task_parameters():
     x = bench.with_task_info(batch.x_support, batch.task_info)
     assert x.shape == (3, 4, 3)
     torch.testing.assert_close(x[:, :, 1:], batch.task_info[:, None, :].expand(3, 4, 2))
+
+
+def test_reference_code_weight_init():
+    from maml_bench.errors import UserError
+    from maml_bench.tasks.sinusoid import SinusoidCodeConfig
+
+    model = Sinusoid(SinusoidCodeConfig()).make_model()
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            assert (p == 0).all()
+        else:
+            assert p.abs().max() <= 0.02 and 0.005 < p.std() < 0.012
+    default = Sinusoid(SinusoidConfig()).make_model()
+    assert default.net[0].bias.abs().sum() > 0  # PyTorch's default init is left alone
+    try:
+        apply_overrides(SinusoidCodeConfig(), ["weight_init=xavier"])
+    except UserError as err:
+        assert "weight_init must be" in str(err)
+    else:
+        raise AssertionError("bad weight_init accepted")

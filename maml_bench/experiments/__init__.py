@@ -4,6 +4,7 @@ from maml_bench.experiments.base import Experiment, FigureSpec, MethodSpec, Scal
 from maml_bench.experiments.sinusoid import (
     SINUSOID_TABLE2,
     SINUSOID_TABLE2_20K,
+    SINUSOID_TABLE2_CODE,
     SINUSOID_TABLE2_CODE_LR,
 )
 from maml_bench.registry import Registry
@@ -12,6 +13,7 @@ EXPERIMENTS: Registry[Experiment] = Registry("experiment")
 EXPERIMENTS.register(SINUSOID_TABLE2.id, SINUSOID_TABLE2)
 EXPERIMENTS.register(SINUSOID_TABLE2_CODE_LR.id, SINUSOID_TABLE2_CODE_LR)
 EXPERIMENTS.register(SINUSOID_TABLE2_20K.id, SINUSOID_TABLE2_20K)
+EXPERIMENTS.register(SINUSOID_TABLE2_CODE.id, SINUSOID_TABLE2_CODE)
 
 DEFAULT_EXPERIMENT = SINUSOID_TABLE2.id
 

@@ -3,7 +3,7 @@
 from dataclasses import replace
 
 from maml_bench.experiments.base import Experiment, FigureSpec, MethodSpec, Scale, TableSpec
-from maml_bench.tasks.sinusoid import SinusoidConfig
+from maml_bench.tasks.sinusoid import SinusoidCodeConfig, SinusoidConfig
 
 SINUSOID_TABLE2 = Experiment(
     id="sinusoid-table2-v1",
@@ -69,13 +69,14 @@ SINUSOID_TABLE2 = Experiment(
           "(--set inner_lr=0.001). Test query points: K, as the reference code (--set test_query).",
 )
 
-def maml_variant(id: str, title: str, label: str, notes: str, **settings: object) -> Experiment:
+def maml_variant(id: str, title: str, label: str, notes: str, config: object = None,
+                 **settings: object) -> Experiment:
     """Table 2's MAML family under one changed protocol setting, to measure what it moves."""
     return replace(
         SINUSOID_TABLE2,
         id=id,
         title=title,
-        config=replace(SINUSOID_TABLE2.config, **settings),
+        config=replace(config or SINUSOID_TABLE2.config, **settings),
         methods=(MethodSpec("maml", f"MAML ({label})", seeds=3),
                  MethodSpec("fomaml", f"first-order MAML ({label})", seeds=1)),
         paper=tuple(row for row in SINUSOID_TABLE2.paper if row[0] == "maml"),
@@ -100,4 +101,12 @@ SINUSOID_TABLE2_20K = maml_variant(
     "sinusoid-table2-20k-v1", "Sinusoid Table 2 with 20,000 instead of 70,000 meta-iterations",
     "20k iterations", "Compare with sinusoid-table2-v1 (70,000 iterations).",
     iterations=20_000,
+)
+
+# The reference code as a whole: its alpha and its weight init (truncated normal, std 0.01).
+SINUSOID_TABLE2_CODE = maml_variant(
+    "sinusoid-table2-code-v1",
+    "Sinusoid Table 2 as the reference code: alpha = 0.001 and its weight init",
+    "code: alpha = 0.001, TF init", "Compare with sinusoid-table2-codelr-v1 (PyTorch init).",
+    config=SinusoidCodeConfig(), inner_lr=0.001,
 )

@@ -8,6 +8,18 @@ import torch
 from torch import Tensor, nn
 
 
+def reference_code_init_(module: nn.Module) -> nn.Module:
+    """The paper's TensorFlow code: weights ~ truncated normal (std 0.01, cut at 2 std), zero
+    biases (PyTorch's default is a uniform fan-in scaled init instead)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("weight"):
+                nn.init.trunc_normal_(p, std=0.01, a=-0.02, b=0.02)
+            else:
+                p.zero_()
+    return module
+
+
 class MLP(nn.Module):
     """Linear layers with ReLU between them; optional batch norm (no running stats)."""
 

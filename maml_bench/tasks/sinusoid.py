@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from maml_bench.core.functional import SupervisedBatch
 from maml_bench.errors import UserError
-from maml_bench.models import MLP
+from maml_bench.models.mlp import MLP, reference_code_init_
 from maml_bench.settings import MetaConfig
 from maml_bench.tasks.base import SupervisedBenchmark
 
@@ -57,6 +57,20 @@ class SinusoidConfig(MetaConfig):
             raise UserError("multitask_networks and multitask_chunk must be positive")
 
 
+@dataclass(frozen=True)
+class SinusoidCodeConfig(SinusoidConfig):
+    """Sinusoid settings with a choice of weight init (a subclass, so that the configs and
+    hashes of the experiments that predate this option are unchanged)."""
+
+    weight_init: str = "reference-code"
+    """torch (PyTorch's default) | reference-code (truncated normal std 0.01, zero biases)"""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.weight_init not in ("torch", "reference-code"):
+            raise UserError("weight_init must be torch or reference-code")
+
+
 class Sinusoid(SupervisedBenchmark):
     """Few-shot regression of y = A sin(x - phi) (paper 5.1); metric: MSE on query points."""
 
@@ -65,7 +79,10 @@ class Sinusoid(SupervisedBenchmark):
     config_class = SinusoidConfig
 
     def make_model(self, extra_inputs: int = 0) -> nn.Module:
-        return MLP(1 + extra_inputs, self.config.hidden, 1)
+        model = MLP(1 + extra_inputs, self.config.hidden, 1)
+        if getattr(self.config, "weight_init", "torch") == "reference-code":
+            reference_code_init_(model)
+        return model
 
     def sample_tasks(self, gen: torch.Generator, n: int) -> Tensor:
         """[n, 2] amplitude and phase."""
