@@ -19,6 +19,7 @@ examples:
   maml-bench run sinusoid-table2-v1 --method maml --set inner_lr=0.001 --seeds 3
   maml-bench show sinusoid-table2-v1              # every setting you can --set, with defaults
   maml-bench report sinusoid-table2-v1 --out results --ci t
+  maml-bench compare sinusoid-table2-v1 sinusoid-table2-codelr-v1 --method maml --shots 5
 An interrupted run resumes from its last checkpoint when the same command is run again.
 """
 
@@ -76,7 +77,27 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--ci", default="normal", choices=["normal", "t"],
                            help="normal: the paper's 1.96*std/sqrt(n); t: Student-t")
             p.add_argument("--level", type=float, default=0.95, help="confidence level")
+    p = sub.add_parser("compare", help="one method across experiments (protocol variants)")
+    p.add_argument("experiments", nargs="+", metavar="EXPERIMENT")
+    p.add_argument("--method", default="maml", help="algorithm id (default maml)")
+    p.add_argument("--shots", type=int, default=5, help="K at meta-test (default 5)")
+    p.add_argument("--steps", default="1,5,10", help="gradient steps to show (default 1,5,10)")
+    p.add_argument("--name", default=None, help="file name under OUT/comparisons/")
+    p.add_argument("--out", type=Path, default=Path("results"))
     return parser
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from maml_bench.reporting import build_comparison
+
+    try:
+        steps = [int(s) for s in args.steps.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--steps {args.steps}: expected integers like 1,5,10") from None
+    name = args.name or f"{args.method}-k{args.shots}"
+    for path in build_comparison(args.experiments, args.method, args.out, args.shots, steps,
+                                 name):
+        print(f"wrote {path}")
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -187,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             _report(args.experiment, args.out, args.ci, args.level)
         elif args.command == "plot":
             _plot(args.experiment, args.out)
+        elif args.command == "compare":
+            cmd_compare(args)
     except UserError as err:
         print(f"maml-bench: error: {err}", file=sys.stderr)
         return 2

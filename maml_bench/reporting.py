@@ -65,3 +65,49 @@ def build_figures(experiment_id: str, out: Path) -> list[Path]:
             metric=experiment.metric, ylabel=spec.ylabel, title=spec.title,
             paper=experiment.paper_frame()))
     return paths
+
+
+def build_comparison(experiment_ids: list[str], method: str, out: Path, shots: int,
+                     steps: list[int], name: str, ci: str = "normal") -> list[Path]:
+    """One method across protocol variants (one row per experiment), beside the paper, with the
+    median and worst test task after the last step: what a protocol detail moves."""
+    from maml_bench.report.tables import format_table, summarize, write_table
+
+    summaries, labels, tails = [], {}, {}
+    for experiment_id in experiment_ids:
+        experiment = EXPERIMENTS.get(experiment_id)
+        records = experiment_records(experiment_id, out)
+        records = records[(records["method"] == method) & (records["shots"] == shots)]
+        if records.empty:
+            raise UserError(f"no {method} records with K={shots} for {experiment_id} under {out}")
+        summary = summarize(records, experiment.paper_frame(), ci=ci)
+        summary["method"] = experiment_id
+        summary["experiment"] = "comparison"
+        summaries.append(summary)
+        labels[experiment_id] = f"{experiment_id} ({_protocol(experiment.config)})"
+        tails[experiment_id] = _tail(records, max(steps))
+    combined = pd.concat(summaries, ignore_index=True)
+    wide = format_table(combined, shots, steps, labels)
+    last = max(steps)
+    wide[f"median after {last}"] = [tails[e][0] for e in experiment_ids]
+    wide[f"worst task after {last}"] = [tails[e][1] for e in experiment_ids]
+    caption = (f"{method}, K = {shots}: the paper's number against protocol variants "
+               f"({', '.join(experiment_ids)})")
+    paths = write_table(combined, wide, out / "comparisons", name, caption)
+    return list(paths.values())
+
+
+def _protocol(config: object) -> str:
+    parts = [f"alpha={config.inner_lr:g}", f"{config.iterations:,} iterations"]
+    parts.append(f"init={getattr(config, 'weight_init', 'torch')}")
+    return ", ".join(parts)
+
+
+def _tail(records: pd.DataFrame, step: int) -> tuple[str, str]:
+    """(median, worst) over test tasks after `step` steps, each task averaged over seeds, NaN
+    kept: a few diverging tasks dominate the mean; these two show whether that happened."""
+    at = records[records["step"] == step]
+    per_task = at.groupby("task")["value"].agg(lambda v: v.mean() if v.notna().all() else
+                                                float("nan"))
+    worst = "nan" if per_task.isna().any() else f"{per_task.max():.3g}"
+    return f"{per_task.median():.3g}", worst

@@ -56,6 +56,12 @@ def mean_ci(
     n = int(x.size)
     if n == 0:
         return math.nan, math.nan, math.nan, 0
+    # inf - inf inside std is NaN by design here (a diverged task); no need to warn about it.
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _mean_ci(x, n, level, method)
+
+
+def _mean_ci(x: np.ndarray, n: int, level: float, method: str) -> tuple[float, float, float, int]:
     mean = float(x.mean())
     if method == "normal":
         half = sps.norm.ppf((1 + level) / 2) * float(x.std(ddof=0)) / math.sqrt(n)

@@ -64,3 +64,17 @@ def test_run_report_plot_end_to_end(tmp_path, capsys):
     # report again with the t interval: the table names it
     assert main(["report", "--out", str(out), "--ci", "t"]) == 0
     assert "Student-t" in (tables / "table2.md").read_text()
+
+
+def test_compare_protocol_variants(tmp_path):
+    out = str(tmp_path)
+    for experiment in ("sinusoid-table2-v1", "sinusoid-table2-codelr-v1"):
+        assert main(["run", experiment, "--scale", "tiny", "--method", "maml", "--out", out,
+                     "--no-report", "--set", "eval_steps=10"]) == 0
+    assert main(["compare", "sinusoid-table2-v1", "sinusoid-table2-codelr-v1", "--out", out,
+                 "--name", "maml-k5"]) == 0
+    table = pd.read_csv(tmp_path / "comparisons" / "maml-k5.csv")
+    assert set(table["method"]) == {"sinusoid-table2-v1", "sinusoid-table2-codelr-v1"}
+    assert {1, 5, 10} <= set(table["steps"]) and (table["paper"].dropna() > 0).all()
+    text = (tmp_path / "comparisons" / "maml-k5.md").read_text()
+    assert "alpha=0.001" in text and "alpha=0.01" in text and "worst task after 10" in text

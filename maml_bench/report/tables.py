@@ -99,7 +99,7 @@ def summarize(
                     "nonfinite": int((~np.isfinite(values.to_numpy())).sum()),
                     "seeds": len(seed_means),
                     # np.std propagates NaN; one seed gives 0, as documented.
-                    "seed_std": float(np.std(seed_means, ddof=0)),
+                    "seed_std": _std(seed_means),
                 }
             )
     stat_cols = ["mean", "ci_low", "ci_high", "n", "median", "nonfinite", "seeds", "seed_std"]
@@ -128,6 +128,11 @@ def summarize(
     out = out[SUMMARY_COLUMNS].reset_index(drop=True)
     out.attrs["ci_level"] = level
     return out
+
+
+def _std(values: np.ndarray) -> float:
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN on purpose
+        return float(np.std(values, ddof=0))
 
 
 def _steps_name(steps: int) -> str:
