@@ -8,6 +8,7 @@ with the same config is done and is skipped, so rerunning a command never duplic
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -145,7 +146,14 @@ def execute(run: RunSpec, progress: bool | None = None, threads: int = 1) -> Pat
         train_seconds = state.get("train_seconds", 0.0)
         log.info("%s: resumed at iteration %d", run.run_id, start)
 
-    train_seconds += _train(run, algorithm, start, train_log, ckpt_path, chash, progress)
+    # Everything alive now lives for the whole run: freezing it keeps Python's cyclic garbage
+    # collector from re-scanning it thousands of times (measurably faster small-net training).
+    gc.collect()
+    gc.freeze()
+    try:
+        train_seconds += _train(run, algorithm, start, train_log, ckpt_path, chash, progress)
+    finally:
+        gc.unfreeze()
     t0 = time.perf_counter()
     with torch.no_grad():
         curves = algorithm.evaluate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from maml_bench.algorithms.base import (
@@ -58,10 +59,12 @@ class MAML(Algorithm):
         c = self.config
         batch = self.benchmark.train_batch(self.gen, c.meta_batch, c.train_shots, c.train_query)
         loss = self.query_losses(batch).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        params = self.meta_parameters()
+        # Gradients assigned, not accumulated: no zero_grad pass over the optimizer needed.
+        for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
+            p.grad = g
         if c.grad_clip > 0:
-            for p in self.meta_parameters():
+            for p in params:
                 p.grad.clamp_(-c.grad_clip, c.grad_clip)
         self.optimizer.step()
         return loss.detach()

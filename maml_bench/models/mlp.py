@@ -43,8 +43,10 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
         # The bmm path below covers plain Linear+ReLU stacks only.
         self.has_fast_path = not batch_norm
-        self._linear_names = [
-            f"net.{i}" for i, m in enumerate(self.net) if isinstance(m, nn.Linear)
+        # (weight key, bias key) per layer, built once: batched_forward is on the hot path.
+        self._linear_keys = [
+            (f"net.{i}.weight", f"net.{i}.bias")
+            for i, m in enumerate(self.net) if isinstance(m, nn.Linear)
         ]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -53,9 +55,9 @@ class MLP(nn.Module):
     def batched_forward(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
         """params [T, ...] and x [T, N, in] -> [T, N, out], one baddbmm per layer."""
         h = x
-        last = len(self._linear_names) - 1
-        for i, name in enumerate(self._linear_names):
-            weight, bias = params[f"{name}.weight"], params[f"{name}.bias"]
+        last = len(self._linear_keys) - 1
+        for i, (weight_key, bias_key) in enumerate(self._linear_keys):
+            weight, bias = params[weight_key], params[bias_key]
             h = torch.baddbmm(bias.unsqueeze(-2), h, weight.transpose(-1, -2))
             if i < last:
                 h = torch.relu(h)
