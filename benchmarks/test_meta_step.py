@@ -45,17 +45,6 @@ def test_ours(benchmark, record_timing):
     record_timing("ours", benchmark)
 
 
-def test_vmap_functional_call(benchmark, record_timing):
-    bench, algo = maml_setup()
-    forward = make_batched_forward(algo.model, prefer_fast=False)
-
-    def loss(batch):
-        meta_loss(forward, algo.theta, batch, bench.loss, 1, 0.01).mean().backward()
-
-    benchmark.pedantic(step_with(algo, loss), rounds=60, iterations=2, warmup_rounds=5)
-    record_timing("vmap_functional_call", benchmark)
-
-
 def test_per_task_autograd_loop(benchmark, record_timing):
     bench, algo = maml_setup()
 
@@ -77,6 +66,19 @@ def test_higher(benchmark, record_timing):
 
     benchmark.pedantic(step_with(algo, loss), rounds=20, iterations=2, warmup_rounds=2)
     record_timing("higher", benchmark)
+
+
+def test_vmap_functional_call(benchmark, record_timing):
+    # Last on purpose: in two runs here the per-task loop, measured after this test, had a
+    # minimum of 44-46 ms against 23-24 ms when measured before it.
+    bench, algo = maml_setup()
+    forward = make_batched_forward(algo.model, prefer_fast=False)
+
+    def loss(batch):
+        meta_loss(forward, algo.theta, batch, bench.loss, 1, 0.01).mean().backward()
+
+    benchmark.pedantic(step_with(algo, loss), rounds=60, iterations=2, warmup_rounds=5)
+    record_timing("vmap_functional_call", benchmark)
 
 
 def test_goals():

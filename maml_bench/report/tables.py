@@ -140,6 +140,9 @@ def _steps_name(steps: int) -> str:
 
 
 def _fmt(fmt: str, value: float) -> str:
+    # A diverged mean (1e20) in fixed notation would swamp the table.
+    if np.isfinite(value) and abs(value) >= 1e4:
+        return f"{value:.2g}"
     return fmt.format(value)
 
 
