@@ -140,8 +140,9 @@ def _steps_name(steps: int) -> str:
 
 
 def _fmt(fmt: str, value: float) -> str:
-    # A diverged mean (1e20) in fixed notation would swamp the table.
-    if np.isfinite(value) and abs(value) >= 1e4:
+    # A diverged mean (1e20) in fixed notation would swamp the table; a tiny one (an oracle's
+    # 0.0012) would read as 0.00.
+    if np.isfinite(value) and (abs(value) >= 1e4 or 0 < abs(value) < 0.01):
         return f"{value:.2g}"
     return fmt.format(value)
 
