@@ -9,6 +9,7 @@ with the same config is done and is skipped, so rerunning a command never duplic
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import os
@@ -106,8 +107,6 @@ def is_done(run: RunSpec) -> bool:
     info_path = run.directory / RUN_INFO_FILE
     if not (info_path.exists() and (run.directory / RECORDS_FILE).exists()):
         return False
-    import json
-
     try:
         info = json.loads(info_path.read_text())
     except (OSError, ValueError):
@@ -151,7 +150,8 @@ def execute(run: RunSpec, progress: bool | None = None, threads: int = 1) -> Pat
     gc.collect()
     gc.freeze()
     try:
-        train_seconds += _train(run, algorithm, start, train_log, ckpt_path, chash, progress)
+        train_seconds = _train(run, algorithm, start, train_log, ckpt_path, chash, progress,
+                               train_seconds)
     finally:
         gc.unfreeze()
     t0 = time.perf_counter()
@@ -174,7 +174,8 @@ def execute(run: RunSpec, progress: bool | None = None, threads: int = 1) -> Pat
 
 
 def _train(run: RunSpec, algorithm: Algorithm, start: int, train_log: list[dict[str, float]],
-           ckpt_path: Path, chash: str, progress: bool | None) -> float:
+           ckpt_path: Path, chash: str, progress: bool | None, seconds_before: float) -> float:
+    """Train from iteration `start`; returns the training seconds of all sessions so far."""
     c = run.config
     total = algorithm.iterations
     every_ckpt = getattr(algorithm, "checkpoint_interval", c.checkpoint_every)
@@ -200,14 +201,14 @@ def _train(run: RunSpec, algorithm: Algorithm, start: int, train_log: list[dict[
             train_log.append({"iteration": done, "train_loss": loss_sum.item() / since_log})
             loss_sum, since_log = torch.zeros(()), 0
         if done % every_ckpt == 0 or done == total:
-            elapsed = time.perf_counter() - t0
+            elapsed = seconds_before + time.perf_counter() - t0
             _save_checkpoint(ckpt_path, algorithm, done, train_log, chash, elapsed)
             last_good = done
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    return time.perf_counter() - t0
+    return seconds_before + time.perf_counter() - t0
 
 
 def _all_finite(algorithm: Algorithm) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -140,7 +141,7 @@ def tuned_finetune(
             curve = evaluate_adaptation(forward, theta, batch, benchmark.loss, benchmark.metric,
                                         config.eval_steps, lr, config.eval_chunk)
             score = sign * curve[:, 1:].mean().item() if config.eval_steps else 0.0
-            scores[lr] = score if score == score else float("inf")  # NaN loses
+            scores[lr] = float("inf") if math.isnan(score) else score  # diverged: never best
         best[k] = min(scores, key=scores.__getitem__)
     info["tuned_finetune_lr"] = {str(k): v for k, v in best.items()}
     test = benchmark.eval_sets("test")
