@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
     p.add_argument("--no-report", action="store_true", help="skip tables and figures")
 
-    for name, text in (("report", "paper-vs-ours tables (markdown, CSV, LaTeX) with 95% CIs"),
-                       ("plot", "learning-curve figures (PNG) with 95% CI bands")):
+    for name, text in (("report", "paper-vs-ours tables (markdown, CSV, LaTeX) with 95%% CIs"),
+                       ("plot", "learning-curve figures (PNG) with 95%% CI bands")):
         p = sub.add_parser(name, help=text)
         p.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT)
         p.add_argument("--out", type=Path, default=Path("results"),

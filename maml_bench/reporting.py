@@ -19,7 +19,7 @@ def experiment_records(experiment_id: str, out: Path) -> pd.DataFrame:
     if not files:
         raise UserError(
             f"no records for {experiment_id} under {out}; run `maml-bench run {experiment_id} "
-            f"--out {out}` first"
+            f"--out {out}` first, or pass the --out of an earlier run (quick runs: runs/quick)"
         )
     return load_records(files)
 

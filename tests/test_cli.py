@@ -78,3 +78,12 @@ def test_compare_protocol_variants(tmp_path):
     assert {1, 5, 10} <= set(table["steps"]) and (table["paper"].dropna() > 0).all()
     text = (tmp_path / "comparisons" / "maml-k5.md").read_text()
     assert "alpha=0.001" in text and "alpha=0.01" in text and "worst task after 10" in text
+
+
+@pytest.mark.parametrize("command", [[], ["list"], ["show"], ["run"], ["report"], ["plot"],
+                                     ["compare"]])
+def test_help_of_every_command(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    assert done.value.code == 0
+    assert "usage: maml-bench" in capsys.readouterr().out
