@@ -146,6 +146,8 @@ def plot_learning_curves(
                 ax.get_legend().remove()
             if lower_is_better and len(per_task):
                 cap = _y_cap(per_task)
+                if paper is not None and len(paper):
+                    cap = max(cap, 1.1 * float(paper["paper"].max()))  # keep paper marks in view
                 ax.set_ylim(0, cap)
                 notes += _off_scale(per_task[per_task["shots"] == shots], cap, method_labels)
             if notes:
@@ -155,12 +157,17 @@ def plot_learning_curves(
             # One legend for the whole figure, in the last panel; method order as requested.
             order = labels + [f"{lb} (paper)" for lb in labels]
             keys = [k for k in order if k in handles] + [k for k in handles if k not in order]
-            axes[0][-1].legend([handles[k] for k in keys], keys, fontsize="small", loc="best")
+            entries = ([handles[k] for k in keys], keys)
+            if len(keys) <= 6:
+                axes[0][-1].legend(*entries, fontsize="small", loc="best")
+            else:  # a long legend would hide a panel: put it beside the figure
+                fig.legend(*entries, fontsize="small", loc="center left",
+                           bbox_to_anchor=(1.0, 0.5))
         if title:
             fig.suptitle(title)
         fig.tight_layout()
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=150)
+        fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
     finally:
         plt.close(fig)
     # atomic_write_bytes writes a temp file in the same folder and renames it over out_path.
