@@ -197,3 +197,25 @@ def test_float32_fast_path_matches_float64_reference():
                  theta32)
     for name in ref:
         torch.testing.assert_close(ours[name].double(), ref[name], rtol=1e-4, atol=1e-5)
+
+
+def test_meta_test_adaptation_is_independent_of_chunking_and_matches_a_manual_loop():
+    from maml_bench.core.functional import evaluate_adaptation
+
+    model, batch, loss_fn = regression_setup(tasks=7, k=5)
+    theta = theta_of(model)
+    forward = make_batched_forward(model)
+    whole = evaluate_adaptation(forward, theta, batch, loss_fn, loss_fn, 3, [0.05, 0.02], 100)
+    chunked = evaluate_adaptation(forward, theta, batch, loss_fn, loss_fn, 3, [0.05, 0.02], 3)
+    torch.testing.assert_close(whole, chunked)
+    assert whole.shape == (7, 4)
+    # Task 4 by hand: plain SGD on its support set; the last per-step size repeats (0.02).
+    params = {k: v.detach().clone().requires_grad_() for k, v in theta.items()}
+    for step, lr in enumerate([0.05, 0.02, 0.02]):
+        query = torch.func.functional_call(model, params, (batch.x_query[4],))
+        torch.testing.assert_close(whole[4, step], loss_fn(query[None], batch.y_query[4:5])[0])
+        pred = torch.func.functional_call(model, params, (batch.x_support[4],))
+        loss = loss_fn(pred[None], batch.y_support[4:5]).sum()
+        grads = torch.autograd.grad(loss, list(params.values()))
+        params = {k: (v - lr * g).detach().requires_grad_()
+                  for (k, v), g in zip(params.items(), grads, strict=True)}

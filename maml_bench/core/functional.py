@@ -55,13 +55,6 @@ class SupervisedBatch:
         return SupervisedBatch(*(cast(t) for t in (
             self.x_support, self.y_support, self.x_query, self.y_query, self.task_info)))
 
-    def task(self, i: int) -> SupervisedBatch:
-        return SupervisedBatch(
-            self.x_support[i : i + 1], self.y_support[i : i + 1],
-            self.x_query[i : i + 1], self.y_query[i : i + 1],
-            None if self.task_info is None else self.task_info[i : i + 1],
-        )
-
 
 def step_size(lrs: StepSizes, step: int, name: str) -> float | Tensor:
     """The step size of parameter `name` at inner step `step`; a per-step list shorter than the
