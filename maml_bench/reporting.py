@@ -10,6 +10,7 @@ import pandas as pd
 from maml_bench.errors import UserError
 from maml_bench.experiments import EXPERIMENTS
 from maml_bench.results import atomic_write_text, find_record_files, load_records
+from maml_bench.stats import mean_keep_nan
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,6 @@ def _protocol(config: object) -> str:
 def _tail(records: pd.DataFrame, step: int) -> tuple[str, str]:
     """(median, worst) over test tasks after `step` steps, each task averaged over seeds, NaN
     kept: a few diverging tasks dominate the mean; these two show whether that happened."""
-    at = records[records["step"] == step]
-    per_task = at.groupby("task")["value"].agg(lambda v: v.mean() if v.notna().all() else
-                                                float("nan"))
+    per_task = mean_keep_nan(records[records["step"] == step], ["task"])
     worst = "nan" if per_task.isna().any() else f"{per_task.max():.3g}"
     return f"{per_task.median():.3g}", worst

@@ -70,3 +70,11 @@ def _mean_ci(x: np.ndarray, n: int, level: float, method: str) -> tuple[float, f
     else:
         half = sps.t.ppf((1 + level) / 2, n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
     return mean, float(mean - half), float(mean + half), n
+
+
+def mean_keep_nan(frame: pd.DataFrame, by: list[str]) -> pd.Series:
+    """Group mean of `value` where any NaN makes the group NaN (pandas skips NaN by default)."""
+    keys = [frame[b] for b in by]
+    mean = frame["value"].groupby(keys, sort=False).mean()
+    has_nan = frame["value"].isna().groupby(keys, sort=False).any()
+    return mean.mask(has_nan.reindex(mean.index, fill_value=False))

@@ -21,6 +21,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from maml_bench.results import atomic_write_bytes  # noqa: E402
+from maml_bench.stats import mean_keep_nan  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,8 @@ def plot_learning_curves(
 
     # Average over seeds per task: the CI band is over test tasks, as in the tables.
     # A task that is NaN for any seed stays NaN (and is not drawn) rather than being hidden.
-    keys = [data[c] for c in ("method", "shots", "step", "task")]
-    has_nan = data["value"].isna().groupby(keys).any()
-    per_task = data["value"].groupby(keys).mean().mask(has_nan).reset_index()
+    per_task = (mean_keep_nan(data, ["method", "shots", "step", "task"])
+                .rename("value").reset_index())
     finite = per_task["value"].map(math.isfinite)
     per_task.loc[~finite, "value"] = float("nan")
     per_task["label"] = per_task["method"].map(lambda m: method_labels.get(m, m))

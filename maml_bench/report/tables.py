@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from maml_bench.results import atomic_write_text
-from maml_bench.stats import ci_label, mean_ci
+from maml_bench.stats import ci_label, mean_ci, mean_keep_nan
 
 #: Columns of `summarize`'s output and of the written CSV, in this order.
 SUMMARY_COLUMNS = [
@@ -39,14 +39,6 @@ PAPER_COLUMNS = ["experiment", "method", "shots", "steps", "metric", "paper", "p
 _KEYS = ["experiment", "method", "shots", "steps", "metric"]
 _GROUP = ["experiment", "method", "shots", "step", "metric"]
 _DASH = "–"
-
-
-def _mean_keep_nan(frame: pd.DataFrame, by: list[str]) -> pd.Series:
-    """Group mean of `value` where any NaN makes the group NaN (pandas skips NaN by default)."""
-    keys = [frame[b] for b in by]
-    mean = frame["value"].groupby(keys, sort=False).mean()
-    has_nan = frame["value"].isna().groupby(keys, sort=False).any()
-    return mean.mask(has_nan.reindex(mean.index, fill_value=False))
 
 
 def _check_paper(paper: pd.DataFrame) -> pd.DataFrame:
@@ -82,8 +74,8 @@ def summarize(
 
     rows = []
     if len(records):
-        per_task = _mean_keep_nan(records, [*_GROUP, "task"]).rename("value").reset_index()
-        per_seed = _mean_keep_nan(records, [*_GROUP, "seed"]).rename("value").reset_index()
+        per_task = mean_keep_nan(records, [*_GROUP, "task"]).rename("value").reset_index()
+        per_seed = mean_keep_nan(records, [*_GROUP, "seed"]).rename("value").reset_index()
         seed_groups = dict(list(per_seed.groupby(_GROUP, sort=False)["value"]))
         for key, values in per_task.groupby(_GROUP, sort=False)["value"]:
             mean, low, high, n = mean_ci(values.to_numpy(), level=level, method=ci)
