@@ -7,10 +7,12 @@ import dataclasses
 import logging
 import os
 import sys
+import tempfile
 import typing
 from pathlib import Path
 
-from maml_bench.errors import UserError
+from maml_bench.domains import Domain, Items, Number, Pattern, domain_of, show_value
+from maml_bench.errors import UserError, one_line
 
 EPILOG = """\
 examples:
@@ -24,17 +26,92 @@ An interrupted run resumes from its last checkpoint when the same command is run
 """
 
 
+#: Valid domains of the command-line options (settings have theirs in their config classes).
+JOBS = Number(int, 1, 64)
+SEEDS = Number(int, 1, 1_000)
+LEVEL = Number(float, 0.0, 1.0, lo_open=True, hi_open=True)
+SHOTS = Number(int, 1, 10_000)
+STEPS = Items(Number(int, 0, 1_000), 1, 32)
+SCALES = ("quick", "paper", "tiny")
+NAME = Pattern(r"[A-Za-z0-9._-]{1,100}", "a name of 1 to 100 letters, digits, '.', '_', '-'")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line naming the fix (exit 2, like UserError)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"maml-bench: error: {one_line(message)} (see `{self.prog} --help`)\n")
+
+
+def option(domain: Domain, parse: typing.Callable[[str], typing.Any] = int
+           ) -> typing.Callable[[str], typing.Any]:
+    """An argparse type: parse the text, then require the option's domain."""
+
+    def convert(text: str) -> typing.Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {domain.describe()}") from None
+        if not domain.contains(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {domain.describe()}")
+        return value
+
+    return convert
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(t) for t in text.split(","))
+
+
 def default_out(scale: str) -> Path:
     return Path("results") if scale == "paper" else Path("runs") / scale
 
 
+def writable_dir(path: Path, option_name: str = "--out") -> Path:
+    """Create `path` if needed and prove it writable, before any work: one line if not."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option_name} {path} is a file; give a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise UserError(f"{option_name} {path} is not a writable directory ({err.strerror}); "
+                        "give another --out") from None
+    return path
+
+
+def records_dir(args: argparse.Namespace) -> Path:
+    """Where report/plot/compare read: --out, else the directory `run` writes at --scale."""
+    return args.out if args.out is not None else default_out(args.scale)
+
+
+def readable_records(args: argparse.Namespace) -> Path:
+    """The records root of report/plot: it must exist (with this experiment's records, checked
+    when they are read) and take the tables and figures written beside them."""
+    from maml_bench.experiments import EXPERIMENTS
+
+    EXPERIMENTS.get(args.experiment)
+    out = records_dir(args)
+    if not out.is_dir():
+        hint = f"run `maml-bench run {args.experiment} --scale {args.scale}` first"
+        others = [str(p) for p in (Path("results"), *sorted(Path("runs").glob("*")))
+                  if p != out and (p / args.experiment).is_dir()]
+        if others:
+            hint += f", or read the runs found in {', '.join(others)} with --out"
+        raise UserError(f"no directory {out} with records of {args.experiment}; {hint}")
+    return writable_dir(out)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from maml_bench import __version__
     from maml_bench.experiments import DEFAULT_EXPERIMENT
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="maml-bench", description="Reproduce and benchmark Model-Agnostic Meta-Learning.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step taken")
+    parser.add_argument("--version", action="version", version=f"maml-bench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("list", help="list registered algorithms, benchmarks, experiments, models")
@@ -57,46 +134,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", dest="overrides", default=[], metavar="KEY=VALUE",
                    help="change a setting, checked against the experiment's typed config "
                    "(repeatable), e.g. --set inner_lr=0.001")
-    p.add_argument("--seeds", type=int, default=None,
-                   help="repetitions per method (default: the scale's, or each method's own)")
-    p.add_argument("--scale", default="quick", choices=["quick", "paper", "tiny"],
+    p.add_argument("--seeds", type=option(SEEDS), default=None,
+                   help="repetitions per method (default: the scale's, or each method's own; "
+                   f"{SEEDS.describe()})")
+    p.add_argument("--scale", default="quick", choices=SCALES,
                    help="quick: minutes on a laptop (default); paper: the paper's protocol; "
                    "tiny: seconds, for smoke tests")
     p.add_argument("--out", type=Path, default=None,
                    help="output root (default: results/ for --scale paper, runs/SCALE otherwise)")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
+    p.add_argument("--jobs", type=option(JOBS), default=1,
+                   help=f"runs in parallel processes (default 1; {JOBS.describe()})")
     p.add_argument("--no-report", action="store_true", help="skip tables and figures")
 
+    out_help = ("root holding the experiment's records (default: where `run` writes at --scale: "
+                "results/ for paper, runs/SCALE otherwise)")
     for name, text in (("report", "paper-vs-ours tables (markdown, CSV, LaTeX) with 95%% CIs"),
                        ("plot", "learning-curve figures (PNG) with 95%% CI bands")):
         p = sub.add_parser(name, help=text)
         p.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT)
-        p.add_argument("--out", type=Path, default=Path("results"),
-                       help="root holding the experiment's records (default results/)")
+        p.add_argument("--scale", default="quick", choices=SCALES,
+                       help="the --scale the runs were made at (default quick)")
+        p.add_argument("--out", type=Path, default=None, help=out_help)
         if name == "report":
             p.add_argument("--ci", default="normal", choices=["normal", "t"],
                            help="normal: the paper's 1.96*std/sqrt(n); t: Student-t")
-            p.add_argument("--level", type=float, default=0.95, help="confidence level")
+            p.add_argument("--level", type=option(LEVEL, float), default=0.95,
+                           help=f"confidence level (default 0.95; {LEVEL.describe()})")
     p = sub.add_parser("compare", help="one method across experiments (protocol variants)")
     p.add_argument("experiments", nargs="+", metavar="EXPERIMENT")
     p.add_argument("--method", default="maml", help="algorithm id (default maml)")
-    p.add_argument("--shots", type=int, default=5, help="K at meta-test (default 5)")
-    p.add_argument("--steps", default="1,5,10", help="gradient steps to show (default 1,5,10)")
-    p.add_argument("--name", default=None, help="file name under OUT/comparisons/")
-    p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--shots", type=option(SHOTS), default=5,
+                   help=f"K at meta-test (default 5; {SHOTS.describe()})")
+    p.add_argument("--steps", type=option(STEPS, int_list), default=(1, 5, 10),
+                   help="gradient steps to show, as in the records (default 1,5,10)")
+    p.add_argument("--name", default=None, type=option(NAME, str),
+                   help="file name under OUT/comparisons/ (letters, digits, . _ -)")
+    p.add_argument("--scale", default="paper", choices=SCALES,
+                   help="the --scale the runs were made at (default paper)")
+    p.add_argument("--out", type=Path, default=None, help=out_help.replace("quick", "paper"))
     return parser
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
+    from maml_bench.experiments import EXPERIMENTS
     from maml_bench.reporting import build_comparison
 
-    try:
-        steps = [int(s) for s in args.steps.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--steps {args.steps}: expected integers like 1,5,10") from None
+    for experiment in args.experiments:
+        EXPERIMENTS.get(experiment)  # unknown ids fail before any reading
+    out = records_dir(args)
     name = args.name or f"{args.method}-k{args.shots}"
-    for path in build_comparison(args.experiments, args.method, args.out, args.shots, steps,
-                                 name):
+    for path in build_comparison(args.experiments, args.method, out, args.shots,
+                                 list(args.steps), name):
         print(f"wrote {path}")
 
 
@@ -130,13 +218,13 @@ def cmd_show(args: argparse.Namespace) -> None:
     print("\nscales:")
     for name, scale in exp.scales.items():
         print(f"  {name:<6} {scale.description}")
-    print("\nsettings (--set KEY=VALUE):")
+    print("\nsettings (--set KEY=VALUE; default, then meaning and valid values):")
     docs = _field_docs(type(exp.config))
-    hints = typing.get_type_hints(type(exp.config))
     for f in dataclasses.fields(exp.config):
-        kind = getattr(hints[f.name], "__name__", str(hints[f.name]))
-        value = getattr(exp.config, f.name)
-        print(f"  {f.name:<22} {kind:<8} {value!s:<24} {docs.get(f.name, '')}")
+        value = show_value(getattr(exp.config, f.name))
+        doc = " ".join(docs.get(f.name, "").split())
+        print(f"  {f.name:<22} {value:<24} {doc}\n  {'':<22} {'':<24} valid: "
+              f"{domain_of(f).describe()}")
     if exp.notes:
         print(f"\nnotes: {exp.notes}")
 
@@ -165,7 +253,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     from maml_bench.runner import plan_runs
 
     out = args.out or default_out(args.scale)
+    # Every setting, option and the output directory checked before the first run starts.
     runs = plan_runs(args.experiment, args.scale, args.overrides, args.methods, args.seeds, out)
+    writable_dir(out)
     logging.getLogger(__name__).info("%d runs of %s at %s scale into %s", len(runs),
                                      args.experiment, args.scale, out)
     run_all(runs, jobs=args.jobs)
@@ -205,13 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             cmd_run(args)
         elif args.command == "report":
-            _report(args.experiment, args.out, args.ci, args.level)
+            _report(args.experiment, readable_records(args), args.ci, args.level)
         elif args.command == "plot":
-            _plot(args.experiment, args.out)
+            _plot(args.experiment, readable_records(args))
         elif args.command == "compare":
             cmd_compare(args)
     except UserError as err:
-        print(f"maml-bench: error: {err}", file=sys.stderr)
+        print(f"maml-bench: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()

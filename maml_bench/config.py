@@ -9,6 +9,7 @@ import types
 import typing
 from typing import Any, TypeVar
 
+from maml_bench.domains import domain_of
 from maml_bench.errors import UserError
 
 C = TypeVar("C")
@@ -60,7 +61,7 @@ def apply_overrides(config: C, overrides: dict[str, Any] | list[str]) -> C:
     `overrides` is either a list of "key=value" strings (command line) or a dict of typed values.
     """
     hints = typing.get_type_hints(type(config))
-    fields = {f.name for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(config)}  # type: ignore[arg-type]
     changes: dict[str, Any] = {}
     items = overrides.items() if isinstance(overrides, dict) else map(_split, overrides)
     for key, value in items:
@@ -72,11 +73,15 @@ def apply_overrides(config: C, overrides: dict[str, Any] | list[str]) -> C:
             raise UserError(
                 f"unknown setting {key!r}{hint} (`maml-bench show EXPERIMENT` lists settings)"
             )
-        changes[key] = parse_value(hints[key], value, key) if isinstance(value, str) else value
+        if isinstance(value, str):
+            try:
+                value = parse_value(hints[key], value, key)
+            except UserError as err:
+                raise UserError(f"{err}; {key} must be {domain_of(fields[key]).describe()}"
+                                ) from None
+        changes[key] = value
     new = dataclasses.replace(config, **changes)  # type: ignore[type-var]
-    validate = getattr(new, "validate", None)
-    if validate is not None:
-        validate()
+    new.validate()  # every field in its domain, and the rules across fields
     return new
 
 

@@ -7,3 +7,9 @@ class UserError(Exception):
 
 class TrainingDiverged(UserError):
     """A non-finite loss or parameter appeared during training."""
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters escaped, so that a message quoting user input stays on
+    one line (a value may hold a newline or carriage return)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

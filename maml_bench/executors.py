@@ -3,40 +3,108 @@ its spec, so the executor changes nothing but the wall-clock time."""
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import time
+from collections import Counter
 from pathlib import Path
 
-from maml_bench.runner import RunSpec, execute, is_done, show_progress
+from maml_bench.progress import duration, say, terminal
+from maml_bench.results import RUN_INFO_FILE
+from maml_bench.runner import RunSpec, execute, is_done
 
 log = logging.getLogger(__name__)
 
 
+def _run_one(run: RunSpec, progress: bool | str | None, announce: bool) -> tuple[Path, float]:
+    """One run, with a 'started' line in logs; returns its directory and wall seconds."""
+    t0 = time.perf_counter()
+    if announce:
+        say(f"started {run.run_id}")
+    return execute(run, progress=progress), time.perf_counter() - t0
+
+
 def run_all(runs: list[RunSpec], jobs: int = 1, progress: bool | None = None) -> list[Path]:
     """Execute every run not done yet; `jobs` > 1 runs them in that many processes (one torch
-    thread each: the small networks here gain nothing from intra-op threads)."""
+    thread each: the small networks here gain nothing from intra-op threads).
+
+    Ctrl-C (or SIGINT to this process) stops every worker at once and re-raises
+    KeyboardInterrupt; each run keeps its last checkpoint and resumes from it next time.
+    """
     todo = [r for r in runs if not is_done(r)]
     if len(todo) < len(runs):
         log.info("%d of %d runs already done, skipped", len(runs) - len(todo), len(runs))
-    progress = show_progress() if progress is None else progress
+    bars = terminal() if progress is None else progress
+    lines = progress is None and not bars  # logs (nohup, batch jobs, CI): plain lines
+    done: list[Path] = []
+    t0 = time.perf_counter()
+
+    def finished(path: Path, seconds: float, run_id: str) -> None:
+        done.append(path)
+        if lines:
+            left = len(todo) - len(done)
+            eta = (time.perf_counter() - t0) / len(done) * left
+            say(f"finished {run_id} in {duration(seconds)}; {len(done)}/{len(todo)} runs done"
+                + (f", ETA {duration(eta)}" if left else ""))
+
     if jobs <= 1 or len(todo) <= 1:
-        return [execute(r, progress=progress) for r in todo]
+        for run in todo:
+            path, seconds = _run_one(run, "lines" if lines else bars, lines)
+            finished(path, seconds, run.run_id)
+    else:
+        _pool(todo, jobs, bars, lines, finished)
+    warn_nonfinite(runs)
+    return done
+
+
+def _pool(todo: list[RunSpec], jobs: int, bars: bool, lines: bool, finished) -> None:
     # spawn: forking a process that already ran torch can deadlock its thread pools.
     context = multiprocessing.get_context("spawn")
-    done: list[Path] = []
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(execute, r, False): r for r in todo}
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+    bar = None
+    if bars:
+        from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(futures), desc="runs", unit="run")
-        for future in as_completed(futures):
-            done.append(future.result())  # re-raises a run's error here, with its message
-            log.info("finished %s", futures[future].run_id)
-            if bar is not None:
-                bar.update(1)
+        bar = tqdm(total=len(todo), desc="runs", unit="run")
+    worker_progress = "lines" if lines else False
+    pool = context.Pool(processes=min(jobs, len(todo)))
+    try:
+        pending = [(run, pool.apply_async(_run_one, (run, worker_progress, lines)))
+                   for run in todo]
+        while pending:
+            for item in [p for p in pending if p[1].ready()]:
+                pending.remove(item)
+                path, seconds = item[1].get()  # re-raises a run's error here, with its message
+                finished(path, seconds, item[0].run_id)
+                if bar is not None:
+                    bar.update(1)
+            time.sleep(0.2)
+        pool.close()
+    except BaseException:
+        # Ctrl-C or a failed run: stop every worker now instead of letting the pool take the
+        # queued runs; checkpoints are written atomically, so a killed worker loses only the
+        # iterations since its last one.
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
         if bar is not None:
             bar.close()
-    return done
+
+
+def warn_nonfinite(runs: list[RunSpec]) -> None:
+    """One warning line per method whose meta-test results hold NaN/inf, with the count."""
+    counts: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    for run in runs:
+        try:
+            info = json.loads((run.directory / RUN_INFO_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        counts[run.method] += info.get("nonfinite_test_values", 0)
+        totals[run.method] += info.get("records_rows", 0)
+    for method, n in counts.items():
+        if n:
+            say(f"warning: {method}: {n:,} of {totals[method]:,} meta-test values are not finite "
+                "(adaptation diverged); tables show nan and count them in summary.csv "
+                "'nonfinite'")

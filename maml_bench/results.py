@@ -7,9 +7,12 @@ files of an experiment and drops duplicate rows, so merging twice changes nothin
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -72,11 +75,71 @@ def write_records(path: Path, frame: pd.DataFrame) -> None:
     atomic_write_bytes(path, gzip.compress(frame.to_csv(index=False).encode(), mtime=0))
 
 
+#: what a damaged gzip CSV raises while being read
+UNREADABLE = (OSError, EOFError, gzip.BadGzipFile, zlib.error, pd.errors.ParserError,
+              pd.errors.EmptyDataError, UnicodeDecodeError)
+
+
 def read_records(path: Path) -> pd.DataFrame:
+    """One records file as it is (no check against its run.json: see `read_verified`)."""
     try:
-        return pd.read_csv(path)
-    except (OSError, EOFError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        return _parse(path.read_bytes())
+    except UNREADABLE as err:
         raise UserError(f"records file {path} is unreadable ({err}); delete it and rerun") from None
+
+
+def _parse(data: bytes) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(data), compression="gzip")
+
+
+def seal(path: Path) -> dict[str, Any]:
+    """What run.json stores to verify a records file later: its row count and checksum."""
+    data = path.read_bytes()
+    return {"records_rows": len(_parse(data)), "records_sha256": hashlib.sha256(data).hexdigest()}
+
+
+def expected_rows(config: dict[str, Any]) -> int:
+    """Rows of a complete run: every test task at every K after 0..eval_steps steps. Runs
+    written before run.json held a checksum are verified by this count."""
+    return len(config["eval_shots"]) * config["test_tasks"] * (config["eval_steps"] + 1)
+
+
+def check_run(run_dir: Path) -> tuple[str | None, pd.DataFrame | None]:
+    """(None, records) if the run's records verify against its run.json, else (what is wrong,
+    None)."""
+    records, info_path = run_dir / RECORDS_FILE, run_dir / RUN_INFO_FILE
+    if not info_path.exists():
+        return "it has no run.json (the run did not finish)", None
+    try:
+        info = json.loads(info_path.read_text())
+        data = records.read_bytes()
+    except (OSError, ValueError) as err:
+        return f"it cannot be read ({err})", None
+    try:
+        frame = _parse(data)
+    except UNREADABLE as err:
+        return f"it cannot be read ({type(err).__name__})", None
+    want = info.get("records_rows")
+    if want is None and "config" in info:
+        want = expected_rows(info["config"])
+    if len(frame) != want:
+        return (f"it holds {len(frame):,} rows where run.json expects {want:,} (truncated or "
+                "damaged)"), None
+    sha = info.get("records_sha256")
+    if sha is not None and hashlib.sha256(data).hexdigest() != sha:
+        return "its checksum differs from the one in run.json (changed or damaged)", None
+    return None, frame
+
+
+def read_verified(path: Path) -> pd.DataFrame:
+    """A records file after checking it against its run.json: damage is one line naming the
+    file and the fix, never a silently different table."""
+    problem, frame = check_run(path.parent)
+    if problem is not None:
+        raise UserError(f"records {path} are not trustworthy: {problem}; rerun the `maml-bench "
+                        "run` command that made them (it redoes that run), or delete "
+                        f"{path.parent}")
+    return frame
 
 
 def find_record_files(root: Path, experiment: str | None = None) -> list[Path]:
@@ -85,8 +148,8 @@ def find_record_files(root: Path, experiment: str | None = None) -> list[Path]:
 
 
 def load_records(paths: Iterable[Path]) -> pd.DataFrame:
-    """Concatenate records files; duplicate keys (same run read twice) are dropped."""
-    frames = [read_records(p) for p in paths]
+    """Concatenate verified records files; duplicate keys (same run read twice) are dropped."""
+    frames = [read_verified(p) for p in paths]
     if not frames:
         return pd.DataFrame(columns=RECORD_COLUMNS + PROVENANCE_COLUMNS)
     merged = pd.concat(frames, ignore_index=True)

@@ -8,18 +8,21 @@ with the same config is done and is skipped, so rerunning a command never duplic
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import json
 import logging
 import math
 import os
-import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -27,6 +30,7 @@ from maml_bench.algorithms import ALGORITHMS, Algorithm
 from maml_bench.config import apply_overrides, config_dict, config_hash
 from maml_bench.errors import TrainingDiverged, UserError
 from maml_bench.experiments import EXPERIMENTS, Experiment
+from maml_bench.progress import IterationProgress, terminal
 from maml_bench.provenance import provenance
 from maml_bench.results import (
     RECORD_COLUMNS,
@@ -34,6 +38,8 @@ from maml_bench.results import (
     RUN_INFO_FILE,
     atomic_write_bytes,
     atomic_write_text,
+    check_run,
+    seal,
     write_json,
     write_records,
 )
@@ -43,6 +49,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 TRAIN_LOG_FILE = "train_log.csv"
+LOCK_FILE = ".run.lock"
 
 
 def derive_seed(experiment: str, method: str, repetition: int) -> int:
@@ -104,6 +111,8 @@ def plan_runs(
 
 
 def is_done(run: RunSpec) -> bool:
+    """True if the run finished with this config and its records verify against run.json; a
+    damaged or truncated records file makes it not done, so the run is redone."""
     info_path = run.directory / RUN_INFO_FILE
     if not (info_path.exists() and (run.directory / RECORDS_FILE).exists()):
         return False
@@ -116,24 +125,72 @@ def is_done(run: RunSpec) -> bool:
             f"{run.directory} holds a finished run with another config; "
             "use another --out, or delete that directory to replace it"
         )
+    problem, _ = check_run(run.directory)
+    if problem is not None:
+        log.warning("%s: records not trustworthy (%s); redoing the run", run.run_id, problem)
+        return False
     return True
 
 
-def show_progress() -> bool:
-    return sys.stderr.isatty() and not os.environ.get("CI")
+def progress_mode(progress: bool | str | None) -> str:
+    """bar on a terminal, lines in logs (or `progress="lines"`); `progress=False` silences
+    both (pool workers under a bar, tests that want quiet)."""
+    if progress is False:
+        return "off"
+    if progress == "lines":
+        return "lines"
+    return "bar" if progress or terminal() else "lines"
 
 
-def execute(run: RunSpec, progress: bool | None = None, threads: int = 1) -> Path:
+@contextmanager
+def run_lock(run: RunSpec) -> Iterator[None]:
+    """One process per run directory: a second one is refused with the holder's pid instead of
+    training the same run twice. The lock dies with its process, so a kill never leaves it."""
+    run.directory.mkdir(parents=True, exist_ok=True)
+    path = run.directory / LOCK_FILE
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise UserError(f"{run.run_id} is being run by another process (pid {holder}) in "
+                            f"{run.directory}; wait for it or stop it, then run again") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def remove_stray_temp_files(directory: Path) -> None:
+    """Temp files left by a killed write (atomic writes rename theirs when they finish); only
+    called while holding the run's lock, so no live writer owns them."""
+    for stray in directory.glob(".*.tmp"):
+        stray.unlink(missing_ok=True)
+
+
+def execute(run: RunSpec, progress: bool | str | None = None, threads: int = 1) -> Path:
     """Train (resuming from a checkpoint if one exists), evaluate and write the run's files."""
-    if is_done(run):
-        log.info("%s: already done, skipped", run.run_id)
-        return run.directory
+    with run_lock(run):
+        remove_stray_temp_files(run.directory)
+        if is_done(run):
+            log.info("%s: already done, skipped", run.run_id)
+            return run.directory
+        return _execute(run, progress_mode(progress), threads)
+
+
+def _execute(run: RunSpec, mode: str, threads: int) -> Path:
     torch.set_num_threads(threads)
     experiment = EXPERIMENTS.get(run.experiment)
     benchmark = BENCHMARKS.get(experiment.benchmark)(run.config)
     algorithm = ALGORITHMS.get(run.method)(benchmark, run.config, run.seed)
     chash = config_hash(run.config)
-    run.directory.mkdir(parents=True, exist_ok=True)
     ckpt_path = run.directory / CHECKPOINT_FILE
     start, train_log, train_seconds = 0, [], 0.0
     if ckpt_path.exists():
@@ -150,7 +207,7 @@ def execute(run: RunSpec, progress: bool | None = None, threads: int = 1) -> Pat
     gc.collect()
     gc.freeze()
     try:
-        train_seconds = _train(run, algorithm, start, train_log, ckpt_path, chash, progress,
+        train_seconds = _train(run, algorithm, start, train_log, ckpt_path, chash, mode,
                                train_seconds)
     finally:
         gc.unfreeze()
@@ -163,65 +220,62 @@ def execute(run: RunSpec, progress: bool | None = None, threads: int = 1) -> Pat
     write_records(run.directory / RECORDS_FILE, frame)
     atomic_write_text(run.directory / TRAIN_LOG_FILE, pd.DataFrame(
         train_log, columns=["iteration", "train_loss"]).to_csv(index=False))
+    nonfinite = int((~np.isfinite(frame["value"].to_numpy())).sum())
     write_json(run.directory / RUN_INFO_FILE, {
         "run_id": run.run_id, "experiment": run.experiment, "method": run.method,
         "repetition": run.repetition, "run_seed": run.seed, "config": config_dict(run.config),
         "config_hash": chash, "iterations": algorithm.iterations,
         "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
-        "info": algorithm.info, **prov,
+        "nonfinite_test_values": nonfinite, "info": algorithm.info,
+        **seal(run.directory / RECORDS_FILE), **prov,
     })
     return run.directory
 
 
 def _train(run: RunSpec, algorithm: Algorithm, start: int, train_log: list[dict[str, float]],
-           ckpt_path: Path, chash: str, progress: bool | None, seconds_before: float) -> float:
-    """Train from iteration `start`; returns the training seconds of all sessions so far."""
+           ckpt_path: Path, chash: str, mode: str, seconds_before: float) -> float:
+    """Train from iteration `start`; returns the training seconds of all sessions so far.
+
+    Loss and parameters are checked finite every `check_every` iterations and also before every
+    training-log row and every checkpoint, so neither a log nor a checkpoint ever holds NaN/inf.
+    """
     c = run.config
     total = algorithm.iterations
     every_ckpt = getattr(algorithm, "checkpoint_interval", c.checkpoint_every)
-    every_check = min(c.check_every, every_ckpt)
-    bar = _progress_bar(run.run_id, total, start, show_progress() if progress is None else progress)
+    bar = IterationProgress(run.run_id, total, start, mode)
     loss_sum = torch.zeros(())
     since_log = 0
     last_good = start if ckpt_path.exists() else None
     t0 = time.perf_counter()
     for it in range(start, total):
-        # Losses stay tensors (no sync per step); they are read every `check_every` iterations.
+        # Losses stay tensors (no sync per step); they are read only when checked or logged.
         loss_sum = loss_sum + algorithm.train_step(it)
         since_log += 1
         done = it + 1
-        check_due = done % every_check == 0 or done == total
+        log_due = done % c.log_every == 0 or done == total
+        ckpt_due = done % every_ckpt == 0 or done == total
+        check_due = done % c.check_every == 0 or log_due or ckpt_due
+        # loss_sum covers every step since the last log row, so no non-finite loss escapes.
         if check_due and not (math.isfinite(loss_sum.item()) and _all_finite(algorithm)):
             where = (f"last good checkpoint {ckpt_path} (iteration {last_good}) kept"
                      if last_good is not None else "no checkpoint was written yet")
             raise TrainingDiverged(
                 f"{run.run_id}: non-finite loss or parameters by iteration {done}; {where}; "
                 "lower meta_lr or inner_lr, or clip with --set grad_clip=10")
-        if done % c.log_every == 0 or done == total:
+        if log_due:
             train_log.append({"iteration": done, "train_loss": loss_sum.item() / since_log})
             loss_sum, since_log = torch.zeros(()), 0
-        if done % every_ckpt == 0 or done == total:
+        if ckpt_due:
             elapsed = seconds_before + time.perf_counter() - t0
             _save_checkpoint(ckpt_path, algorithm, done, train_log, chash, elapsed)
             last_good = done
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(done)
+    bar.close()
     return seconds_before + time.perf_counter() - t0
 
 
 def _all_finite(algorithm: Algorithm) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in algorithm.tensors())
-
-
-def _progress_bar(name: str, total: int, start: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc=name, unit="it", dynamic_ncols=True,
-                mininterval=0.5)
 
 
 def _save_checkpoint(path: Path, algorithm: Algorithm, iteration: int,

@@ -1,76 +1,76 @@
 """Settings shared by every supervised experiment; each benchmark's config extends these.
 
-Defaults are the paper's sinusoid values; every field can be changed with `--set key=value`.
+Defaults are the paper's sinusoid values; every field can be changed with `--set key=value` and
+declares its valid domain (`setting(default, domain)`), checked before any work starts. Upper
+bounds stop values that would only exhaust memory or time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from maml_bench.errors import UserError
+from maml_bench.domains import Items, Number, OneOf, check_fields, require, setting
+
+COUNT = 10_000_000  # iterations and intervals: 140x the paper's 70,000 meta-iterations
+STEP = Number(float, 0.0, 10.0, lo_open=True)  # a step size
+SIZE = Number(int, 1, 100_000)  # tasks, networks, chunk sizes
 
 
 @dataclass(frozen=True)
 class MetaConfig:
     # --- meta-training (MAML and its relatives) ---
-    iterations: int = 70_000
+    iterations: int = setting(70_000, Number(int, 1, COUNT))
     """meta-iterations (outer steps); also the regression steps of pretrain/oracle"""
-    meta_batch: int = 25
+    meta_batch: int = setting(25, SIZE)
     """tasks per meta-iteration"""
-    meta_lr: float = 1e-3
+    meta_lr: float = setting(1e-3, STEP)
     """Adam step size of the outer (meta) optimizer"""
-    inner_lr: float = 0.01
+    inner_lr: float = setting(0.01, STEP)
     """alpha: inner gradient step size (paper text 0.01; reference code flag 0.001)"""
-    inner_steps: int = 1
+    inner_steps: int = setting(1, Number(int, 1, 100))
     """inner gradient steps during meta-training"""
-    train_shots: int = 10
+    train_shots: int = setting(10, Number(int, 1, 10_000))
     """K support examples per task during meta-training"""
-    train_query: int = 10
+    train_query: int = setting(10, Number(int, 1, 10_000))
     """query examples per task during meta-training"""
-    grad_clip: float = 0.0
+    grad_clip: float = setting(0.0, Number(float, 0.0, 1e6))
     """clip meta-gradients to [-c, c] (0 = off; the code clips MiniImagenet at 10)"""
-    path: str = "auto"
+    path: str = setting("auto", OneOf(("auto", "batched", "loop")))
     """meta-gradient path: auto (batched when the model passes the checks) | batched | loop"""
     # --- Reptile, Meta-SGD ---
-    reptile_inner_steps: int = 5
+    reptile_inner_steps: int = setting(5, Number(int, 1, 1_000))
     """Reptile: SGD steps per task before the outer update"""
-    metasgd_init_lr: float = 0.01
+    metasgd_init_lr: float = setting(0.01, STEP)
     """Meta-SGD: initial value of every learned per-parameter step size"""
     # --- meta-test ---
-    eval_shots: tuple[int, ...] = (5, 10, 20)
+    eval_shots: tuple[int, ...] = setting((5, 10, 20), Items(Number(int, 1, 10_000), 1, 16))
     """K at meta-test"""
-    eval_steps: int = 10
+    eval_steps: int = setting(10, Number(int, 0, 1_000))
     """gradient steps at meta-test (records after 0..eval_steps)"""
-    test_tasks: int = 600
-    """fixed, seeded meta-test tasks"""
-    test_seed: int = 20170309
+    test_tasks: int = setting(600, Number(int, 2, 100_000))
+    """fixed, seeded meta-test tasks (at least 2: a confidence interval needs a spread)"""
+    test_seed: int = setting(20170309, Number(int, 0, 2**62))
     """seed of the meta-test tasks (the same for every method and repetition)"""
-    val_tasks: int = 200
+    val_tasks: int = setting(200, SIZE)
     """validation tasks (separate seed) for tuning the fine-tuning step size of baselines"""
-    finetune_lrs: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+    finetune_lrs: tuple[float, ...] = setting(
+        (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2), Items(STEP, 1, 64))
     """grid searched on the validation tasks for 'tuned step size' baselines"""
-    eval_chunk: int = 200
+    eval_chunk: int = setting(200, SIZE)
     """tasks adapted at once during meta-test (memory vs speed)"""
     # --- bookkeeping ---
-    checkpoint_every: int = 5_000
+    checkpoint_every: int = setting(5_000, Number(int, 1, COUNT))
     """iterations between checkpoints (a killed run resumes from the last one)"""
-    check_every: int = 100
-    """iterations between finiteness checks of loss and parameters"""
-    log_every: int = 1_000
+    check_every: int = setting(100, Number(int, 1, COUNT))
+    """iterations between finiteness checks of loss and parameters (also at every log row and
+    before every checkpoint)"""
+    log_every: int = setting(1_000, Number(int, 1, COUNT))
     """iterations between training-log rows"""
 
     def validate(self) -> None:
-        positive = ["iterations", "meta_batch", "train_shots", "train_query", "test_tasks",
-                    "val_tasks", "eval_chunk", "checkpoint_every", "check_every", "log_every"]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("inner_steps", "eval_steps", "reptile_inner_steps", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.path not in ("auto", "batched", "loop"):
-            raise UserError(f"path must be auto, batched or loop, got {self.path!r}")
-        if not self.eval_shots or min(self.eval_shots) <= 0:
-            raise UserError("eval_shots must be positive integers, e.g. --set eval_shots=5,10,20")
-        if not self.finetune_lrs or min(self.finetune_lrs) <= 0:
-            raise UserError("finetune_lrs must be positive, e.g. --set finetune_lrs=0.01,0.02")
+        """Each field in its domain, then the rules across fields."""
+        check_fields(self)
+        points = self.meta_batch * (self.train_shots + self.train_query)
+        require(points <= 10_000_000, ["meta_batch", "train_shots", "train_query"],
+                "meta_batch * (train_shots + train_query) <= 10,000,000 examples per "
+                f"meta-batch (memory), got {points:,}")

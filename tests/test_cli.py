@@ -34,8 +34,9 @@ def test_show_lists_settings_with_docs(capsys):
     (["run", "sinusoid-tabel2-v1"], "unknown experiment 'sinusoid-tabel2-v1'; did you mean"),
     (["run", "--method", "mamll", "--scale", "tiny"], "has no method 'mamll'"),
     (["run", "--set", "inner_lr=x", "--scale", "tiny"], "--set inner_lr=x: expected float"),
-    (["run", "--seeds", "0", "--scale", "tiny"], "--seeds must be positive"),
-    (["report", "--out", "/nonexistent-dir"], "no records for sinusoid-table2-v1"),
+    (["run", "--seeds", "0", "--scale", "tiny"], "argument --seeds: '0' is not an integer in [1, "),
+    (["report", "--out", "/nonexistent-dir"], "no directory /nonexistent-dir with records of "
+                                              "sinusoid-table2-v1"),
 ])
 def test_bad_input_is_one_line_without_traceback(args, message):
     result = cli(*args)

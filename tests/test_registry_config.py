@@ -53,9 +53,9 @@ def test_overrides_are_typed():
     ("inner_steps=1.5", "expected int"),
     ("inner_lr=fast", "expected float"),
     ("inner_lr", "expected key=value"),
-    ("iterations=-3", "iterations must be positive"),
-    ("eval_shots=0", "eval_shots must be positive"),
-    ("path=gpu", "path must be auto, batched or loop"),
+    ("iterations=-3", r"iterations=-3 is invalid: must be an integer in \[1, "),
+    ("eval_shots=0", r"eval_shots=0 is invalid: .* each an integer in \[1, "),
+    ("path=gpu", "path=gpu is invalid: must be one of auto | batched | loop"),
     ("amplitude_min=9", "amplitude_min <= amplitude_max"),
 ])
 def test_bad_overrides_get_clear_errors(override, message):

@@ -11,50 +11,57 @@ import torch
 from torch import Tensor, nn
 
 from maml_bench.core.functional import SupervisedBatch
-from maml_bench.errors import UserError
+from maml_bench.domains import Items, Number, OneOf, require, setting
 from maml_bench.models.mlp import MLP, reference_code_init_
-from maml_bench.settings import MetaConfig
+from maml_bench.settings import COUNT, SIZE, STEP, MetaConfig
 from maml_bench.tasks.base import SupervisedBenchmark
+
+PARAM = Number(float, -1e4, 1e4)  # a coordinate or phase
 
 
 @dataclass(frozen=True)
 class SinusoidConfig(MetaConfig):
-    amplitude_min: float = 0.1
-    amplitude_max: float = 5.0
-    phase_min: float = 0.0
-    phase_max: float = math.pi
-    x_min: float = -5.0
-    x_max: float = 5.0
-    hidden: tuple[int, ...] = (40, 40)
+    amplitude_min: float = setting(0.1, Number(float, 0.0, 1e3, lo_open=True))
+    """smallest amplitude A of a task (paper 0.1)"""
+    amplitude_max: float = setting(5.0, Number(float, 0.0, 1e3, lo_open=True))
+    """largest amplitude A of a task (paper 5.0)"""
+    phase_min: float = setting(0.0, PARAM)
+    """smallest phase of a task (paper 0)"""
+    phase_max: float = setting(math.pi, PARAM)
+    """largest phase of a task (paper pi)"""
+    x_min: float = setting(-5.0, PARAM)
+    """inputs are drawn uniformly from [x_min, x_max] (paper -5, 5)"""
+    x_max: float = setting(5.0, PARAM)
+    """see x_min"""
+    hidden: tuple[int, ...] = setting((40, 40), Items(Number(int, 1, 4096), 1, 16))
     """hidden layer widths of the ReLU MLP (paper: 40, 40)"""
-    test_query: int = 0
+    test_query: int = setting(0, Number(int, 0, 10_000))
     """held-out points per test task; 0 = K points, as the reference code"""
     # --- multi-task parameter-averaging baselines (paper App. C.1) ---
-    multitask_networks: int = 500
+    multitask_networks: int = setting(500, SIZE)
     """separate regressors, one per task, whose parameters are averaged"""
-    multitask_steps: int = 3_000
+    multitask_steps: int = setting(3_000, Number(int, 1, COUNT))
     """Adam steps per regressor"""
-    multitask_points: int = 100
+    multitask_points: int = setting(100, Number(int, 1, 100_000))
     """fresh points per step for each regressor ("plenty of data")"""
-    multitask_lr: float = 1e-2
+    multitask_lr: float = setting(1e-2, STEP)
     """Adam step size of each regressor"""
-    multitask_chunk: int = 50
+    multitask_chunk: int = setting(50, SIZE)
     """regressors trained side by side; the 'mean theta' pull uses all finished chunks"""
-    multitask_l2: float = 1e-3
+    multitask_l2: float = setting(1e-3, Number(float, 0.0, 1e6))
     """l2 weight decay coefficient of the 'l2 reg' variant"""
-    multitask_mean_pull: float = 1e-3
+    multitask_mean_pull: float = setting(1e-3, Number(float, 0.0, 1e6))
     """coefficient of the l2 pull towards the mean of earlier regressors ('reg to mean')"""
-    multitask_target_mse: float = 0.02
+    multitask_target_mse: float = setting(0.02, Number(float, 0.0, 1e6, lo_open=True))
     """each regressor should reach this MSE (the paper: < 0.02); the run reports the fraction"""
 
     def validate(self) -> None:
         super().validate()
-        if not (0 < self.amplitude_min <= self.amplitude_max):
-            raise UserError("need 0 < amplitude_min <= amplitude_max")
-        if self.x_min >= self.x_max or self.phase_min > self.phase_max:
-            raise UserError("need x_min < x_max and phase_min <= phase_max")
-        if self.multitask_networks <= 0 or self.multitask_chunk <= 0:
-            raise UserError("multitask_networks and multitask_chunk must be positive")
+        require(self.amplitude_min <= self.amplitude_max, ["amplitude_min", "amplitude_max"],
+                "amplitude_min <= amplitude_max")
+        require(self.phase_min <= self.phase_max, ["phase_min", "phase_max"],
+                "phase_min <= phase_max")
+        require(self.x_min < self.x_max, ["x_min", "x_max"], "x_min < x_max")
 
 
 @dataclass(frozen=True)
@@ -62,13 +69,8 @@ class SinusoidCodeConfig(SinusoidConfig):
     """Sinusoid settings with a choice of weight init (a subclass, so that the configs and
     hashes of the experiments that predate this option are unchanged)."""
 
-    weight_init: str = "reference-code"
+    weight_init: str = setting("reference-code", OneOf(("torch", "reference-code")))
     """torch (PyTorch's default) | reference-code (truncated normal std 0.01, zero biases)"""
-
-    def validate(self) -> None:
-        super().validate()
-        if self.weight_init not in ("torch", "reference-code"):
-            raise UserError("weight_init must be torch or reference-code")
 
 
 class Sinusoid(SupervisedBenchmark):

@@ -1,0 +1,163 @@
+"""Valid domains of settings: every config field declares one beside its docstring.
+
+`setting(default, domain)` declares a dataclass field with its domain; `check_fields` checks a
+whole config against them before any work starts, so a bad value is one line naming the setting
+and what it may be. Each domain also names values outside it (`outside`), which the tests feed
+to the command line for every field of every registered experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from maml_bench.errors import UserError
+
+
+class Domain:
+    """What values a setting may take."""
+
+    def contains(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def outside(self) -> list[str]:
+        """Command-line texts that parse but lie outside the domain (for tests)."""
+        raise NotImplementedError
+
+
+def _fmt(x: float) -> str:
+    if isinstance(x, int) and abs(x) >= 10_000:
+        return f"{x:,}".replace(",", "_")
+    return f"{x:g}"
+
+
+@dataclass(frozen=True)
+class Number(Domain):
+    """A finite int or float in an interval; open ends with `lo_open`/`hi_open`."""
+
+    kind: type
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def contains(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.kind is int and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return above and below
+
+    def describe(self) -> str:
+        what = "an integer" if self.kind is int else "a finite number"
+        left = "(" if self.lo_open else "["
+        right = ")" if self.hi_open else "]"
+        return f"{what} in {left}{_fmt(self.lo)}, {_fmt(self.hi)}{right}"
+
+    def outside(self) -> list[str]:
+        out = [repr(self.hi * 10 + 1) if self.kind is float else str(int(self.hi) * 10 + 1)]
+        low = self.lo if self.lo_open else (self.lo - 1 if self.kind is int else self.lo - 0.5)
+        out.append(str(int(low)) if self.kind is int else repr(float(low)))
+        if self.kind is float:
+            out += ["nan", "inf", "-inf"]
+        return out
+
+
+@dataclass(frozen=True)
+class OneOf(Domain):
+    values: tuple[str, ...]
+
+    def contains(self, value: Any) -> bool:
+        return value in self.values
+
+    def describe(self) -> str:
+        return "one of " + " | ".join(self.values)
+
+    def outside(self) -> list[str]:
+        return ["no-such-" + self.values[0]]
+
+
+@dataclass(frozen=True)
+class Pattern(Domain):
+    """Text matching a regular expression in full."""
+
+    regex: str
+    what: str
+
+    def contains(self, value: Any) -> bool:
+        return isinstance(value, str) and re.fullmatch(self.regex, value) is not None
+
+    def describe(self) -> str:
+        return self.what
+
+    def outside(self) -> list[str]:
+        return ["", "a/b", "x" * 300]
+
+
+@dataclass(frozen=True)
+class Items(Domain):
+    """A comma-separated list whose items each lie in `item`, with a bounded length."""
+
+    item: Number
+    min_len: int = 1
+    max_len: int = 32
+
+    def contains(self, value: Any) -> bool:
+        return (isinstance(value, tuple) and self.min_len <= len(value) <= self.max_len
+                and all(self.item.contains(v) for v in value))
+
+    def describe(self) -> str:
+        return (f"{self.min_len} to {self.max_len} comma-separated values, each "
+                f"{self.item.describe()}")
+
+    def outside(self) -> list[str]:
+        good = _fmt(self.item.lo if not self.item.lo_open else self.item.hi)
+        return [f"{bad},{good}" for bad in self.item.outside()] + [
+            ",".join([good] * (self.max_len + 1))]
+
+
+def setting(default: Any, domain: Domain) -> Any:
+    """A dataclass field with its valid domain (shown by `maml-bench show`, checked by
+    `check_fields`)."""
+    return dataclasses.field(default=default, metadata={"domain": domain})
+
+
+def domain_of(field: dataclasses.Field) -> Domain:
+    domain = field.metadata.get("domain")
+    if domain is None:  # a programming error: every setting must say what it accepts
+        raise TypeError(f"setting {field.name!r} declares no domain; use setting(default, ...)")
+    return domain
+
+
+def show_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def check_fields(config: Any) -> None:
+    """Every field of the dataclass `config` inside its declared domain, else a UserError that
+    names the setting, its value and the domain."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        domain = domain_of(field)
+        if not domain.contains(value):
+            raise UserError(f"setting {field.name}={show_value(value)} is invalid: must be "
+                            f"{domain.describe()}")
+
+
+def require(condition: bool, names: Sequence[str], rule: str) -> None:
+    """A rule across settings (e.g. x_min < x_max): one line naming the settings."""
+    if not condition:
+        raise UserError(f"settings {', '.join(names)} are invalid together: need {rule}")
