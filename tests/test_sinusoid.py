@@ -65,6 +65,6 @@ def test_reference_code_weight_init():
     try:
         apply_overrides(SinusoidCodeConfig(), ["weight_init=xavier"])
     except UserError as err:
-        assert "weight_init must be" in str(err)
+        assert "weight_init=xavier is invalid: must be one of torch | reference-code" in str(err)
     else:
         raise AssertionError("bad weight_init accepted")
