@@ -1,28 +1,92 @@
-"""Builds an experiment's paper-vs-ours tables and learning-curve figures from its records."""
+"""Builds an experiment's paper-vs-ours tables and figures from its records and run.json files.
+
+Each run's scale ("paper", "quick", ..., or "custom" after --set) is derived from the config
+hash in its run.json, so tables and figures can say which scale they show and compare only
+paper-scale numbers with the paper.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from maml_bench.config import config_hash
 from maml_bench.errors import UserError
-from maml_bench.experiments import EXPERIMENTS
-from maml_bench.results import atomic_write_text, find_record_files, load_records
+from maml_bench.experiments import EXPERIMENTS, Experiment
+from maml_bench.report.tables import UNKNOWN_SCALE
+from maml_bench.results import RUN_INFO_FILE, atomic_write_text, find_record_files, load_records
+from maml_bench.runner import TRAIN_LOG_FILE, resolve_config
 from maml_bench.stats import mean_keep_nan
 
 log = logging.getLogger(__name__)
 
+CUSTOM_SCALE = "custom"
+RUN_COLUMNS = ["run_id", "method", "seed", "scale", "config_hash", "iterations", "config",
+               "directory"]
+
+
+def scale_of(experiment: Experiment, run_config_hash: str) -> str:
+    """The name of the experiment scale whose resolved config has this hash, else "custom"
+    (settings changed with --set). Derived from the hash rather than stored, so it holds for
+    runs written before reports knew about scales too."""
+    for name in experiment.scales:  # the first of equal scales wins (paper comes first)
+        if config_hash(resolve_config(experiment, name, [])) == run_config_hash:
+            return name
+    return CUSTOM_SCALE
+
+
+def experiment_runs(experiment_id: str, out: Path) -> pd.DataFrame:
+    """One row per run with records and a readable run.json (RUN_COLUMNS): what was run."""
+    experiment = EXPERIMENTS.get(experiment_id)
+    scales: dict[str, str] = {}
+    rows = []
+    for records_file in find_record_files(out, experiment_id):
+        info = _read_json(records_file.parent / RUN_INFO_FILE)
+        if info is None:
+            continue
+        chash = str(info.get("config_hash"))
+        if chash not in scales:
+            scales[chash] = scale_of(experiment, chash)
+        rows.append({
+            "run_id": f"{experiment_id}/{info.get('method')}/seed-{info.get('repetition')}",
+            "method": info.get("method"),
+            "seed": info.get("repetition"),
+            "scale": scales[chash],
+            "config_hash": chash,
+            "iterations": info.get("iterations"),
+            "config": info.get("config") or {},
+            "directory": records_file.parent,
+        })
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        log.warning("%s is unreadable (%s); its run's scale is unknown", path, err)
+        return None
+
 
 def experiment_records(experiment_id: str, out: Path) -> pd.DataFrame:
+    """Every record of the experiment, with a `scale` column per run (see `scale_of`)."""
     files = find_record_files(out, experiment_id)
     if not files:
         raise UserError(
             f"no records for {experiment_id} under {out}; run `maml-bench run {experiment_id} "
             f"--out {out}` first, or pass the --out of an earlier run (quick runs: runs/quick)"
         )
-    return load_records(files)
+    records = load_records(files)  # each verified against its run.json
+    runs = experiment_runs(experiment_id, out)
+    scales = dict(zip(runs["run_id"], runs["scale"], strict=True))
+    records["scale"] = records["run_id"].map(scales).fillna(UNKNOWN_SCALE)
+    return records
 
 
 def build_tables(experiment_id: str, out: Path, ci: str = "normal", level: float = 0.95
@@ -54,24 +118,58 @@ def build_tables(experiment_id: str, out: Path, ci: str = "normal", level: float
 
 
 def build_figures(experiment_id: str, out: Path) -> list[Path]:
-    from maml_bench.report.plots import plot_learning_curves
+    """The experiment's learning-curve figures and `training-curves.png` (meta-training loss
+    of every run, from its train_log.csv; skipped with a warning when there is none)."""
+    from maml_bench.report.plots import plot_learning_curves, plot_training_curves
 
     experiment = EXPERIMENTS.get(experiment_id)
     records = experiment_records(experiment_id, out)
+    figure_dir = out / experiment_id / "figures"
     paths = []
     for spec in experiment.figures:
-        path = out / experiment_id / "figures" / f"{spec.name}.png"
         paths.append(plot_learning_curves(
-            records, path, list(spec.methods), experiment.labels(), list(spec.shots),
-            metric=experiment.metric, ylabel=spec.ylabel, title=spec.title,
+            records, figure_dir / f"{spec.name}.png", list(spec.methods), experiment.labels(),
+            list(spec.shots), metric=experiment.metric, ylabel=spec.ylabel, title=spec.title,
             paper=experiment.paper_frame()))
+    logs = training_logs(experiment_runs(experiment_id, out))
+    if logs.empty:
+        log.warning("no %s under %s/%s: training-curves.png not drawn", TRAIN_LOG_FILE, out,
+                    experiment_id)
+    else:
+        order = [m.algorithm for m in experiment.methods]
+        paths.append(plot_training_curves(
+            logs, figure_dir / "training-curves.png", order, experiment.labels(),
+            title=f"{experiment.title}: meta-training loss"))
     return paths
+
+
+def training_logs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The train_log.csv of each run in `runs` (from `experiment_runs`), stacked: method,
+    seed, scale, iteration, train_loss."""
+    frames = []
+    for run in runs.itertuples(index=False):
+        path = Path(run.directory) / TRAIN_LOG_FILE
+        if not path.exists():
+            continue
+        try:
+            frame = pd.read_csv(path)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            log.warning("%s is unreadable (%s); left out of the training curves", path, err)
+            continue
+        frames.append(frame.assign(method=run.method, seed=run.seed, scale=run.scale))
+    columns = ["method", "seed", "scale", "iteration", "train_loss"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    logs = pd.concat(frames, ignore_index=True)
+    logs["train_loss"] = pd.to_numeric(logs["train_loss"], errors="coerce")  # "inf", "nan"
+    return logs[columns]
 
 
 def build_comparison(experiment_ids: list[str], method: str, out: Path, shots: int,
                      steps: list[int], name: str, ci: str = "normal") -> list[Path]:
     """One method across protocol variants (one row per experiment), beside the paper, with the
-    median and worst test task after the last step: what a protocol detail moves."""
+    median and worst test task after the last step: what a protocol detail moves. Each row is
+    labelled with what its runs actually ran (their run.json), not the experiment's defaults."""
     from maml_bench.report.tables import format_table, summarize, write_table
 
     summaries, labels, tails = [], {}, {}
@@ -81,11 +179,17 @@ def build_comparison(experiment_ids: list[str], method: str, out: Path, shots: i
         records = records[(records["method"] == method) & (records["shots"] == shots)]
         if records.empty:
             raise UserError(f"no {method} records with K={shots} for {experiment_id} under {out}")
+        missing = sorted(set(steps) - set(records["step"]))
+        if missing:
+            raise UserError(f"--steps {','.join(map(str, missing))}: {experiment_id}'s {method} "
+                            f"records have steps {records['step'].min()}.."
+                            f"{records['step'].max()} only")
         summary = summarize(records, experiment.paper_frame(), ci=ci)
         summary["method"] = experiment_id
         summary["experiment"] = "comparison"
         summaries.append(summary)
-        labels[experiment_id] = f"{experiment_id} ({_protocol(experiment.config)})"
+        runs = experiment_runs(experiment_id, out)
+        labels[experiment_id] = f"{experiment_id} ({_protocol(runs[runs['method'] == method])})"
         tails[experiment_id] = _tail(records, max(steps))
     combined = pd.concat(summaries, ignore_index=True)
     wide = format_table(combined, shots, steps, labels)
@@ -98,10 +202,20 @@ def build_comparison(experiment_ids: list[str], method: str, out: Path, shots: i
     return list(paths.values())
 
 
-def _protocol(config: object) -> str:
-    parts = [f"alpha={config.inner_lr:g}", f"{config.iterations:,} iterations"]
-    parts.append(f"init={getattr(config, 'weight_init', 'torch')}")
-    return ", ".join(parts)
+def _protocol(runs: pd.DataFrame) -> str:
+    """What the runs ran, from their run.json, e.g. "paper scale: alpha=0.01, 70,000
+    iterations, init=torch"; a setting that differs between seeds lists each value (0.01/0.001)."""
+    if runs.empty:
+        return "no run.json: settings unknown"
+
+    def values(get: Any) -> str:
+        return "/".join(dict.fromkeys(str(get(run)) for run in runs.itertuples(index=False)))
+
+    alpha = values(lambda r: f"{r.config['inner_lr']:g}" if "inner_lr" in r.config else "?")
+    iterations = values(lambda r: f"{int(r.iterations):,}" if pd.notna(r.iterations) else "?")
+    init = values(lambda r: r.config.get("weight_init", "torch"))
+    return (f"{values(lambda r: r.scale)} scale: alpha={alpha}, {iterations} iterations, "
+            f"init={init}")
 
 
 def _tail(records: pd.DataFrame, step: int) -> tuple[str, str]:

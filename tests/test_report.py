@@ -22,6 +22,7 @@ def _records(rows: list[tuple[str, int, int, int, float]]) -> pd.DataFrame:
     frame["run_seed"] = 1000 + frame["seed"]
     frame["shots"] = 5
     frame["metric"] = "mse"
+    frame["scale"] = "paper"
     return frame
 
 
@@ -64,7 +65,8 @@ def test_summarize_averages_seeds_per_task(records, paper) -> None:
     summary = summarize(records, paper)
     assert list(summary.columns) == SUMMARY_COLUMNS
     r = _row(summary, "maml", 1)
-    assert (r["n"], r["seeds"]) == (3, 2)
+    assert (r["n"], r["n_seeds"]) == (3, 2)
+    assert (r["seed_min"], r["seed_max"]) == (2.0, 4.0)
     assert r["mean"] == pytest.approx(3.0)
     # Interval over the 3 per-task means (2, 3, 4), not over the 6 raw values.
     half = 1.959964 * math.sqrt(2 / 3) / math.sqrt(3)
@@ -105,8 +107,10 @@ def test_format_and_write_table(records, paper, tmp_path) -> None:
     assert list(wide.columns) == [
         "method",
         "1 step ours",
+        "1 step seeds: min-max",
         "1 step paper",
         "5 steps ours",
+        "5 steps seeds: min-max",
         "5 steps paper",
     ]
     maml = wide.set_index("method").loc["MAML"]
@@ -122,7 +126,7 @@ def test_format_and_write_table(records, paper, tmp_path) -> None:
     csv = pd.read_csv(paths["csv"])
     assert list(csv.columns) == SUMMARY_COLUMNS and len(csv) == len(summary)
     md = paths["md"].read_text()
-    assert md.startswith("Sinusoid, 5-shot MSE.\n\n")
+    assert md.startswith("Sinusoid, 5-shot MSE. Scale: paper.\n\n")
     assert CI_METHODS["normal"] in md and "3.00 ± 0.92 ✓" in md and "| 2.50 ± 0.10" in md
     tex = paths["tex"].read_text()
     assert r"\checkmark" in tex and r"$\pm$" in tex and r"$\times$" in tex
@@ -181,3 +185,32 @@ def test_summarize_counts_diverged_tasks_and_gives_robust_median(records, paper)
     assert alpha["nonfinite"] == 1 and alpha["median"] == 1.0 and math.isnan(alpha["mean"])
     maml = _row(summary, "maml", 1)
     assert maml["nonfinite"] == 0 and maml["median"] == 3.0
+
+
+def test_table_shows_spread_between_training_seeds(records, paper, tmp_path) -> None:
+    # maml step 1: per-seed means 2 and 4; zeta has one seed; a NaN seed shows as max "nan".
+    nan_seed = records[(records["method"] == "maml") & (records["step"] == 10)].copy()
+    nan_seed["method"], nan_seed["seed"] = "beta", nan_seed["seed"].astype(int)
+    nan_seed.loc[(nan_seed["seed"] == 1) & (nan_seed["task"] == 0), "value"] = np.nan
+    nan_seed["step"] = 1
+    summary = summarize(pd.concat([records, nan_seed], ignore_index=True), paper)
+    beta = _row(summary, "beta", 1)
+    assert (beta["n_seeds"], beta["seed_min"]) == (2, pytest.approx(0.1))
+    assert math.isnan(beta["seed_max"])
+    wide = format_table(summary, shots=5, steps=[1]).set_index("method")
+    assert wide.loc["maml", "1 step seeds: min-max"] == "2.00–4.00 (2 seeds)"
+    assert wide.loc["zeta", "1 step seeds: min-max"] == "1 seed"
+    assert wide.loc["beta", "1 step seeds: min-max"] == "0.10–nan (2 seeds)"
+    paths = write_table(summary, format_table(summary, shots=5, steps=[1]), tmp_path, "t", "T")
+    csv = pd.read_csv(paths["csv"])
+    assert {"n_seeds", "seed_min", "seed_max", "scale"} <= set(csv.columns)
+    assert "min-max over training seeds" in paths["md"].read_text()
+
+
+def test_records_without_scale_are_never_compared_with_the_paper(records, paper) -> None:
+    summary = summarize(records.drop(columns="scale"), paper)
+    assert set(summary["scale"]) == {"unknown"}
+    assert summary["paper_in_ci"].isna().all()
+    wide = format_table(summary, shots=5, steps=[1, 5])
+    assert not wide.map(lambda cell: "✓" in cell or "✗" in cell).any().any()
+    assert wide.set_index("method").loc["maml", "1 step paper"] == "2.50 ± 0.10"

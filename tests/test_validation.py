@@ -45,7 +45,8 @@ def outside(domain: Domain) -> st.SearchStrategy[str]:
         return st.one_of(declared, _number_outside(domain))
     if isinstance(domain, Items):
         good = st.just(str(domain.item.hi if domain.item.kind is int else domain.item.hi / 2))
-        one_bad = st.tuples(st.lists(good, max_size=2), _number_outside(domain.item, in_list=True)).map(
+        bad_item = _number_outside(domain.item, in_list=True)
+        one_bad = st.tuples(st.lists(good, max_size=2), bad_item).map(
             lambda t: ",".join([*t[0], t[1]]))
         return st.one_of(declared, one_bad.filter(lambda s: s.strip(", ") != ""))
     if isinstance(domain, OneOf | Pattern):
@@ -144,6 +145,16 @@ def test_issue_cases(override, capsys, tmp_path):
     code, err = run_cli(capsys, ["run", "--scale", "tiny", "--set", override, "--out", str(out)])
     assert_refused(code, err, override.split("=")[0])
     assert not out.exists()
+
+
+def test_compare_steps_beyond_the_records_are_refused(capsys, tmp_path):
+    out = str(tmp_path)
+    assert cli.main(["run", "--scale", "tiny", "--method", "maml", "--no-report",
+                     "--out", out]) == 0
+    code, err = run_cli(capsys, ["compare", "sinusoid-table2-v1", "--steps", "1,50",
+                                 "--out", out])
+    assert_refused(code, err, "--steps 50", "steps 0..3 only")
+    assert not (tmp_path / "comparisons").exists()
 
 
 @pytest.mark.parametrize("argv", [["report", "--level", "1.5"], ["report", "--level", "nan"],

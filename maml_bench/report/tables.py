@@ -2,7 +2,13 @@
 
 Statistics are over test tasks, as in the paper: the fixed test tasks are the same for every
 seed, so each task's value is first averaged over seeds and the interval is taken over tasks
-(n = number of tasks). The spread between seeds is reported separately (`seeds`, `seed_std`).
+(n = number of tasks). The spread between training seeds is reported beside it: the min and max
+of the per-seed means (`seed_min`, `seed_max`, each seed's mean over test tasks) and `seed_std`.
+
+Every row carries the scale its runs were made at (`scale`: "paper", "quick", ..., "custom" for
+settings changed with --set). Only paper-scale rows are compared with the paper (`paper_in_ci`,
+the ✓ / ✗ marks); other rows keep the paper's value for orientation, and every caption says
+which scale the table is at.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from maml_bench.stats import ci_label, mean_ci, mean_keep_nan
 SUMMARY_COLUMNS = [
     "experiment",
     "method",
+    "scale",  # the runs' experiment scale ("paper", "quick", "custom", ...); see reporting
     "shots",
     "steps",
     "metric",
@@ -30,7 +37,9 @@ SUMMARY_COLUMNS = [
     "n",
     "median",  # over tasks, NaN ignored: robust to a few diverged tasks
     "nonfinite",  # tasks whose value is NaN or inf (diverged fine-tuning)
-    "seeds",
+    "n_seeds",
+    "seed_min",  # min / max over training seeds of each seed's mean over test tasks
+    "seed_max",
     "seed_std",
     "ci_method",
     "paper_in_ci",
@@ -39,6 +48,10 @@ PAPER_COLUMNS = ["experiment", "method", "shots", "steps", "metric", "paper", "p
 _KEYS = ["experiment", "method", "shots", "steps", "metric"]
 _GROUP = ["experiment", "method", "shots", "step", "metric"]
 _DASH = "–"
+SEEDS_HEADER = "seeds: min-max"  # wide tables: "<N steps> seeds: min-max"
+PAPER_SCALE = "paper"
+#: The scale of records whose runs were not labelled (no `scale` column): never compared.
+UNKNOWN_SCALE = "unknown"
 
 
 def _check_paper(paper: pd.DataFrame) -> pd.DataFrame:
@@ -89,14 +102,19 @@ def summarize(
                     "n": n,
                     "median": float(np.nanmedian(values)) if values.notna().any() else np.nan,
                     "nonfinite": int((~np.isfinite(values.to_numpy())).sum()),
-                    "seeds": len(seed_means),
+                    "n_seeds": len(seed_means),
+                    **_seed_range(seed_means),
                     # np.std propagates NaN; one seed gives 0, as documented.
                     "seed_std": _std(seed_means),
                 }
             )
-    stat_cols = ["mean", "ci_low", "ci_high", "n", "median", "nonfinite", "seeds", "seed_std"]
+    stat_cols = ["mean", "ci_low", "ci_high", "n", "median", "nonfinite", "n_seeds",
+                 "seed_min", "seed_max", "seed_std"]
     ours = pd.DataFrame(rows, columns=[*_KEYS, *stat_cols])
-    ours = ours.astype({"shots": "int64", "steps": "int64", "n": "int64", "seeds": "int64"})
+    ours = ours.astype({"shots": "int64", "steps": "int64", "n": "int64", "n_seeds": "int64"})
+    scales = method_scales(records)
+    ours["scale"] = [scales[(e, m)] for e, m in zip(ours["experiment"], ours["method"],
+                                                     strict=True)]
 
     how = "outer" if include_paper_only else "left"
     if include_paper_only:
@@ -104,10 +122,12 @@ def summarize(
     out = ours.merge(paper, on=_KEYS, how=how, validate="one_to_one")
     out["n"] = out["n"].fillna(0).astype("int64")
     out["nonfinite"] = out["nonfinite"].fillna(0).astype("int64")
-    out["seeds"] = out["seeds"].fillna(0).astype("int64")
+    out["n_seeds"] = out["n_seeds"].fillna(0).astype("int64")
     out["ci_method"] = ci
 
-    valid = out["paper"].notna() & out["ci_low"].notna() & out["ci_high"].notna()
+    # A run below (or other than) the paper's protocol is not a test of the paper's number.
+    valid = (out["paper"].notna() & out["ci_low"].notna() & out["ci_high"].notna()
+             & (out["scale"] == PAPER_SCALE))
     inside = (out["ci_low"] <= out["paper"]) & (out["paper"] <= out["ci_high"])
     out["paper_in_ci"] = inside.astype("boolean").mask(~valid, pd.NA)
 
@@ -120,6 +140,64 @@ def summarize(
     out = out[SUMMARY_COLUMNS].reset_index(drop=True)
     out.attrs["ci_level"] = level
     return out
+
+
+def method_scales(records: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(experiment, method) -> the scale of its runs: "paper", "quick", ...; a method whose
+    seeds ran at several scales reads e.g. "custom+paper" (so it is not paper scale);
+    records without a `scale` column are "unknown"."""
+    if "scale" not in records.columns:
+        keys = records[["experiment", "method"]].drop_duplicates().itertuples(index=False)
+        return {(e, m): UNKNOWN_SCALE for e, m in keys}
+    scale = records["scale"].fillna(UNKNOWN_SCALE).astype(str)
+    grouped = scale.groupby([records["experiment"], records["method"]], sort=False)
+    return {key: "+".join(sorted(set(values))) for key, values in grouped}
+
+
+def describe_scales(scales: dict[str, str]) -> str:
+    """The scales of method -> scale as text: "paper", "quick", or, where they differ,
+    "paper (maml, fomaml); custom (multitask-mean)" (paper first, methods in the given order)."""
+    groups: dict[str, list[str]] = {}
+    for method, scale in scales.items():
+        groups.setdefault(scale, []).append(method)
+    if len(groups) == 1:
+        return next(iter(groups))
+    order = sorted(groups, key=lambda scale: scale != PAPER_SCALE)  # stable: paper first
+    return "; ".join(f"{scale} ({', '.join(groups[scale])})" for scale in order)
+
+
+def scale_note(scales: dict[str, str]) -> str:
+    """Sentences for a caption: the scale of method -> scale, and whether ✓ / ✗ apply."""
+    if not scales:
+        return ""
+    text = describe_scales(scales)
+    if all(s == PAPER_SCALE for s in scales.values()):
+        return "Scale: paper."
+    terms = []
+    if any("custom" in s.split("+") for s in scales.values()):
+        terms.append("custom: settings changed with --set")
+    if any("+" in s for s in scales.values()):
+        terms.append("a+b: seeds run at different scales")
+    meaning = f" ({'; '.join(terms)})" if terms else ""
+    if PAPER_SCALE not in scales.values():
+        return (f"Scale: {text}{meaning}. NOT the paper's protocol: the paper's values are shown "
+                "for orientation only, not compared (no ✓ / ✗).")
+    return (f"Scales: {text}{meaning}. Not all at the paper's protocol: only paper-scale rows "
+            "are compared with the paper (✓ / ✗).")
+
+
+def _summary_scales(summary: pd.DataFrame) -> dict[str, str]:
+    """Method -> scale of the rows we have records for (paper-only rows have none)."""
+    ran = summary[summary["n"] > 0]
+    return dict(zip(ran["method"], ran["scale"], strict=True))
+
+
+def _seed_range(seed_means: np.ndarray) -> dict[str, float]:
+    # min ignores a diverged seed (how good the good ones are); max keeps it (NaN shows it).
+    finite = seed_means[~np.isnan(seed_means)]
+    low = float(finite.min()) if finite.size else np.nan
+    high = float(seed_means.max()) if finite.size == seed_means.size else np.nan
+    return {"seed_min": low, "seed_max": high}
 
 
 def _std(values: np.ndarray) -> float:
@@ -149,9 +227,11 @@ def format_table(
     metric: str | None = None,
     experiment: str | None = None,
 ) -> pd.DataFrame:
-    """Wide table for one shot setting: a `method` column, then "<N step(s)> ours" and
-    "<N step(s)> paper" per step. Ours reads "0.67 ± 0.05 ✓" (± = CI half width; ✓ / ✗ = paper
-    value inside / outside our CI); missing values read "–". Rows keep the summary's order.
+    """Wide table for one shot setting: a `method` column, then per step "<N step(s)> ours",
+    "<N step(s)> seeds: min-max" and "<N step(s)> paper". Ours reads "0.67 ± 0.05 ✓" (± = CI
+    half width over test tasks; ✓ / ✗ = paper value inside / outside our CI, paper-scale rows
+    only); seeds reads "0.55–0.80 (3 seeds)", the range of the per-seed means, or "1 seed";
+    missing values read "–". Rows keep the summary's order.
     """
     sub = summary[summary["shots"] == shots]
     if metric is not None:
@@ -164,14 +244,15 @@ def format_table(
     labels = method_labels or {}
     columns = ["method"]
     for s in steps:
-        columns += [f"{_steps_name(s)} ours", f"{_steps_name(s)} paper"]
+        columns += [f"{_steps_name(s)} ours", f"{_steps_name(s)} {SEEDS_HEADER}",
+                    f"{_steps_name(s)} paper"]
 
     rows = []
     for method in dict.fromkeys(sub["method"]):
         row = {"method": labels.get(method, method)}
         for s in steps:
             hit = sub[(sub["method"] == method) & (sub["steps"] == s)]
-            ours = paper = _DASH
+            ours = seeds = paper = _DASH
             if len(hit):
                 r = hit.iloc[0]
                 if r["n"] > 0:
@@ -179,14 +260,25 @@ def format_table(
                     ours = f"{_fmt(metric_fmt, r['mean'])} ± {_fmt(metric_fmt, half)}"
                     if not pd.isna(r["paper_in_ci"]):
                         ours += " ✓" if r["paper_in_ci"] else " ✗"
+                    seeds = _seeds_cell(r, metric_fmt)
                 if not pd.isna(r["paper"]):
                     paper = _fmt(metric_fmt, r["paper"])
                     if not pd.isna(r["paper_ci"]):
                         paper += f" ± {_fmt(metric_fmt, r['paper_ci'])}"
             row[f"{_steps_name(s)} ours"] = ours
+            row[f"{_steps_name(s)} {SEEDS_HEADER}"] = seeds
             row[f"{_steps_name(s)} paper"] = paper
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
+
+
+def _seeds_cell(row: pd.Series, metric_fmt: str) -> str:
+    # The interval is over test tasks; this shows whether one training seed is far off.
+    n = int(row["n_seeds"])
+    if n <= 1:
+        return f"{n} seed"
+    low, high = (_fmt(metric_fmt, row[c]) for c in ("seed_min", "seed_max"))
+    return f"{low}–{high} ({n} seeds)"
 
 
 _LATEX_SPECIAL = {
@@ -217,9 +309,12 @@ def _ci_note(summary: pd.DataFrame, level: float | None) -> str:
         level = summary.attrs.get("ci_level", 0.95)
     methods = list(dict.fromkeys(summary["ci_method"].dropna())) or ["normal"]
     label = "; ".join(ci_label(m, level) for m in methods)
+    marks = ("✓ / ✗: paper value inside / outside our interval; "
+             if PAPER_SCALE in _summary_scales(summary).values() else "")
     return (
         f"Ours: mean over test tasks (each task averaged over seeds) ± half width of the {label}. "
-        "✓ / ✗: paper value inside / outside our interval; – : no value."
+        "Seeds: min-max over training seeds of each seed's mean over test tasks. "
+        f"{marks}– : no value."
     )
 
 
@@ -234,6 +329,8 @@ def write_table(
 ) -> dict[str, Path]:
     """Write `<name>.csv` (long summary), `<name>.md` and `<name>.tex` (wide table) atomically.
 
+    The caption gets the scale of the summary's runs appended (`scale_note`).
+
     `level` defaults to the one `summarize` stored in `summary.attrs`, else 0.95. The .tex is a
     table float using booktabs rules and `\\checkmark` (amssymb).
     """
@@ -242,6 +339,10 @@ def write_table(
         raise ValueError(f"summary lacks columns {missing}")
     out_dir = Path(out_dir)
     note = _ci_note(summary, level)
+    # The scale goes into the caption itself, so that a copied table keeps it.
+    scale = scale_note(_summary_scales(summary))
+    if scale:
+        caption = f"{caption.rstrip()}{'' if caption.rstrip()[-1:] in '.!?' else '.'} {scale}"
     paths = {ext: out_dir / f"{name}.{ext}" for ext in ("csv", "md", "tex")}
 
     atomic_write_text(
