@@ -126,7 +126,12 @@ def build_figures(experiment_id: str, out: Path) -> list[Path]:
     records = experiment_records(experiment_id, out)
     figure_dir = out / experiment_id / "figures"
     paths = []
+    present = set(records["method"])
     for spec in experiment.figures:
+        if not present & set(spec.methods):  # e.g. a one-method sweep: no empty figure
+            log.warning("%s: none of its methods has records under %s; not drawn", spec.name,
+                        out)
+            continue
         paths.append(plot_learning_curves(
             records, figure_dir / f"{spec.name}.png", list(spec.methods), experiment.labels(),
             list(spec.shots), metric=experiment.metric, ylabel=spec.ylabel, title=spec.title,

@@ -136,3 +136,16 @@ def test_build_figures_without_train_logs_warns(tmp_path, caplog) -> None:
     assert "training-curves.png not drawn" in caplog.text
     assert not (tmp_path / EXPERIMENT / "figures" / "training-curves.png").exists()
     assert all(p.exists() for p in paths)
+
+
+def test_figure_without_any_of_its_methods_is_not_drawn(tmp_path, caplog):
+    from maml_bench.cli import main
+
+    out = tmp_path / "out"
+    assert main(["run", "--scale", "tiny", "--method", "multitask-l2", "--no-report",
+                 "--out", str(out)]) == 0
+    assert main(["plot", "--out", str(out)]) == 0
+    figures = out / "sinusoid-table2-v1" / "figures"
+    assert not (figures / "figure3.png").exists()  # maml, pretrain, oracle: none ran
+    assert (figures / "all-methods.png").exists()
+    assert "figure3: none of its methods has records" in caplog.text
