@@ -86,20 +86,22 @@ def records_dir(args: argparse.Namespace) -> Path:
     return args.out if args.out is not None else default_out(args.scale)
 
 
-def readable_records(args: argparse.Namespace) -> Path:
-    """The records root of report/plot: it must exist (with this experiment's records, checked
-    when they are read) and take the tables and figures written beside them."""
+def readable_records(args: argparse.Namespace, experiments: list[str]) -> Path:
+    """The records root of report/plot/compare: it must exist (with the experiments' records,
+    checked when they are read) and take the tables and figures written beside them."""
     from maml_bench.experiments import EXPERIMENTS
 
-    EXPERIMENTS.get(args.experiment)
+    for experiment in experiments:
+        EXPERIMENTS.get(experiment)  # unknown ids fail before any reading
     out = records_dir(args)
     if not out.is_dir():
-        hint = f"run `maml-bench run {args.experiment} --scale {args.scale}` first"
+        first = experiments[0]
+        hint = f"run `maml-bench run {first} --scale {args.scale}` first"
         others = [str(p) for p in (Path("results"), *sorted(Path("runs").glob("*")))
-                  if p != out and (p / args.experiment).is_dir()]
+                  if p != out and (p / first).is_dir()]
         if others:
             hint += f", or read the runs found in {', '.join(others)} with --out"
-        raise UserError(f"no directory {out} with records of {args.experiment}; {hint}")
+        raise UserError(f"no directory {out} with records of {first}; {hint}")
     return writable_dir(out)
 
 
@@ -176,12 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from maml_bench.experiments import EXPERIMENTS
     from maml_bench.reporting import build_comparison
 
-    for experiment in args.experiments:
-        EXPERIMENTS.get(experiment)  # unknown ids fail before any reading
-    out = records_dir(args)
+    out = readable_records(args, args.experiments)
     name = args.name or f"{args.method}-k{args.shots}"
     for path in build_comparison(args.experiments, args.method, out, args.shots,
                                  list(args.steps), name):
@@ -295,9 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             cmd_run(args)
         elif args.command == "report":
-            _report(args.experiment, readable_records(args), args.ci, args.level)
+            _report(args.experiment, readable_records(args, [args.experiment]), args.ci,
+                    args.level)
         elif args.command == "plot":
-            _plot(args.experiment, readable_records(args))
+            _plot(args.experiment, readable_records(args, [args.experiment]))
         elif args.command == "compare":
             cmd_compare(args)
     except UserError as err:

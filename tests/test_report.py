@@ -120,6 +120,8 @@ def test_format_and_write_table(records, paper, tmp_path) -> None:
     multitask = wide.set_index("method").loc["multi-task_no reg"]
     assert (multitask["1 step ours"], multitask["1 step paper"]) == ("–", "4.19")
     assert wide.set_index("method").loc["zeta", "5 steps ours"] == "–"
+    # a diverged task is counted in the cell, not only shown as nan
+    assert wide.set_index("method").loc["alpha", "1 step ours"] == "nan ± nan (1/3 non-finite)"
 
     paths = write_table(summary, wide, tmp_path, "table2", "Sinusoid, 5-shot MSE.")
     assert set(paths) == {"csv", "md", "tex"} and all(p.exists() for p in paths.values())

@@ -260,6 +260,8 @@ def format_table(
                     ours = f"{_fmt(metric_fmt, r['mean'])} ± {_fmt(metric_fmt, half)}"
                     if not pd.isna(r["paper_in_ci"]):
                         ours += " ✓" if r["paper_in_ci"] else " ✗"
+                    if r["nonfinite"] > 0:  # diverged tasks: say how many, not just "nan"
+                        ours += f" ({int(r['nonfinite'])}/{int(r['n'])} non-finite)"
                     seeds = _seeds_cell(r, metric_fmt)
                 if not pd.isna(r["paper"]):
                     paper = _fmt(metric_fmt, r["paper"])
@@ -314,6 +316,7 @@ def _ci_note(summary: pd.DataFrame, level: float | None) -> str:
     return (
         f"Ours: mean over test tasks (each task averaged over seeds) ± half width of the {label}. "
         "Seeds: min-max over training seeds of each seed's mean over test tasks. "
+        "(k/n non-finite): k of the n test tasks diverged to NaN/inf. "
         f"{marks}– : no value."
     )
 
