@@ -17,6 +17,8 @@ import pandas as pd
 from maml_bench.config import config_hash
 from maml_bench.errors import UserError
 from maml_bench.experiments import EXPERIMENTS, Experiment
+from maml_bench.experiments.base import FigureSpec
+from maml_bench.fits import FITS_FILE
 from maml_bench.report.tables import UNKNOWN_SCALE
 from maml_bench.results import RUN_INFO_FILE, atomic_write_text, find_record_files, load_records
 from maml_bench.runner import TRAIN_LOG_FILE, resolve_config
@@ -128,6 +130,10 @@ def build_figures(experiment_id: str, out: Path) -> list[Path]:
     paths = []
     present = set(records["method"])
     for spec in experiment.figures:
+        if spec.kind == "fits":
+            path = _fits_figure(experiment, spec, out, figure_dir)
+            paths.extend([path] if path else [])
+            continue
         if not present & set(spec.methods):  # e.g. a one-method sweep: no empty figure
             log.warning("%s: none of its methods has records under %s; not drawn", spec.name,
                         out)
@@ -146,6 +152,36 @@ def build_figures(experiment_id: str, out: Path) -> list[Path]:
             logs, figure_dir / "training-curves.png", order, experiment.labels(),
             title=f"{experiment.title}: meta-training loss"))
     return paths
+
+
+def _fits_figure(experiment: Experiment, spec: FigureSpec, out: Path, figure_dir: Path
+                 ) -> Path | None:
+    """The fits figure from each method's seed-0 fits.csv.gz; skipped with a warning when no
+    method has one (runs made before fits were written, or methods that do not fine-tune)."""
+    from maml_bench.report.fits_figure import plot_fits
+    from maml_bench.report.plots import scale_title
+
+    runs = experiment_runs(experiment.id, out)
+    fits, drawn = {}, []
+    for method in spec.methods:
+        path = out / experiment.id / "raw" / method / "seed-0" / FITS_FILE
+        if path.exists():
+            fits[method] = pd.read_csv(path)
+            drawn.append(method)
+    if not fits:
+        log.warning("%s: no %s under %s/%s; not drawn (rerun the runs to make them)",
+                    spec.name, FITS_FILE, out, experiment.id)
+        return None
+    # A neutral choice of task: the largest amplitude of those drawn, where the fit must move
+    # farthest from the average function.
+    truth = next(iter(fits.values()))
+    truth = truth[truth["kind"] == "truth"]
+    task = int(truth.groupby("task")["y"].agg(lambda y: y.abs().max()).idxmax())
+    return plot_fits(fits, figure_dir / f"{spec.name}.png", experiment.labels(),
+                     list(spec.shots), list(spec.steps),
+                     title=f"{spec.title}\ntest task {task}: the largest amplitude of the "
+                     f"{truth['task'].nunique()} fixed test tasks drawn",
+                     scale=scale_title(runs[runs["seed"] == 0], drawn), task=task)
 
 
 def training_logs(runs: pd.DataFrame) -> pd.DataFrame:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import gc
+import gzip
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from maml_bench.algorithms import ALGORITHMS, Algorithm
 from maml_bench.config import apply_overrides, config_dict, config_hash
 from maml_bench.errors import TrainingDiverged, UserError
 from maml_bench.experiments import EXPERIMENTS, Experiment
+from maml_bench.fits import FITS_FILE, fit_frame
 from maml_bench.progress import IterationProgress, terminal
 from maml_bench.provenance import provenance
 from maml_bench.results import (
@@ -214,10 +216,14 @@ def _execute(run: RunSpec, mode: str, threads: int) -> Path:
     t0 = time.perf_counter()
     with torch.no_grad():
         curves = algorithm.evaluate()
+        fits = fit_frame(algorithm, benchmark, run.config.eval_steps)
     eval_seconds = time.perf_counter() - t0
     prov = provenance("cpu")
     frame = records_frame(run, curves, benchmark.metric_name, {**prov, "config_hash": chash})
     write_records(run.directory / RECORDS_FILE, frame)
+    if fits is not None:
+        atomic_write_bytes(run.directory / FITS_FILE, gzip.compress(
+            fits.to_csv(index=False).encode(), mtime=0))
     atomic_write_text(run.directory / TRAIN_LOG_FILE, pd.DataFrame(
         train_log, columns=["iteration", "train_loss"]).to_csv(index=False))
     nonfinite = int((~np.isfinite(frame["value"].to_numpy())).sum())

@@ -47,6 +47,11 @@ class Algorithm(ABC):
     def evaluate(self) -> dict[int, Tensor]:
         """Meta-test metric per K: tensor [test tasks, eval_steps + 1]."""
 
+    def fine_tuner(self, shots: int) -> tuple[BatchedForward, dict[str, Tensor], StepSizes] | None:
+        """(batched forward, theta, step sizes) with which this method fine-tunes at meta-test
+        with `shots` examples, after `evaluate`; None if it does not fine-tune theta that way."""
+        return None
+
     @abstractmethod
     def modules(self) -> dict[str, Any]:
         """Everything that makes up the state: modules, tensors, optimizers."""

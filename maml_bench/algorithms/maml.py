@@ -15,6 +15,7 @@ from maml_bench.algorithms.base import (
     seeded_model,
 )
 from maml_bench.core.functional import (
+    BatchedForward,
     StepSizes,
     make_batched_forward,
     meta_loss,
@@ -72,10 +73,13 @@ class MAML(Algorithm):
     def eval_step_sizes(self) -> StepSizes:
         return self.config.inner_lr
 
+    def fine_tuner(self, shots: int) -> tuple[BatchedForward, dict[str, Tensor], StepSizes]:
+        # Meta-test needs no second derivatives: the batched forward serves the loop path too.
+        return self.forward or make_batched_forward(self.model), self.theta, self.eval_step_sizes()
+
     def evaluate(self) -> dict[int, Tensor]:
         c = self.config
-        # Meta-test needs no second derivatives: the batched forward serves the loop path too.
-        forward = self.forward or make_batched_forward(self.model)
+        forward, _, _ = self.fine_tuner(0)
         return adapt_and_measure(self.benchmark, forward, self.theta,
                                  self.benchmark.eval_sets("test"), self.eval_step_sizes(),
                                  c.eval_steps, c.eval_chunk)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from maml_bench.algorithms.base import Algorithm, adam, seeded_model, tuned_finetune
-from maml_bench.core.functional import expand_params, make_batched_forward
+from maml_bench.core.functional import BatchedForward, expand_params, make_batched_forward
 from maml_bench.tasks.base import SupervisedBenchmark
 
 
@@ -52,6 +52,12 @@ class Pretrain(Algorithm):
     def evaluate(self) -> dict[int, Tensor]:
         return tuned_finetune(self.benchmark, self.forward, self.theta, self.config, self.info)
 
+    def fine_tuner(self, shots: int) -> tuple[BatchedForward, dict[str, Tensor], float] | None:
+        tuned = self.info.get("tuned_finetune_lr", {})  # set by evaluate
+        if str(shots) not in tuned:
+            return None
+        return self.forward, self.theta, tuned[str(shots)]
+
 
 class Oracle(Pretrain):
     """Trained on all tasks with the task parameters as extra inputs; no adaptation needed."""
@@ -60,6 +66,9 @@ class Oracle(Pretrain):
 
     def inputs(self, x: Tensor, batch: Any) -> Tensor:
         return self.benchmark.with_task_info(x, batch.task_info)
+
+    def fine_tuner(self, shots: int) -> None:
+        return None  # its inputs carry the task parameters: nothing is fine-tuned
 
     def evaluate(self) -> dict[int, Tensor]:
         out = {}

@@ -46,6 +46,11 @@ class FigureSpec:
     methods: tuple[str, ...]
     shots: tuple[int, ...]
     ylabel: str
+    kind: str = "curves"
+    """curves: metric against fine-tuning steps (records); fits: predictions on a grid after
+    `steps` steps (each method's seed-0 fits.csv.gz), the paper's Figure 2"""
+    steps: tuple[int, ...] = ()
+    """fits only: the fine-tuning steps drawn"""
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,9 @@ SINUSOID_TABLE2 = Experiment(
                   shots=20, steps=(0, 1, 5, 10)),
     ),
     figures=(
+        FigureSpec("figure2", "Sinusoid: MAML vs pretrained, fits to K points (paper Figure 2)",
+                   methods=("maml", "pretrain"), shots=(5, 10), ylabel="y", kind="fits",
+                   steps=(1, 10)),
         FigureSpec("figure3", "Sinusoid: MAML vs pretrained vs oracle (paper Figures 3 and 6)",
                    methods=("maml", "pretrain", "oracle"), shots=(5, 10, 20),
                    ylabel="mean squared error"),

@@ -43,6 +43,12 @@ class SupervisedBenchmark(ABC):
     def metric(self, pred: Tensor, target: Tensor) -> Tensor:
         """Per-task reported metric, shape [T]."""
 
+    def fit_sets(self) -> dict[int, SupervisedBatch] | None:
+        """A few fixed test tasks per K whose query inputs are a dense grid and query targets
+        the true function on it, for drawing fits (paper Figure 2); None where a task has no
+        curve to draw (classification)."""
+        return None
+
     def with_task_info(self, x: Tensor, task_info: Tensor) -> Tensor:
         """Inputs with the task parameters appended (for oracles)."""
         raise NotImplementedError(f"{type(self).__name__} has no task parameters for an oracle")

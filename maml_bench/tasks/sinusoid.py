@@ -17,6 +17,8 @@ from maml_bench.settings import COUNT, SIZE, STEP, MetaConfig
 from maml_bench.tasks.base import SupervisedBenchmark
 
 PARAM = Number(float, -1e4, 1e4)  # a coordinate or phase
+FIT_TASKS = 3  # test tasks drawn in the fits figure (paper Figure 2)
+FIT_POINTS = 100
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,20 @@ class Sinusoid(SupervisedBenchmark):
             self, split, c.test_seed, c.test_tasks if split == "test" else c.val_tasks,
             c.eval_shots, c.test_query,
         )
+
+    def fit_sets(self) -> dict[int, SupervisedBatch]:
+        """The first FIT_TASKS test tasks with their K support points, queried on a grid of
+        FIT_POINTS inputs over [x_min, x_max] against the true sinusoid (paper Figure 2)."""
+        c = self.config
+        grid = torch.linspace(c.x_min, c.x_max, FIT_POINTS)
+        out = {}
+        for k, batch in self.eval_sets("test").items():
+            tasks = batch.task_info[:FIT_TASKS]
+            x = grid.expand(tasks.shape[0], -1).unsqueeze(-1)
+            y = tasks[:, 0, None, None] * torch.sin(x - tasks[:, 1, None, None])
+            out[k] = SupervisedBatch(batch.x_support[:FIT_TASKS], batch.y_support[:FIT_TASKS],
+                                     x, y, tasks)
+        return out
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         return (pred - target).pow(2).flatten(1).mean(1)
