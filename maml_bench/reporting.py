@@ -23,6 +23,7 @@ from maml_bench.report.tables import UNKNOWN_SCALE
 from maml_bench.results import RUN_INFO_FILE, atomic_write_text, find_record_files, load_records
 from maml_bench.runner import TRAIN_LOG_FILE, resolve_config
 from maml_bench.stats import mean_keep_nan
+from maml_bench.tasks import BENCHMARKS
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,8 @@ def build_figures(experiment_id: str, out: Path) -> list[Path]:
         paths.append(plot_learning_curves(
             records, figure_dir / f"{spec.name}.png", list(spec.methods), experiment.labels(),
             list(spec.shots), metric=experiment.metric, ylabel=spec.ylabel, title=spec.title,
-            paper=experiment.paper_frame()))
+            paper=experiment.paper_frame(),
+            lower_is_better=not BENCHMARKS.get(experiment.benchmark).higher_is_better))
     logs = training_logs(experiment_runs(experiment_id, out))
     if logs.empty:
         log.warning("no %s under %s/%s: training-curves.png not drawn", TRAIN_LOG_FILE, out,

@@ -224,8 +224,10 @@ def _execute(run: RunSpec, mode: str, threads: int) -> Path:
     if fits is not None:
         atomic_write_bytes(run.directory / FITS_FILE, gzip.compress(
             fits.to_csv(index=False).encode(), mtime=0))
+    columns = ["iteration", "train_loss"] + (["val_metric"] if getattr(
+        run.config, "val_every", 0) else [])
     atomic_write_text(run.directory / TRAIN_LOG_FILE, pd.DataFrame(
-        train_log, columns=["iteration", "train_loss"]).to_csv(index=False))
+        train_log, columns=columns).to_csv(index=False))
     nonfinite = int((~np.isfinite(frame["value"].to_numpy())).sum())
     write_json(run.directory / RUN_INFO_FILE, {
         "run_id": run.run_id, "experiment": run.experiment, "method": run.method,
@@ -248,6 +250,7 @@ def _train(run: RunSpec, algorithm: Algorithm, start: int, train_log: list[dict[
     c = run.config
     total = algorithm.iterations
     every_ckpt = getattr(algorithm, "checkpoint_interval", c.checkpoint_every)
+    every_val = getattr(c, "val_every", 0)  # few-shot: a validation curve while training
     bar = IterationProgress(run.run_id, total, start, mode)
     loss_sum = torch.zeros(())
     since_log = 0
@@ -258,7 +261,8 @@ def _train(run: RunSpec, algorithm: Algorithm, start: int, train_log: list[dict[
         loss_sum = loss_sum + algorithm.train_step(it)
         since_log += 1
         done = it + 1
-        log_due = done % c.log_every == 0 or done == total
+        val_due = every_val > 0 and (done % every_val == 0 or done == total)
+        log_due = done % c.log_every == 0 or done == total or val_due
         ckpt_due = done % every_ckpt == 0 or done == total
         check_due = done % c.check_every == 0 or log_due or ckpt_due
         # loss_sum covers every step since the last log row, so no non-finite loss escapes.
@@ -269,7 +273,11 @@ def _train(run: RunSpec, algorithm: Algorithm, start: int, train_log: list[dict[
                 f"{run.run_id}: non-finite loss or parameters by iteration {done}; {where}; "
                 "lower meta_lr or inner_lr, or clip with --set grad_clip=10")
         if log_due:
-            train_log.append({"iteration": done, "train_loss": loss_sum.item() / since_log})
+            row = {"iteration": done, "train_loss": loss_sum.item() / since_log}
+            if val_due:
+                # Fixed validation tasks, no randomness drawn: resuming gives the same curve.
+                row["val_metric"] = algorithm.validation_score()
+            train_log.append(row)
             loss_sum, since_log = torch.zeros(()), 0
         if ckpt_due:
             elapsed = seconds_before + time.perf_counter() - t0

@@ -52,6 +52,21 @@ class Algorithm(ABC):
         with `shots` examples, after `evaluate`; None if it does not fine-tune theta that way."""
         return None
 
+    def validation_score(self) -> float | None:
+        """Mean metric on the fixed validation tasks after eval_steps fine-tuning steps, for the
+        convergence curve of meta-training; None for methods without a fine_tuner then."""
+        scores = []
+        for k, batch in self.benchmark.eval_sets("val").items():
+            tuner = self.fine_tuner(k)
+            if tuner is None:
+                return None
+            forward, theta, lrs = tuner
+            curve = evaluate_adaptation(forward, theta, batch, self.benchmark.loss,
+                                        self.benchmark.metric, self.config.eval_steps, lrs,
+                                        self.config.eval_chunk)
+            scores.append(curve[:, -1].mean().item())
+        return sum(scores) / len(scores)
+
     @abstractmethod
     def modules(self) -> dict[str, Any]:
         """Everything that makes up the state: modules, tensors, optimizers."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -42,10 +46,39 @@ class Conv4(nn.Module):
             c_in = channels
         self.features = nn.Sequential(*blocks)
         self.head = head
+        self.downsample = downsample
         n_features = channels if head == "mean" else channels * size * size
         self.classifier = nn.Linear(n_features, n_classes)
+        # (conv, batch norm) parameter key prefixes per block, built once: hot path below.
+        self._blocks = [(f"features.{i}", f"features.{i + 1}")
+                        for i, m in enumerate(self.features) if isinstance(m, nn.Conv2d)]
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.features(x)
         h = h.mean(dim=(-2, -1)) if self.head == "mean" else h.flatten(start_dim=-3)
         return self.classifier(h)
+
+    def batched_forward(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """params [T, ...] and x [T, N, C, H, W] -> logits [T, N, classes], all tasks at once.
+
+        Tasks become channel groups of one grouped convolution: x is laid out as
+        [N, T * C, H, W] and task t's filters only see task t's channels (groups = T). Batch
+        norm over (N, H, W) of each of the T * C channels is then exactly each task's own batch
+        statistics, as in the per-task network.
+        """
+        t, n = x.shape[:2]
+        h = x.transpose(0, 1).reshape(n, t * x.shape[2], *x.shape[3:])
+        stride = 2 if self.downsample == "stride" else 1
+        for conv, norm in self._blocks:
+            weight = params[f"{conv}.weight"]
+            h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]),
+                         params[f"{conv}.bias"].reshape(-1), stride=stride, padding=1, groups=t)
+            h = F.batch_norm(h, None, None, params[f"{norm}.weight"].reshape(-1),
+                             params[f"{norm}.bias"].reshape(-1), training=True, eps=1e-5)
+            h = torch.relu(h)
+            if self.downsample == "maxpool":
+                h = F.max_pool2d(h, 2)
+        h = h.view(n, t, -1, *h.shape[2:])  # [N, T, C, H', W']
+        h = h.mean(dim=(-2, -1)) if self.head == "mean" else h.flatten(start_dim=2)
+        weight, bias = params["classifier.weight"], params["classifier.bias"]
+        return torch.baddbmm(bias.unsqueeze(1), h.transpose(0, 1), weight.transpose(1, 2))

@@ -1,0 +1,67 @@
+"""Omniglot few-shot classification: paper Table 1 (and the no-conv rows), on the real data."""
+
+from __future__ import annotations
+
+from maml_bench.experiments.base import Experiment, FigureSpec, MethodSpec, Scale, TableSpec
+from maml_bench.tasks.fewshot.episodes import FewShotConfig
+
+#: paper Table 1, MAML rows: (ways, shots, network) -> accuracy in percent
+PAPER = {
+    (5, 1, "conv"): {"maml": 98.7}, (5, 5, "conv"): {"maml": 99.9},
+    (20, 1, "conv"): {"maml": 95.8}, (20, 5, "conv"): {"maml": 98.9},
+    (5, 1, "mlp"): {"maml": 89.7}, (5, 5, "mlp"): {"maml": 97.5},
+}
+PAPER_CI = {(5, 1, "conv"): 0.4, (5, 5, "conv"): 0.1, (20, 1, "conv"): 0.3,
+            (20, 5, "conv"): 0.2, (5, 1, "mlp"): 1.1, (5, 5, "mlp"): 0.6}
+
+
+def omniglot(ways: int, shots: int, network: str = "conv") -> Experiment:
+    """One Table 1 cell: the paper's protocol (paper-protocol.md, section 3) as defaults."""
+    five = ways == 5
+    config = FewShotConfig(
+        dataset="omniglot", ways=ways, network=network,
+        iterations=60_000, meta_batch=32 if five else 16, meta_lr=1e-3,
+        inner_lr=0.4 if five else 0.1, inner_steps=1 if five else 5,
+        train_shots=shots, train_query=shots,  # K query images per class, as the code
+        eval_shots=(shots,), eval_steps=3 if five else 5, test_tasks=600, val_tasks=100,
+        eval_chunk=100, checkpoint_every=500, check_every=100, log_every=100, val_every=1_000,
+    )
+    kind = "" if network == "conv" else "-noconv"
+    label = "" if network == "conv" else ", no conv"
+    steps = config.eval_steps
+    paper = tuple((m, shots, steps, v) for m, v in PAPER[(ways, shots, network)].items())
+    return Experiment(
+        id=f"omniglot-{ways}w{shots}s{kind}-v1",
+        title=f"Omniglot {ways}-way {shots}-shot{label} (paper Table 1)",
+        benchmark="fewshot",
+        config=config,
+        methods=(MethodSpec("maml", f"MAML{label}", seeds=1),
+                 MethodSpec("fomaml", f"first-order MAML{label}", seeds=1)),
+        paper=paper,
+        metric="accuracy",
+        scales={
+            "paper": Scale("the paper's protocol: 60,000 meta-iterations (about 6 hours per "
+                           "run on one core of this machine for 5-way 1-shot)"),
+            "quick": Scale("minutes on 2 CPU cores: 1,000 meta-iterations, 200 test episodes",
+                           overrides={"iterations": 1_000, "test_tasks": 200, "val_every": 250,
+                                      "checkpoint_every": 250}, seeds=1),
+            "tiny": Scale("seconds, for tests: 4 meta-iterations of 2 tasks, 8 filters",
+                          overrides={"iterations": 4, "meta_batch": 2, "test_tasks": 4,
+                                     "val_tasks": 2, "filters": 8, "eval_chunk": 2,
+                                     "val_every": 2, "checkpoint_every": 2, "check_every": 2,
+                                     "log_every": 2}, seeds=1),
+        },
+        tables=(TableSpec("table1", f"Paper Table 1: Omniglot {ways}-way {shots}-shot{label}, "
+                          "query accuracy (%) after fine-tuning", shots=shots,
+                          steps=tuple(sorted({0, 1, steps}))),),
+        figures=(FigureSpec("curves", f"Omniglot {ways}-way {shots}-shot{label}: accuracy "
+                            "against fine-tuning steps", methods=("maml", "fomaml"),
+                            shots=(shots,), ylabel="query accuracy (%)"),),
+        notes=f"Paper: {PAPER[(ways, shots, network)]['maml']} +- "
+              f"{PAPER_CI[(ways, shots, network)]} (MAML). Split: sorted characters shuffled "
+              "with random.seed(1) (the code's file-system order cannot be recovered).",
+    )
+
+
+OMNIGLOT = [omniglot(5, 1), omniglot(5, 5), omniglot(20, 1), omniglot(20, 5),
+            omniglot(5, 1, "mlp"), omniglot(5, 5, "mlp")]

@@ -1,0 +1,1 @@
+"""Few-shot image classification: datasets on disk, their splits, and N-way K-shot episodes."""

@@ -1,0 +1,173 @@
+"""N-way K-shot episodes from a dataset's class pools: the few-shot classification benchmark.
+
+A class pool is a uint8 tensor [classes, images per class, C, H, W]. An episode draws N classes
+without replacement, K + Q images of each without replacement, and (Omniglot) one rotation by a
+multiple of 90 degrees per class, so a rotated character acts as a new class, as the reference
+code. Labels are the positions 0..N-1 of the drawn classes. Training episodes come from the
+generator of the run; the 600 test and the validation episodes from fixed seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from maml_bench.core.functional import SupervisedBatch
+from maml_bench.domains import Number, OneOf, require, setting
+from maml_bench.errors import UserError
+from maml_bench.models import MLP, Conv4
+from maml_bench.settings import MetaConfig
+from maml_bench.tasks.base import SupervisedBenchmark
+from maml_bench.tasks.fewshot import pools
+
+
+@dataclass(frozen=True)
+class FewShotConfig(MetaConfig):
+    """Few-shot classification settings; MetaConfig's shots and queries count per class."""
+
+    dataset: str = setting("omniglot", OneOf(("omniglot", "miniimagenet")))
+    """dataset under the data root (--data-root or MAML_BENCH_DATA)"""
+    split: str = setting("maml", OneOf(("maml",)))
+    """class split: maml (Omniglot: 1,100 / 100 / 423 characters; MiniImagenet: its CSVs)"""
+    ways: int = setting(5, Number(int, 2, 100))
+    """N classes per episode"""
+    rotations: str = setting("per-episode", OneOf(("per-episode", "none")))
+    """Omniglot: rotate each drawn class by a random multiple of 90 degrees (the code's
+    augmentation: a rotated character is a new class) | none"""
+    network: str = setting("conv", OneOf(("conv", "mlp")))
+    """conv: the paper's Conv4; mlp: the non-convolutional 256-128-64-64 net with batch norm"""
+    filters: int = setting(64, Number(int, 1, 1024))
+    """Conv4 channels (paper: 64 Omniglot, 32 MiniImagenet)"""
+    test_query: int = setting(0, Number(int, 0, 1_000))
+    """query images per class in test and validation episodes; 0 = K, as the reference code
+    (later suites use 15)"""
+    batch_norm: str = setting("transductive", OneOf(("transductive",)))
+    """batch statistics of the current batch also at test time, so each query set is
+    normalised by its own statistics (the reference code's convention; it moves the numbers)"""
+    val_every: int = setting(1_000, Number(int, 0, 10_000_000))
+    """meta-iterations between validation accuracies on val_tasks held-out episodes (0 = off)"""
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.eval_steps >= 1, ["eval_steps"], "eval_steps >= 1 (accuracy after "
+                "fine-tuning)")
+
+
+class FewShot(SupervisedBenchmark):
+    """N-way K-shot classification episodes; metric: query accuracy in percent."""
+
+    metric_name = "accuracy"
+    higher_is_better = True
+    config_class = FewShotConfig
+
+    def __init__(self, config: FewShotConfig) -> None:
+        super().__init__(config)
+        self.pools = pools.load(config.dataset, config.split)
+        for split, pool in self.pools.items():
+            if pool.shape[0] < config.ways:
+                raise UserError(f"{config.dataset} {split} split has {pool.shape[0]} classes: "
+                                f"cannot draw {config.ways}-way episodes; lower --set ways")
+        need = max(config.train_shots + config.train_query,
+                   max(config.eval_shots) + self.test_query(max(config.eval_shots)))
+        have = min(p.shape[1] for p in self.pools.values())
+        if need > have:
+            raise UserError(f"{config.dataset} has {have} images per class: K + Q = {need} "
+                            "cannot be drawn; lower train_shots/train_query/eval_shots/test_query")
+
+    def test_query(self, shots: int) -> int:
+        return self.config.test_query or shots  # 0: K per class, as the reference code
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.pools["train"].shape[2:])
+
+    def make_model(self, extra_inputs: int = 0) -> nn.Module:
+        c, (channels, size, _) = self.config, self.image_shape
+        if c.network == "mlp":
+            return FlatMLP(channels * size * size + extra_inputs, c.ways)
+        mini = c.dataset == "miniimagenet"
+        return Conv4(channels + extra_inputs, c.ways, c.filters, size,
+                     downsample="maxpool" if mini else "stride", head="flatten" if mini else "mean")
+
+    def train_batch(self, gen: torch.Generator, n_tasks: int, shots: int, query: int
+                    ) -> SupervisedBatch:
+        return episodes(self.pools["train"], gen, n_tasks, self.config.ways, shots, query,
+                        self.rotate)
+
+    @property
+    def rotate(self) -> bool:
+        return self.config.rotations == "per-episode" and self.config.dataset == "omniglot"
+
+    def eval_sets(self, split: str) -> dict[int, SupervisedBatch]:
+        c = self.config
+        if split not in ("test", "val"):
+            raise ValueError(f"split must be test or val, got {split!r}")
+        n = c.test_tasks if split == "test" else c.val_tasks
+        return {k: _fixed_episodes(self, split, n, k) for k in c.eval_shots}
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        t, n, classes = pred.shape
+        return F.cross_entropy(pred.reshape(t * n, classes), target.reshape(t * n),
+                               reduction="none").view(t, n).mean(1)
+
+    def metric(self, pred: Tensor, target: Tensor) -> Tensor:
+        return (pred.argmax(-1) == target).float().mean(1) * 100.0
+
+
+class FlatMLP(MLP):
+    """The paper's non-convolutional Omniglot network: 256-128-64-64 with batch norm and ReLU,
+    on flattened images."""
+
+    def __init__(self, in_features: int, classes: int) -> None:
+        super().__init__(in_features, [256, 128, 64, 64], classes, batch_norm=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.flatten(start_dim=-3))
+
+
+def _fixed_episodes(bench: FewShot, split: str, n: int, shots: int) -> SupervisedBatch:
+    c = bench.config
+    # Validation episodes use another seed than test episodes; both the same for every method.
+    seed = c.test_seed if split == "test" else c.test_seed + 1
+    return _cached_episodes(c.dataset, c.split, split, seed, n, c.ways, shots,
+                            bench.test_query(shots), bench.rotate)
+
+
+@cache
+def _cached_episodes(dataset: str, split_name: str, split: str, seed: int, n: int, ways: int,
+                     shots: int, query: int, rotate: bool) -> SupervisedBatch:
+    pool = pools.load(dataset, split_name)[split]
+    return episodes(pool, torch.Generator().manual_seed(seed), n, ways, shots, query, rotate)
+
+
+def episodes(pool: Tensor, gen: torch.Generator, n_tasks: int, ways: int, shots: int,
+             query: int, rotate: bool) -> SupervisedBatch:
+    """`n_tasks` episodes from `pool` [classes, images, C, H, W] (uint8): float images in
+    [0, 1], support [T, N*K, C, H, W] and query [T, N*Q, ...], labels class positions."""
+    classes = torch.rand(n_tasks, pool.shape[0], generator=gen).argsort(1)[:, :ways]
+    images = torch.rand(n_tasks, ways, pool.shape[1], generator=gen).argsort(2)[..., :shots + query]
+    x = pool[classes.unsqueeze(-1), images]  # [T, N, K+Q, C, H, W]
+    if rotate:
+        turns = torch.randint(0, 4, (n_tasks, ways), generator=gen)
+        x = _rotate(x, turns)
+    x = x.float() / 255.0
+    labels = torch.arange(ways).view(1, ways, 1)
+    support = x[:, :, :shots].flatten(1, 2)
+    query_x = x[:, :, shots:].flatten(1, 2)
+    y_support = labels.expand(n_tasks, ways, shots).flatten(1)
+    y_query = labels.expand(n_tasks, ways, query).flatten(1)
+    return SupervisedBatch(support, y_support, query_x, y_query, classes)
+
+
+def _rotate(x: Tensor, turns: Tensor) -> Tensor:
+    """Rotate the images of class (t, n) by turns[t, n] quarter turns."""
+    out = x.clone()
+    for k in (1, 2, 3):
+        mask = turns == k
+        if mask.any():
+            out[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
+    return out

@@ -1,0 +1,147 @@
+"""Omniglot (Lake et al. 2015) from its official release: `images_background` and
+`images_evaluation` (zips or the folders they unpack to), `<alphabet>/<character>/<id>_<nn>.png`,
+105 x 105. Resized once to 28 x 28 with PIL's Lanczos filter as the MAML reference code, cached
+as one uint8 array keyed by a hash of the source files and the preprocessing.
+
+The MAML split (paper-protocol.md) shuffles the sorted list of all 1,623 characters with
+Python's `random.seed(1)` (the reference code shuffled the file system's listing, which cannot be
+recovered) and takes 1,100 for training, 100 for validation, 423 for test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import random
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from maml_bench.errors import UserError
+from maml_bench.results import atomic_write_bytes
+from maml_bench.tasks.fewshot.data_root import cache_dir
+
+SETS = ("images_background", "images_evaluation")
+CHARACTERS = 1623
+DRAWINGS = 20
+SOURCE_SIZE = 105
+SIZE = 28
+PREPROCESSING = "lanczos-28-v1"  # bump when the preprocessing changes: a new cache key
+LAYOUT = ("expected images_background.zip and images_evaluation.zip (or the folders they unpack "
+          "to) holding <alphabet>/<character>/<id>_<nn>.png, 105 x 105")
+
+
+@dataclass(frozen=True)
+class Omniglot:
+    """images: uint8 [characters, 20, 28, 28] (strokes 255); names: 'set/alphabet/character'."""
+
+    images: np.ndarray
+    names: tuple[str, ...]
+
+
+def _sources(root: Path) -> dict[str, Path]:
+    found = {}
+    for name in SETS:
+        if (root / name).is_dir():
+            found[name] = root / name
+        elif (root / f"{name}.zip").is_file():
+            found[name] = root / f"{name}.zip"
+        else:
+            raise UserError(f"Omniglot not found in {root}: {LAYOUT}; point --data-root (or "
+                            "MAML_BENCH_DATA) at the folder holding omniglot/")
+    return found
+
+
+def _files(source: Path) -> Iterator[tuple[str, bytes]]:
+    """(path relative to the set, png bytes) of every image of one set, sorted."""
+    if source.is_dir():
+        for path in sorted(source.glob("*/*/*.png")):
+            yield path.relative_to(source).as_posix(), path.read_bytes()
+        return
+    try:
+        with zipfile.ZipFile(source) as archive:
+            names = sorted(n for n in archive.namelist() if n.endswith(".png"))
+            for name in names:
+                parts = name.split("/")
+                yield "/".join(parts[-3:]), archive.read(name)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise UserError(f"{source} is not a readable zip ({err}); {LAYOUT}") from None
+
+
+def source_key(root: Path) -> str:
+    """A hash of the source files (names and sizes, or the zips' bytes) and the preprocessing."""
+    digest = hashlib.sha256(PREPROCESSING.encode())
+    for name, source in sorted(_sources(root).items()):
+        digest.update(name.encode())
+        if source.is_dir():
+            for path in sorted(source.glob("*/*/*.png")):
+                digest.update(f"{path.relative_to(source)}:{path.stat().st_size}".encode())
+        else:
+            digest.update(hashlib.sha256(source.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def load_omniglot(root: Path) -> Omniglot:
+    """All 1,623 characters at 28 x 28, from the cache or preprocessed once."""
+    if not root.is_dir():
+        raise UserError(f"no Omniglot folder {root}: {LAYOUT}; point --data-root (or "
+                        "MAML_BENCH_DATA) at the folder holding omniglot/")
+    cache = cache_dir() / f"omniglot-{source_key(root)}.npz"
+    if cache.exists():
+        try:
+            with np.load(cache) as saved:
+                return Omniglot(saved["images"], tuple(saved["names"].tolist()))
+        except (OSError, ValueError, KeyError):
+            cache.unlink(missing_ok=True)  # a damaged cache is rebuilt from the source
+    data = preprocess(root)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=data.images, names=np.array(data.names))
+    with contextlib.suppress(OSError):  # no writable cache: preprocess again next time
+        atomic_write_bytes(cache, buffer.getvalue())
+    return data
+
+
+def preprocess(root: Path) -> Omniglot:
+    """Decode, check and resize every image (about a minute on one core)."""
+    from PIL import Image, UnidentifiedImageError
+
+    by_character: dict[str, list[np.ndarray]] = {}
+    for set_name, source in _sources(root).items():
+        for rel, blob in _files(source):
+            alphabet, character, _ = rel.split("/")
+            try:
+                with Image.open(io.BytesIO(blob)) as image:
+                    if image.size != (SOURCE_SIZE, SOURCE_SIZE):
+                        raise UserError(f"{set_name}/{rel} is {image.size[0]} x {image.size[1]}, "
+                                        f"not {SOURCE_SIZE} x {SOURCE_SIZE}; {LAYOUT}")
+                    small = image.convert("L").resize((SIZE, SIZE), resample=Image.LANCZOS)
+            except (UnidentifiedImageError, OSError) as err:
+                raise UserError(f"{set_name}/{rel} is not a readable PNG ({err}); {LAYOUT}"
+                                ) from None
+            # Strokes as 1 (255), background 0: the reference code reads 1 - value / 255.
+            by_character.setdefault(f"{set_name}/{alphabet}/{character}", []).append(
+                255 - np.asarray(small, dtype=np.uint8))
+    bad = {n: len(v) for n, v in by_character.items() if len(v) != DRAWINGS}
+    if bad:
+        name, count = next(iter(bad.items()))
+        raise UserError(f"{len(bad)} characters do not have {DRAWINGS} drawings (e.g. {name}: "
+                        f"{count}); {LAYOUT}")
+    if len(by_character) != CHARACTERS:
+        raise UserError(f"found {len(by_character)} characters, expected {CHARACTERS}; {LAYOUT}")
+    names = tuple(sorted(by_character))
+    images = np.stack([np.stack(by_character[n]) for n in names])
+    return Omniglot(images, names)
+
+
+def maml_split(names: tuple[str, ...], validation: int = 100, train: int = 1100
+               ) -> dict[str, np.ndarray]:
+    """Character indices of the MAML split: the sorted list shuffled with random.seed(1), as the
+    reference code; the first `train` train, the next `validation` val, the rest test."""
+    order = list(range(len(names)))
+    random.Random(1).shuffle(order)
+    return {"train": np.array(order[:train]), "val": np.array(order[train:train + validation]),
+            "test": np.array(order[train + validation:])}

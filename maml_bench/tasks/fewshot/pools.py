@@ -1,0 +1,25 @@
+"""Class pools of each dataset split, loaded once per process: uint8 tensors
+[classes, images per class, C, H, W] keyed by split name (train, val, test)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+from torch import Tensor
+
+from maml_bench.errors import UserError
+from maml_bench.tasks.fewshot.data_root import data_root
+
+
+@cache
+def load(dataset: str, split: str) -> dict[str, Tensor]:
+    root = data_root() / dataset
+    if dataset == "omniglot":
+        from maml_bench.tasks.fewshot.omniglot import load_omniglot, maml_split
+
+        data = load_omniglot(root)
+        images = torch.from_numpy(data.images).unsqueeze(2)  # [characters, 20, 1, 28, 28]
+        return {name: images[torch.from_numpy(index)]
+                for name, index in maml_split(data.names).items()}
+    raise UserError(f"dataset {dataset!r} has no loader yet")
