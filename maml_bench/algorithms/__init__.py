@@ -1,6 +1,7 @@
 """Meta-learning algorithms and baselines, one family per file, and their registry."""
 
 from maml_bench.algorithms.base import Algorithm
+from maml_bench.algorithms.finetune import FineTuning, NearestNeighbour
 from maml_bench.algorithms.maml import FOMAML, MAML
 from maml_bench.algorithms.metasgd import MetaSGD
 from maml_bench.algorithms.multitask import MultiTaskAverage, MultiTaskL2, MultiTaskMean
@@ -18,5 +19,7 @@ ALGORITHMS.register("oracle", Oracle)
 ALGORITHMS.register("multitask-noreg", MultiTaskAverage)
 ALGORITHMS.register("multitask-l2", MultiTaskL2)
 ALGORITHMS.register("multitask-mean", MultiTaskMean)
+ALGORITHMS.register("finetune", FineTuning)
+ALGORITHMS.register("nearest-neighbour", NearestNeighbour)
 
 __all__ = ["ALGORITHMS", "Algorithm"]

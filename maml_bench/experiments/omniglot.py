@@ -15,6 +15,11 @@ PAPER_CI = {(5, 1, "conv"): 0.4, (5, 5, "conv"): 0.1, (20, 1, "conv"): 0.3,
             (20, 5, "conv"): 0.2, (5, 1, "mlp"): 1.1, (5, 5, "mlp"): 0.6}
 
 
+#: the pre-trained baselines (Ravi & Larochelle), run on Omniglot 5-way with the Conv4
+BASELINES = {(5, "conv"): (MethodSpec("finetune", "fine-tuning baseline", seeds=1),
+                           MethodSpec("nearest-neighbour", "nearest neighbour baseline", seeds=1))}
+
+
 def omniglot(ways: int, shots: int, network: str = "conv") -> Experiment:
     """One Table 1 cell: the paper's protocol (paper-protocol.md, section 3) as defaults."""
     five = ways == 5
@@ -36,7 +41,8 @@ def omniglot(ways: int, shots: int, network: str = "conv") -> Experiment:
         benchmark="fewshot",
         config=config,
         methods=(MethodSpec("maml", f"MAML{label}", seeds=1),
-                 MethodSpec("fomaml", f"first-order MAML{label}", seeds=1)),
+                 MethodSpec("fomaml", f"first-order MAML{label}", seeds=1),
+                 *BASELINES.get((ways, network), ())),
         paper=paper,
         metric="accuracy",
         scales={
@@ -55,7 +61,8 @@ def omniglot(ways: int, shots: int, network: str = "conv") -> Experiment:
                           "query accuracy (%) after fine-tuning", shots=shots,
                           steps=tuple(sorted({0, 1, steps}))),),
         figures=(FigureSpec("curves", f"Omniglot {ways}-way {shots}-shot{label}: accuracy "
-                            "against fine-tuning steps", methods=("maml", "fomaml"),
+                            "against fine-tuning steps",
+                            methods=("maml", "fomaml", "finetune", "nearest-neighbour"),
                             shots=(shots,), ylabel="query accuracy (%)"),),
         notes=f"Paper: {PAPER[(ways, shots, network)]['maml']} +- "
               f"{PAPER_CI[(ways, shots, network)]} (MAML). Split: sorted characters shuffled "

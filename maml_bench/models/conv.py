@@ -58,8 +58,8 @@ class Conv4(nn.Module):
         h = h.mean(dim=(-2, -1)) if self.head == "mean" else h.flatten(start_dim=-3)
         return self.classifier(h)
 
-    def batched_forward(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
-        """params [T, ...] and x [T, N, C, H, W] -> logits [T, N, classes], all tasks at once.
+    def batched_features(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """params [T, ...] and x [T, N, C, H, W] -> features [T, N, F] before the classifier.
 
         Tasks become channel groups of one grouped convolution: x is laid out as
         [N, T * C, H, W] and task t's filters only see task t's channels (groups = T). Batch
@@ -80,5 +80,11 @@ class Conv4(nn.Module):
                 h = F.max_pool2d(h, 2)
         h = h.view(n, t, -1, *h.shape[2:])  # [N, T, C, H', W']
         h = h.mean(dim=(-2, -1)) if self.head == "mean" else h.flatten(start_dim=2)
+        return h.transpose(0, 1)
+
+    def batched_forward(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """params [T, ...] and x [T, N, C, H, W] -> logits [T, N, classes], all tasks at once
+        (see `batched_features`)."""
+        h = self.batched_features(params, x)
         weight, bias = params["classifier.weight"], params["classifier.bias"]
-        return torch.baddbmm(bias.unsqueeze(1), h.transpose(0, 1), weight.transpose(1, 2))
+        return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))

@@ -102,6 +102,23 @@ class FewShot(SupervisedBenchmark):
     def rotate(self) -> bool:
         return self.config.rotations == "per-episode" and self.config.dataset == "omniglot"
 
+    @property
+    def n_train_classes(self) -> int:
+        """Classes of the training split as a pre-trained baseline sees them: with rotations,
+        each character at each of 4 quarter turns is its own class (as in the episodes)."""
+        return self.pools["train"].shape[0] * (4 if self.rotate else 1)
+
+    def classification_batch(self, gen: torch.Generator, n: int) -> tuple[Tensor, Tensor]:
+        """`n` training images drawn uniformly over all training classes (and rotations), with
+        their class ids, for pre-training the fine-tuning and nearest-neighbour baselines."""
+        pool = self.pools["train"]
+        classes = torch.randint(0, self.n_train_classes, (n,), generator=gen)
+        images = torch.randint(0, pool.shape[1], (n,), generator=gen)
+        turns = classes % 4 if self.rotate else torch.zeros_like(classes)
+        x = pool[classes // 4 if self.rotate else classes, images]  # [n, C, H, W]
+        x = _rotate(x.unsqueeze(1), turns.unsqueeze(1)).squeeze(1)
+        return x.float() / 255.0, classes
+
     def eval_sets(self, split: str) -> dict[int, SupervisedBatch]:
         c = self.config
         if split not in ("test", "val"):

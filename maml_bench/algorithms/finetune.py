@@ -1,0 +1,103 @@
+"""The pre-trained baselines of few-shot classification (Ravi & Larochelle 2017, as cited in the
+MAML paper's Table 1): one network trained on all training classes at once, then at meta-test
+
+* fine-tuning: a new N-way head (zeros) and the whole network fine-tuned on the support set
+  with plain gradient steps, the step size tuned on validation episodes;
+* nearest neighbour: each query labelled by its nearest support example (cosine) in the
+  network's feature space; no steps, so its curve is flat.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from maml_bench.algorithms.base import Algorithm, adam, seeded_model, tuned_finetune
+from maml_bench.core.functional import BatchedForward, make_batched_forward
+from maml_bench.errors import UserError
+from maml_bench.tasks.base import SupervisedBenchmark
+
+
+class FineTuning(Algorithm):
+    """Pre-train on all training classes, fine-tune on each episode's support set."""
+
+    def __init__(self, benchmark: SupervisedBenchmark, config: Any, seed: int) -> None:
+        super().__init__(benchmark, config, seed)
+        if not hasattr(benchmark, "classification_batch"):
+            raise UserError(f"{type(self).__name__} needs a classification benchmark")
+        self.model = seeded_model(benchmark, seed)  # the N-way network of the episodes
+        # The same trunk with one output per training class for pre-training.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            self.model.classifier = nn.Linear(self.model.classifier.in_features,
+                                              benchmark.n_train_classes)
+        self.optimizer = adam(list(self.model.parameters()), config.meta_lr)
+        c = config
+        # The images MAML sees per meta-iteration, as plain labelled examples.
+        self.batch_size = c.meta_batch * c.ways * (c.train_shots + c.train_query)
+
+    def modules(self) -> dict[str, Any]:
+        return {"model": self.model, "optimizer": self.optimizer}
+
+    def train_step(self, iteration: int) -> Tensor:
+        x, y = self.benchmark.classification_batch(self.gen, self.batch_size)
+        loss = F.cross_entropy(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def episode_theta(self) -> dict[str, Tensor]:
+        """The pre-trained trunk with a zero N-way head: uniform predictions before any step."""
+        theta = {k: v.detach() for k, v in self.model.named_parameters()
+                 if not k.startswith("classifier.")}
+        width = self.model.classifier.in_features
+        theta["classifier.weight"] = torch.zeros(self.config.ways, width)
+        theta["classifier.bias"] = torch.zeros(self.config.ways)
+        return theta
+
+    def episode_forward(self) -> BatchedForward:
+        return make_batched_forward(self.benchmark.make_model())
+
+    def evaluate(self) -> dict[int, Tensor]:
+        return tuned_finetune(self.benchmark, self.episode_forward(), self.episode_theta(),
+                              self.config, self.info)
+
+    def fine_tuner(self, shots: int) -> tuple[BatchedForward, dict[str, Tensor], float] | None:
+        tuned = self.info.get("tuned_finetune_lr", {})  # set by evaluate
+        if str(shots) not in tuned:
+            return None
+        return self.episode_forward(), self.episode_theta(), tuned[str(shots)]
+
+
+class NearestNeighbour(FineTuning):
+    """Pre-train as FineTuning; label each query by its nearest support example (cosine)."""
+
+    def evaluate(self) -> dict[int, Tensor]:
+        model = self.benchmark.make_model()
+        if not hasattr(model, "batched_features"):
+            raise UserError("nearest-neighbour needs a network with a feature extractor "
+                            "(--set network=conv)")
+        theta = self.episode_theta()
+        out = {}
+        for k, batch in self.benchmark.eval_sets("test").items():
+            scores = []
+            for start in range(0, batch.n_tasks, self.config.eval_chunk):
+                sl = slice(start, start + self.config.eval_chunk)
+                n = batch.x_support[sl].shape[0]
+                params = {name: v.unsqueeze(0).expand(n, *v.shape) for name, v in theta.items()}
+                support = F.normalize(model.batched_features(params, batch.x_support[sl]), dim=-1)
+                query = F.normalize(model.batched_features(params, batch.x_query[sl]), dim=-1)
+                nearest = (query @ support.transpose(1, 2)).argmax(-1)  # [T, Nq]
+                predicted = batch.y_support[sl].gather(1, nearest)
+                scores.append((predicted == batch.y_query[sl]).float().mean(1) * 100.0)
+            accuracy = torch.cat(scores)
+            # No gradient steps: the same accuracy after every number of steps.
+            out[k] = accuracy.unsqueeze(1).expand(-1, self.config.eval_steps + 1)
+        return out
+
+    def fine_tuner(self, shots: int) -> None:
+        return None  # nothing is fine-tuned
