@@ -152,7 +152,8 @@ def build_figures(experiment_id: str, out: Path) -> list[Path]:
         order = [m.algorithm for m in experiment.methods]
         paths.append(plot_training_curves(
             logs, figure_dir / "training-curves.png", order, experiment.labels(),
-            title=f"{experiment.title}: meta-training loss"))
+            title=f"{experiment.title}: meta-training loss",
+            val_label=f"validation {experiment.metric} after fine-tuning"))
     return paths
 
 
@@ -188,7 +189,8 @@ def _fits_figure(experiment: Experiment, spec: FigureSpec, out: Path, figure_dir
 
 def training_logs(runs: pd.DataFrame) -> pd.DataFrame:
     """The train_log.csv of each run in `runs` (from `experiment_runs`), stacked: method,
-    seed, scale, iteration, train_loss."""
+    seed, scale, iteration, train_loss and val_metric (the validation curve; NaN where a run
+    has none)."""
     frames = []
     for run in runs.itertuples(index=False):
         path = Path(run.directory) / TRAIN_LOG_FILE
@@ -200,12 +202,13 @@ def training_logs(runs: pd.DataFrame) -> pd.DataFrame:
             log.warning("%s is unreadable (%s); left out of the training curves", path, err)
             continue
         frames.append(frame.assign(method=run.method, seed=run.seed, scale=run.scale))
-    columns = ["method", "seed", "scale", "iteration", "train_loss"]
+    columns = ["method", "seed", "scale", "iteration", "train_loss", "val_metric"]
     if not frames:
         return pd.DataFrame(columns=columns)
-    logs = pd.concat(frames, ignore_index=True)
-    logs["train_loss"] = pd.to_numeric(logs["train_loss"], errors="coerce")  # "inf", "nan"
-    return logs[columns]
+    logs = pd.concat(frames, ignore_index=True).reindex(columns=columns)
+    for column in ("train_loss", "val_metric"):  # "inf", "nan" as text; absent: NaN
+        logs[column] = pd.to_numeric(logs[column], errors="coerce")
+    return logs
 
 
 def build_comparison(experiment_ids: list[str], method: str, out: Path, shots: int,

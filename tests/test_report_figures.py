@@ -149,3 +149,19 @@ def test_figure_without_any_of_its_methods_is_not_drawn(tmp_path, caplog):
     assert not (figures / "figure3.png").exists()  # maml, pretrain, oracle: none ran
     assert (figures / "all-methods.png").exists()
     assert "figure3: none of its methods has records" in caplog.text
+
+
+def test_training_curves_show_the_validation_curve_when_recorded(tmp_path, figures) -> None:
+    logs = pd.DataFrame({"method": "maml", "seed": 0, "scale": "quick",
+                         "iteration": [10, 20, 30], "train_loss": [1.0, 0.5, 0.3],
+                         "val_metric": [60.0, float("nan"), 80.0]})
+    plots.plot_training_curves(logs, tmp_path / "t.png", ["maml"], {"maml": "MAML"},
+                               val_label="validation accuracy")
+    fig = figures[-1]
+    val = fig.axes[1]
+    assert val.get_ylabel() == "validation accuracy"
+    (line,) = val.get_lines()
+    assert list(line.get_xdata()) == [10, 30] and list(line.get_ydata()) == [60.0, 80.0]
+    plots.plot_training_curves(logs.drop(columns="val_metric"), tmp_path / "u.png", ["maml"],
+                               {"maml": "MAML"})
+    assert len(figures[-1].axes) == 1  # no validation curve recorded: one panel

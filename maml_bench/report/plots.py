@@ -308,8 +308,11 @@ def plot_training_curves(
     methods: list[str],
     method_labels: dict[str, str],
     title: str | None = None,
+    val_label: str = "validation metric",
 ) -> Path:
-    """Write a PNG of meta-training loss against iteration, one line per (method, seed), log y.
+    """Write a PNG of meta-training loss against iteration, one line per (method, seed), log y;
+    where runs recorded a validation curve (column `val_metric`), a second panel shows it, so a
+    reader sees whether training had converged.
 
     `logs` has columns method, seed, iteration, train_loss (and `scale`, named in the title).
     Methods follow the order of `methods` (others after them). A NaN/inf loss cannot be drawn
@@ -319,7 +322,10 @@ def plot_training_curves(
     present = list(dict.fromkeys(logs["method"]))
     order = [m for m in methods if m in present] + sorted(set(present) - set(methods))
     colors, styles = _palette(order), method_styles(order)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    has_val = "val_metric" in logs.columns and logs["val_metric"].notna().any()
+    fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(13 if has_val else 8, 4.5),
+                             squeeze=False)
+    ax = axes[0][0]
     try:
         bad: list[tuple[float, str]] = []
         for m in order:
@@ -348,10 +354,14 @@ def plot_training_curves(
             handles.append(Line2D([], [], linestyle="none", marker="X", color="gray",
                                   markeredgecolor="black"))
             names.append("NaN/inf training loss from here")
-        ax.legend(handles, names, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+        # Beside the last panel, so it covers no curve.
+        axes[0][-1].legend(handles, names, fontsize="small", loc="center left",
+                           bbox_to_anchor=(1.0, 0.5))
         ax.set_xlabel("meta-training iteration")
         ax.set_ylabel("training loss (mean over the logging interval)")
         ax.grid(alpha=0.3, which="both")
+        if has_val:
+            _validation_panel(axes[0][1], logs, order, colors, styles, val_label)
         _title(fig, title, scale_title(logs, order))
         fig.tight_layout()
         buf = io.BytesIO()
@@ -360,3 +370,19 @@ def plot_training_curves(
         plt.close(fig)
     atomic_write_bytes(out_path, buf.getvalue())
     return out_path
+
+
+def _validation_panel(ax: plt.Axes, logs: pd.DataFrame, order: list[str],
+                      colors: dict[str, str], styles: dict[str, tuple[object, str]],
+                      label: str) -> None:
+    """The validation metric against iteration, one line per (method, seed)."""
+    for m in order:
+        for _, run in logs[logs["method"] == m].groupby("seed", sort=True):
+            run = run.dropna(subset=["val_metric"]).sort_values("iteration")
+            if len(run):
+                ax.plot(run["iteration"], run["val_metric"], color=colors[m],
+                        linestyle=styles[m][0], marker=styles[m][1], markerfacecolor="none",
+                        markersize=5, markevery=max(1, len(run) // 8), linewidth=1.2)
+    ax.set_xlabel("meta-training iteration")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
