@@ -112,7 +112,8 @@ CASES = {
     ]
 }
 
-#: (path, first order); "batched" is the model's own fast forward (MLP) or vmap (Conv4)
+#: (path, first order); "batched" is the model's own batched forward (MLP: baddbmm; Conv4:
+#: grouped convolution), "vmap" is vmap(functional_call)
 PATHS = [("batched", False), ("batched", True), ("vmap", False), ("loop", False),
          ("loop", True), ("higher", False)]
 #: the slow paths on the big cases would take minutes per round for nothing new
@@ -189,7 +190,7 @@ def test_cuda_meta_gradient_matches_cpu(case, path):
                          ids=[f"{p}-{'fo' if fo else 'so'}" for p, fo in PATHS])
 def test_meta_step(benchmark, case, path, first_order):
     c = CASES[case]
-    if (case, path) in SKIP or (path == "vmap" and c.ways):  # Conv4's "batched" is vmap
+    if (case, path) in SKIP:
         pytest.skip("not measured for this case")
     step = make_step(c, path, first_order, "cuda")
     for _ in range(3):
@@ -254,8 +255,9 @@ def render_markdown(payload: dict) -> str:
     return (f"Meta-training step on {payload['device']} (torch {payload['torch']}, CUDA "
             f"{payload['cuda']}): `pytest benchmarks/test_meta_step_cuda.py`. Peak extra memory: "
             "torch.cuda.max_memory_allocated during one step above what was allocated before "
-            "it. 'batched' is the MLP's baddbmm forward for the sinusoid and "
-            "vmap(functional_call) for Conv4.\n\n" + head + body)
+            "it. 'batched' is the model's own batched forward: one baddbmm per layer for the "
+            "MLP, tasks as groups of one grouped convolution for Conv4; 'vmap' is "
+            "vmap(functional_call).\n\n" + head + body)
 
 
 if __name__ == "__main__":  # re-render the markdown of a saved run: python -m ... FILE.json
