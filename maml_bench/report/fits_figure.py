@@ -3,7 +3,6 @@ points, one panel per (K, method), beside the true function and the K points."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
@@ -13,8 +12,7 @@ matplotlib.use("Agg")  # headless: figures are only ever written to files
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from maml_bench.report.plots import _title  # noqa: E402
-from maml_bench.results import atomic_write_bytes  # noqa: E402
+from maml_bench.report.plots import _title, save_png  # noqa: E402
 
 #: line style per curve; colours follow the step count, as in the paper's figure
 _STEP_STYLES = {0: ("tab:gray", ":"), 1: ("tab:green", "-"), 10: ("tab:red", "--")}
@@ -45,13 +43,10 @@ def plot_fits(fits: dict[str, pd.DataFrame], out_path: Path, method_labels: dict
         fig.legend(handles, labels, fontsize="small", loc="center left",
                    bbox_to_anchor=(1.0, 0.5))
         _title(fig, title, scale)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
-    finally:
+    except BaseException:
         plt.close(fig)
-    atomic_write_bytes(Path(out_path), buf.getvalue())
-    return Path(out_path)
+        raise
+    return save_png(fig, out_path)
 
 
 def _panel(ax: plt.Axes, frame: pd.DataFrame, steps: list[int]) -> None:

@@ -246,14 +246,10 @@ def plot_learning_curves(
                                              color="gray", markeredgecolor="black")
         _legend(fig, handles, [labels[m] for m in drawn])
         _title(fig, title, scale_title(data, drawn))
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
-    finally:
+    except BaseException:
         plt.close(fig)
-    # atomic_write_bytes writes a temp file in the same folder and renames it over out_path.
-    atomic_write_bytes(out_path, buf.getvalue())
-    return out_path
+        raise
+    return save_png(fig, out_path)
 
 
 def _draw_curve(ax: plt.Axes, curve: pd.DataFrame, label: str, color: str,
@@ -294,6 +290,19 @@ def _legend(fig: plt.Figure, handles: dict[str, object], order: list[str]) -> No
     # Beside the panels: inside one, a legend hides curves.
     fig.legend([handles[k] for k in keys], keys, fontsize="small", loc="center left",
                bbox_to_anchor=(1.0, 0.5))
+
+
+def save_png(fig: plt.Figure, out_path: Path) -> Path:
+    """Lay out, render (dpi 150) and close `fig`, then write the PNG atomically (a temp file in
+    the same folder renamed over `out_path`)."""
+    try:
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(Path(out_path), buf.getvalue())
+    return Path(out_path)
 
 
 def _title(fig: plt.Figure, title: str | None, scale: str) -> None:
@@ -363,13 +372,10 @@ def plot_training_curves(
         if has_val:
             _validation_panel(axes[0][1], logs, order, colors, styles, val_label)
         _title(fig, title, scale_title(logs, order))
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
-    finally:
+    except BaseException:
         plt.close(fig)
-    atomic_write_bytes(out_path, buf.getvalue())
-    return out_path
+        raise
+    return save_png(fig, out_path)
 
 
 def _validation_panel(ax: plt.Axes, logs: pd.DataFrame, order: list[str],
