@@ -29,8 +29,9 @@ from maml_bench.tasks.fewshot import pools
 class FewShotConfig(MetaConfig):
     """Few-shot classification settings; MetaConfig's shots and queries count per class."""
 
-    dataset: str = setting("omniglot", OneOf(("omniglot", "miniimagenet")))
-    """dataset under the data root (--data-root or MAML_BENCH_DATA)"""
+    dataset: str = setting("omniglot", OneOf(("omniglot", "miniimagenet", "miniimagenet-demo")))
+    """folder under the data root (--data-root or MAML_BENCH_DATA); miniimagenet-demo: data
+    generated in MiniImagenet's formats by `maml-bench data synth miniimagenet`"""
     split: str = setting("maml", OneOf(("maml",)))
     """class split: maml (Omniglot: 1,100 / 100 / 423 characters; MiniImagenet: its CSVs)"""
     ways: int = setting(5, Number(int, 2, 100))
@@ -89,7 +90,7 @@ class FewShot(SupervisedBenchmark):
         c, (channels, size, _) = self.config, self.image_shape
         if c.network == "mlp":
             return FlatMLP(channels * size * size + extra_inputs, c.ways)
-        mini = c.dataset == "miniimagenet"
+        mini = c.dataset.startswith("miniimagenet")
         return Conv4(channels + extra_inputs, c.ways, c.filters, size,
                      downsample="maxpool" if mini else "stride", head="flatten" if mini else "mean")
 
