@@ -1,4 +1,5 @@
-"""`maml-bench`: list, show, run, report and plot the paper's experiments."""
+"""`maml-bench`: list, show, run, report and plot the paper's experiments; check and generate
+datasets."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import os
 import sys
 import tempfile
+import textwrap
 import typing
 from pathlib import Path
 
@@ -22,6 +24,7 @@ examples:
   maml-bench show sinusoid-table2-v1              # every setting you can --set, with defaults
   maml-bench report sinusoid-table2-v1 --out results --ci t
   maml-bench compare sinusoid-table2-v1 sinusoid-table2-codelr-v1 --method maml --shots 5
+  maml-bench data check omniglot                  # is the dataset on disk the real release?
 An interrupted run resumes from its last checkpoint when the same command is run again.
 """
 
@@ -34,6 +37,20 @@ SHOTS = Number(int, 1, 10_000)
 STEPS = Items(Number(int, 0, 1_000), 1, 32)
 SCALES = ("quick", "paper", "tiny")
 NAME = Pattern(r"[A-Za-z0-9._-]{1,100}", "a name of 1 to 100 letters, digits, '.', '_', '-'")
+CLASSES_PER_SPLIT = Items(Number(int, 1, 1_000), 3, 3)
+IMAGES_PER_CLASS = Number(int, 1, 10_000)
+SYNTH_SEED = Number(int, 0, 2**32 - 1)
+
+DATA_EPILOG = """\
+examples:
+  maml-bench data check omniglot ../shared/data/omniglot     # the real release? exit 0 if so
+  maml-bench data check miniimagenet                          # DATA_ROOT/miniimagenet
+  maml-bench data synth miniimagenet /tmp/data/miniimagenet   # small generated set (seconds)
+  maml-bench data check miniimagenet /tmp/data/miniimagenet --expect any
+  maml-bench run EXPERIMENT --data-root /tmp/data             # train on it
+A dataset folder lives under the data root as omniglot/ or miniimagenet/. The data root is
+--data-root, else $MAML_BENCH_DATA, else ../shared/data beside the checkout.
+"""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -77,8 +94,30 @@ def writable_dir(path: Path, option_name: str = "--out") -> Path:
             pass
     except OSError as err:
         raise UserError(f"{option_name} {path} is not a writable directory ({err.strerror}); "
-                        "give another --out") from None
+                        f"give another {option_name}") from None
     return path
+
+
+def existing_dir(text: str) -> Path:
+    """An argparse type for --data-root: an existing directory, made absolute so that worker
+    processes started elsewhere read the same one."""
+    path = Path(text).expanduser()
+    if not text.strip() or not path.is_dir():  # Path("") would be the working directory
+        raise argparse.ArgumentTypeError(f"{text!r} is not an existing directory (the folder "
+                                         "holding omniglot/ or miniimagenet/)")
+    return path.resolve()
+
+
+def set_data_root(path: Path) -> None:
+    """Point the process (and the pool workers it starts, which inherit the environment) at the
+    datasets under `path`; pools this process loaded from another root are dropped."""
+    from maml_bench.tasks.fewshot.data_root import DATA_ENV
+
+    os.environ[DATA_ENV] = str(path)
+    for module, cached in (("maml_bench.tasks.fewshot.pools", "load"),
+                           ("maml_bench.tasks.fewshot.episodes", "_cached_episodes")):
+        if module in sys.modules:
+            getattr(sys.modules[module], cached).cache_clear()
 
 
 def records_dir(args: argparse.Namespace) -> Path:
@@ -147,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=option(JOBS), default=1,
                    help=f"runs in parallel processes (default 1; {JOBS.describe()})")
     p.add_argument("--no-report", action="store_true", help="skip tables and figures")
+    p.add_argument("--data-root", type=existing_dir, default=None, metavar="DIR",
+                   help="folder holding the datasets (omniglot/, miniimagenet/); default "
+                   "$MAML_BENCH_DATA, else ../shared/data beside the checkout")
 
     out_help = ("root holding the experiment's records (default: where `run` writes at --scale: "
                 "results/ for paper, runs/SCALE otherwise)")
@@ -174,7 +216,92 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default="paper", choices=SCALES,
                    help="the --scale the runs were made at (default paper)")
     p.add_argument("--out", type=Path, default=None, help=out_help.replace("quick", "paper"))
+    _add_data_parser(sub)
     return parser
+
+
+def _add_data_parser(sub: typing.Any) -> None:
+    text = "check a dataset folder against the real release, or generate a small one"
+    data = sub.add_parser("data", help=text, description=text[0].upper() + text[1:] + ".",
+                          epilog=DATA_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    p = actions.add_parser(
+        "check", help="read every file of a dataset folder and compare it with the real release",
+        description=textwrap.fill(
+            "Read every file of a dataset folder and print what it holds: classes (or "
+            "alphabets and characters) per split, images per class, image sizes, unreadable files, "
+            "against the real release (Omniglot: 30 + 20 alphabets, 964 + 659 characters, 20 "
+            "drawings of 105 x 105; MiniImagenet: 64 / 16 / 20 classes of 600 images, 84 x 84). "
+            "Exit 0 when it matches; else exit 2 with a summary line and one line per problem."),
+        epilog=DATA_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", choices=["omniglot", "miniimagenet"], metavar="DATASET",
+                   help="omniglot | miniimagenet")
+    p.add_argument("path", type=Path, nargs="?", default=None, metavar="PATH",
+                   help="the dataset folder (default: DATASET under the data root)")
+    p.add_argument("--expect", choices=["real", "any"], default="real",
+                   help="real: the real release's counts (default); any: only well-formed "
+                   "(readable, loadable sizes, equal images per class), e.g. a generated set")
+    p.add_argument("--data-root", type=existing_dir, default=None, metavar="DIR",
+                   help="folder holding the datasets, for the default PATH")
+    p = actions.add_parser(
+        "synth", help="write a small generated dataset in the real on-disk formats",
+        description=textwrap.fill(
+            "Write a seeded dataset in MiniImagenet's real formats (JPEGs in images/ "
+            "with train.csv, val.csv, test.csv; and/or mini-imagenet-cache-*.pkl), 84 x 84, each "
+            "class a distinct colour grating plus noise, so few-shot learners beat chance clearly. "
+            "For tests and smoke runs where the real data cannot be downloaded; its numbers say "
+            "nothing about the paper's."), epilog=DATA_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", choices=["miniimagenet"], metavar="DATASET", help="miniimagenet")
+    p.add_argument("dir", type=Path, metavar="DIR",
+                   help="the dataset folder to write (created; name it miniimagenet/ under a "
+                   "data root to train on it)")
+    p.add_argument("--classes-per-split", type=option(CLASSES_PER_SPLIT, int_list),
+                   default=(10, 5, 5), metavar="TRAIN,VAL,TEST",
+                   help="classes of each split (default 10,5,5; the real release 64,16,20; "
+                   f"{CLASSES_PER_SPLIT.describe()})")
+    p.add_argument("--images-per-class", type=option(IMAGES_PER_CLASS), default=20, metavar="N",
+                   help=f"default 20; the real release 600; {IMAGES_PER_CLASS.describe()}")
+    p.add_argument("--seed", type=option(SYNTH_SEED), default=0,
+                   help=f"default 0; {SYNTH_SEED.describe()}")
+    p.add_argument("--format", choices=["csv", "pickle", "both"], default="both",
+                   help="csv: images/ + the CSVs; pickle: the cache pickles; both (default)")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from maml_bench.tasks.fewshot.data_root import data_root
+
+    if args.data_command == "synth":
+        from maml_bench.tasks.fewshot.synth import synth_miniimagenet
+
+        out = writable_dir(args.dir, "DIR")
+        synth_miniimagenet(out, args.classes_per_split, args.images_per_class, args.seed,
+                           args.format)
+        counts = "/".join(map(str, args.classes_per_split))
+        print(f"wrote {out}: {counts} classes x {args.images_per_class} images, 84 x 84 "
+              f"({args.format}); check it with `maml-bench data check miniimagenet {out} "
+              f"--expect any`; train on it with --data-root {out.resolve().parent}"
+              + ("" if out.name == "miniimagenet" else " after renaming it miniimagenet/"))
+        return 0
+    from maml_bench.tasks.fewshot.check import check
+
+    path = args.path if args.path is not None else data_root() / args.dataset
+    report = check(args.dataset, path, args.expect)
+    print(report.title)
+    for line in report.lines:
+        print(line)
+    if not report.problems:
+        print("OK: " + ("matches the real release" if args.expect == "real" else
+                        "well-formed (the real release's counts not compared: --expect any)"))
+        return 0
+    n = len(report.problems)
+    what = "does not match the real release" if args.expect == "real" else "is not well-formed"
+    hint = "; --expect any skips the real counts" if args.expect == "real" else ""
+    print(f"maml-bench: error: {path} {what}: {n} problem{'s' if n > 1 else ''}{hint}",
+          file=sys.stderr)
+    for problem in report.problems:
+        print(f"  {one_line(problem)}", file=sys.stderr)
+    return 2
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -287,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if getattr(args, "data_root", None) is not None:
+            set_data_root(args.data_root)  # before any work: pool workers inherit it
         if args.command == "list":
             cmd_list(args)
         elif args.command == "show":
@@ -300,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
             _plot(args.experiment, readable_records(args, [args.experiment]))
         elif args.command == "compare":
             cmd_compare(args)
+        elif args.command == "data":
+            return cmd_data(args)
     except UserError as err:
         print(f"maml-bench: error: {one_line(str(err))}", file=sys.stderr)
         return 2

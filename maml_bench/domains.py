@@ -118,8 +118,9 @@ class Items(Domain):
                 and all(self.item.contains(v) for v in value))
 
     def describe(self) -> str:
-        return (f"{self.min_len} to {self.max_len} comma-separated values, each "
-                f"{self.item.describe()}")
+        count = (f"exactly {self.min_len}" if self.min_len == self.max_len
+                 else f"{self.min_len} to {self.max_len}")
+        return f"{count} comma-separated values, each {self.item.describe()}"
 
     def outside(self) -> list[str]:
         good = _fmt(self.item.lo if not self.item.lo_open else self.item.hi)

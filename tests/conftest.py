@@ -20,3 +20,21 @@ def tiny_runs(tmp_path):
                          out or tmp_path)
 
     return plan
+
+
+@pytest.fixture(autouse=True)
+def _restore_data_root():
+    """`--data-root` sets MAML_BENCH_DATA in this process (so pool workers inherit it): put it
+    back after each test, with the pools loaded from it, so no test sees another's data."""
+    from maml_bench.tasks.fewshot import episodes, pools
+    from maml_bench.tasks.fewshot.data_root import DATA_ENV
+
+    before = os.environ.get(DATA_ENV)
+    yield
+    if os.environ.get(DATA_ENV) != before:
+        if before is None:
+            os.environ.pop(DATA_ENV, None)
+        else:
+            os.environ[DATA_ENV] = before
+        pools.load.cache_clear()
+        episodes._cached_episodes.cache_clear()

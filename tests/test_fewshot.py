@@ -69,13 +69,14 @@ def test_rotations_turn_whole_classes_by_quarter_turns():
     data = torch.arange(4, dtype=torch.uint8).view(1, 1, 1, 2, 2).expand(5, 3, 1, 2, 2)
     batch = episodes(data, torch.Generator().manual_seed(3), 8, 5, 1, 2, rotate=True)
     base = data[0, 0, 0].float() / 255
-    seen = set()
+    turns: dict[tuple[int, int], set[int]] = {}
     for x, y in ((batch.x_support, batch.y_support), (batch.x_query, batch.y_query)):
         for t in range(8):
             for i in range(x.shape[1]):
                 k = next(k for k in range(4) if torch.equal(x[t, i, 0], torch.rot90(base, k)))
-                seen.add(k)
-    assert seen == {0, 1, 2, 3}
+                turns.setdefault((t, int(y[t, i])), set()).add(k)
+    assert all(len(ks) == 1 for ks in turns.values())  # one turn per class, support and query
+    assert set.union(*turns.values()) == {0, 1, 2, 3}
 
 
 @needs_omniglot

@@ -1,5 +1,6 @@
 """Class pools of each dataset split, loaded once per process: uint8 tensors
-[classes, images per class, C, H, W] keyed by split name (train, val, test)."""
+[classes, images per class, C, H, W] keyed by split name (train, val, test). Cached per
+(dataset, split), not per data root: call `load.cache_clear()` after changing the root."""
 
 from __future__ import annotations
 
@@ -22,4 +23,10 @@ def load(dataset: str, split: str) -> dict[str, Tensor]:
         images = torch.from_numpy(data.images).unsqueeze(2)  # [characters, 20, 1, 28, 28]
         return {name: images[torch.from_numpy(index)]
                 for name, index in maml_split(data.names).items()}
+    if dataset in ("miniimagenet", "miniimagenet-demo"):  # demo: generated, same formats
+        from maml_bench.tasks.fewshot.miniimagenet import load_miniimagenet
+
+        # "maml" for MiniImagenet is the Ravi & Larochelle split of its CSVs (or pickles).
+        return {name: torch.from_numpy(split.images)  # [classes, images, 3, 84, 84]
+                for name, split in load_miniimagenet(root).items()}
     raise UserError(f"dataset {dataset!r} has no loader yet")

@@ -1,0 +1,382 @@
+"""MiniImagenet (Vinyals et al. 2016) with the Ravi & Larochelle (2017) split: 64 train, 16
+validation and 20 test classes of 600 images, 84 x 84 RGB, from either form it is shared in:
+
+* csv: `images/*.jpg` with `train.csv`, `val.csv`, `test.csv` (`filename,label` rows such as
+  `n0153282900000005.jpg,n01532829`). JPEGs of another size are resized to 84 x 84 with PIL's
+  Lanczos filter, as the MAML code's `proc_images.py`; decoded once and cached by a hash of the
+  source files and the preprocessing.
+* pickle: `mini-imagenet-cache-{train,val,test}.pkl`, each a dict with `image_data` (uint8
+  N x 84 x 84 x 3) and `class_dict` (class name -> row indices). Already decoded: not cached.
+
+Every split is a uint8 array [classes, images per class, 3, 84, 84], classes sorted by name. The
+real counts are not required here (generated data has fewer); `maml-bench data check` compares.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import logging
+import os
+import pickle
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from maml_bench.errors import UserError
+from maml_bench.tasks.fewshot.data_root import cache_dir
+
+SPLITS = ("train", "val", "test")
+REAL_CLASSES = {"train": 64, "val": 16, "test": 20}
+REAL_IMAGES = 600
+SIZE = 84
+FORMS = ("csv", "pickle")
+PREPROCESSING = "lanczos-84-v1"  # bump when the preprocessing changes: a new cache key
+CSV_LAYOUT = ("images/ holding the JPEGs and train.csv, val.csv, test.csv with the header "
+              "filename,label (rows like n0153282900000005.jpg,n01532829)")
+PICKLE_LAYOUT = ("mini-imagenet-cache-train.pkl, -val.pkl and -test.pkl, each a dict with "
+                 "image_data (uint8 N x 84 x 84 x 3) and class_dict (class name -> row indices)")
+LAYOUT = f"expected {CSV_LAYOUT}; or {PICKLE_LAYOUT}"
+
+
+@dataclass(frozen=True)
+class Split:
+    """images: uint8 [classes, images per class, 3, 84, 84]; classes: their names, sorted."""
+
+    images: np.ndarray
+    classes: tuple[str, ...]
+
+
+@dataclass
+class SplitScan:
+    """What reading one split's file found; `images` is None when a problem stops them (or when
+    only checking). Problems name the file relative to the dataset folder."""
+
+    split: str
+    file: str
+    classes: tuple[str, ...] = ()
+    counts: tuple[int, ...] = ()  # images per class, in class order
+    sizes: Counter = field(default_factory=Counter)  # (width, height) of the readable images
+    problems: list[str] = field(default_factory=list)
+    images: np.ndarray | None = None
+
+
+def csv_name(split: str) -> str:
+    return f"{split}.csv"
+
+
+def pickle_name(split: str) -> str:
+    return f"mini-imagenet-cache-{split}.pkl"
+
+
+def present_forms(root: Path) -> list[str]:
+    """The forms with at least one of their files in `root`."""
+    found = []
+    if (root / "images").exists() or any((root / csv_name(s)).exists() for s in SPLITS):
+        found.append("csv")
+    if any((root / pickle_name(s)).exists() for s in SPLITS):
+        found.append("pickle")
+    return found
+
+
+def _examples(items: list[str]) -> str:
+    return ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
+
+
+def _check_counts(scan: SplitScan) -> None:
+    """A split is one array, so every class needs the same number of images."""
+    if not scan.classes:
+        scan.problems.append(f"{scan.file} lists no classes")
+        return
+    usual = Counter(scan.counts).most_common(1)[0][0]
+    odd = [f"{c}: {n}" for c, n in zip(scan.classes, scan.counts, strict=True) if n != usual]
+    if odd:
+        scan.problems.append(f"{scan.file}: {len(odd)} classes do not have {usual} images like "
+                             f"the others ({_examples(odd)})")
+    elif usual == 0:
+        scan.problems.append(f"{scan.file}: its classes have no images")
+
+
+def _read_csv(root: Path, scan: SplitScan) -> dict[str, list[str]] | None:
+    """class -> image file names in row order, or None with the problem recorded."""
+    path = root / scan.file
+    if not path.is_file():
+        scan.problems.append(f"{scan.file} is missing")
+        return None
+    try:
+        rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        scan.problems.append(f"{scan.file} is not a readable CSV ({err})")
+        return None
+    if not rows or [c.strip() for c in rows[0]] != ["filename", "label"]:
+        head = ",".join(rows[0])[:60] if rows else "an empty file"
+        scan.problems.append(f"{scan.file} does not start with the header filename,label "
+                             f"(found {head!r})")
+        return None
+    by_class: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for number, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        name, label = row if len(row) == 2 else ("", "")
+        if not name or not label or "/" in name or "\\" in name:
+            scan.problems.append(f"{scan.file} line {number} is not filename,label: "
+                                 f"{','.join(row)[:60]!r}")
+            return None
+        if name in seen:
+            scan.problems.append(f"{scan.file} line {number} repeats {name}")
+            return None
+        seen.add(name)
+        by_class.setdefault(label, []).append(name)
+    return by_class
+
+
+def _decode(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB [3, 84, 84] and the source size. Grey and CMYK JPEGs (ImageNet has some) become RGB;
+    other sizes are resized with Lanczos, as the MAML code's proc_images.py."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        size = image.size
+        rgb = image.convert("RGB")  # decodes the whole file: a truncated one fails here
+    if rgb.size != (SIZE, SIZE):
+        rgb = rgb.resize((SIZE, SIZE), resample=Image.LANCZOS)
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1), size
+
+
+def scan_csv(root: Path, split: str, keep: bool = True, images_ok: bool = True) -> SplitScan:
+    """Read one split of the csv form: the CSV, then every JPEG it names."""
+    from PIL import Image
+
+    scan = SplitScan(split, csv_name(split))
+    by_class = _read_csv(root, scan)
+    if by_class is None:
+        return scan
+    scan.classes = tuple(sorted(by_class))
+    scan.counts = tuple(len(by_class[c]) for c in scan.classes)
+    _check_counts(scan)
+    if not images_ok:  # images/ itself is missing: reported once by scan()
+        return scan
+    uniform = not scan.problems
+    out = (np.empty((len(scan.classes), scan.counts[0], 3, SIZE, SIZE), dtype=np.uint8)
+           if keep and uniform else None)
+    missing: list[str] = []
+    unreadable: list[str] = []
+    for c, name in enumerate(scan.classes):
+        for i, file in enumerate(by_class[name]):
+            path = root / "images" / file
+            if not path.is_file():
+                missing.append(file)
+                continue
+            try:
+                pixels, size = _decode(path)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+                unreadable.append(f"{file}: {str(err)[:60]}")
+                continue
+            scan.sizes[size] += 1
+            if out is not None:
+                out[c, i] = pixels
+    if missing:
+        scan.problems.append(f"{scan.file}: {len(missing)} rows name images missing from "
+                             f"images/ ({_examples(missing)})")
+    if unreadable:
+        scan.problems.append(f"{scan.file}: {len(unreadable)} unreadable JPEGs in images/ "
+                             f"({_examples(unreadable)})")
+    if not scan.problems:
+        scan.images = out
+    return scan
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Only what a dict of numpy arrays and lists needs: a pickle can run any code otherwise."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in (
+                "_reconstruct", "scalar"):
+            try:  # numpy 2 moved numpy.core to numpy._core
+                return super().find_class("numpy._core.multiarray", name)
+            except ImportError:
+                return super().find_class("numpy.core.multiarray", name)
+        if (module, name) in (("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, not only numpy arrays")
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} {' x '.join(map(str, value.shape))}"
+    return type(value).__name__
+
+
+def _read_pickle(root: Path, scan: SplitScan) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """(image_data, class -> row indices), or None with the problem recorded."""
+    path = root / scan.file
+    if not path.is_file():
+        scan.problems.append(f"{scan.file} is missing")
+        return None
+    try:
+        with path.open("rb") as handle:
+            # latin1: numpy arrays pickled by Python 2 (older copies of these files)
+            data = _ArrayUnpickler(handle, encoding="latin1").load()
+    except Exception as err:  # a malformed pickle can fail in many ways; all mean the same
+        scan.problems.append(f"{scan.file} is not a readable pickle ({type(err).__name__}: "
+                             f"{str(err)[:80]})")
+        return None
+    keys = ("image_data", "class_dict")
+    if not isinstance(data, dict) or any(k not in data for k in keys):
+        lacking = [k for k in keys if not isinstance(data, dict) or k not in data]
+        scan.problems.append(f"{scan.file} has no {' and no '.join(lacking)}")
+        return None
+    images, class_dict = data["image_data"], data["class_dict"]
+    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4
+            and images.shape[1:] == (SIZE, SIZE, 3)):
+        scan.problems.append(f"{scan.file}: image_data is {_describe(images)}, not uint8 "
+                             f"N x {SIZE} x {SIZE} x 3")
+        return None
+    if not isinstance(class_dict, dict):
+        scan.problems.append(f"{scan.file}: class_dict is a {type(class_dict).__name__}, not a "
+                             "dict of class name -> row indices")
+        return None
+    rows: dict[str, np.ndarray] = {}
+    for name, value in class_dict.items():
+        try:
+            index = np.asarray(value, dtype=np.int64)
+        except (TypeError, ValueError):
+            index = np.zeros((0, 0))
+        if not isinstance(name, str) or index.ndim != 1:
+            scan.problems.append(f"{scan.file}: class_dict[{name!r}] is not a list of row "
+                                 "indices")
+            return None
+        if index.size and (index.min() < 0 or index.max() >= len(images)):
+            scan.problems.append(f"{scan.file}: class_dict[{name!r}] has rows outside "
+                                 f"0..{len(images) - 1} of image_data")
+            return None
+        rows[name] = index
+    used = np.concatenate(list(rows.values())) if rows else np.zeros(0)
+    if len(np.unique(used)) != len(used):
+        scan.problems.append(f"{scan.file}: class_dict gives some image_data rows to more "
+                             "than one class (or twice to one)")
+        return None
+    return images, rows
+
+
+def scan_pickle(root: Path, split: str, keep: bool = True) -> SplitScan:
+    """Read one split of the pickle form."""
+    scan = SplitScan(split, pickle_name(split))
+    found = _read_pickle(root, scan)
+    if found is None:
+        return scan
+    images, rows = found
+    scan.classes = tuple(sorted(rows))
+    scan.counts = tuple(len(rows[c]) for c in scan.classes)
+    scan.sizes[(SIZE, SIZE)] = int(sum(scan.counts))
+    _check_counts(scan)
+    if keep and not scan.problems:
+        out = np.empty((len(scan.classes), scan.counts[0], 3, SIZE, SIZE), dtype=np.uint8)
+        for c, name in enumerate(scan.classes):
+            out[c] = images[rows[name]].transpose(0, 3, 1, 2)
+        scan.images = out
+    return scan
+
+
+def scan(root: Path, form: str, keep: bool = True) -> list[SplitScan]:
+    """Every split of one form, with the problems across splits (a class in two splits)."""
+    if form == "csv":
+        images_ok = (root / "images").is_dir()
+        scans = [scan_csv(root, s, keep, images_ok) for s in SPLITS]
+        if not images_ok:
+            scans[0].problems.insert(0, "images/ (the folder of the JPEGs the CSVs name) is "
+                                        "missing")
+    else:
+        scans = [scan_pickle(root, s, keep) for s in SPLITS]
+    owner: dict[str, str] = {}
+    for item in scans:
+        shared = sorted(c for c in item.classes if c in owner)
+        if shared:
+            item.problems.append(f"{item.file}: {len(shared)} classes are also in "
+                                 f"{owner[shared[0]]} ({_examples(shared)}); splits share no "
+                                 "class")
+            item.images = None
+        owner.update((c, item.file) for c in item.classes)
+    return scans
+
+
+def source_key(root: Path) -> str:
+    """A hash of the CSVs' bytes, the JPEGs' names, sizes and times, and the preprocessing."""
+    digest = hashlib.sha256(PREPROCESSING.encode())
+    for split in SPLITS:
+        path = root / csv_name(split)
+        digest.update(path.read_bytes() if path.is_file() else b"-")
+    with os.scandir(root / "images") as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            stat = entry.stat()
+            digest.update(f"{entry.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _load_cache(path: Path) -> dict[str, Split] | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as saved:
+            return {s: Split(saved[s], tuple(saved[f"{s}_classes"].tolist())) for s in SPLITS}
+    except (OSError, ValueError, KeyError):
+        path.unlink(missing_ok=True)  # a damaged cache is rebuilt from the source
+        return None
+
+
+def _save_cache(path: Path, splits: dict[str, Split]) -> None:
+    """Uncompressed (the pixels barely compress) and atomic, through a temp file: the train
+    split is about 800 MB, too large to hold twice in memory as bytes."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, split in splits.items():
+        arrays[name] = split.images
+        arrays[f"{name}_classes"] = np.array(split.classes)
+    with contextlib.suppress(OSError):  # no writable cache: decode again next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(handle, **arrays)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def load_miniimagenet(root: Path, form: str | None = None) -> dict[str, Split]:
+    """The train, val and test splits from `root` in `form` (default: pickle when its files are
+    there, as nothing needs decoding, else csv), from the cache when decoded before."""
+    hint = "point --data-root (or MAML_BENCH_DATA) at the folder holding miniimagenet/"
+    if not root.is_dir():
+        raise UserError(f"no MiniImagenet folder {root}: {LAYOUT}; {hint}")
+    if form is None:
+        found = present_forms(root)
+        if not found:
+            raise UserError(f"MiniImagenet not found in {root}: {LAYOUT}; {hint}")
+        form = "pickle" if "pickle" in found else "csv"
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    cache = None
+    if form == "csv" and (root / "images").is_dir():
+        cache = cache_dir() / f"miniimagenet-{source_key(root)}.npz"
+        cached = _load_cache(cache)
+        if cached is not None:
+            return cached
+        logging.getLogger(__name__).info("decoding the MiniImagenet JPEGs in %s once (cached "
+                                         "in %s)", root, cache)
+    scans = scan(root, form)
+    problems = [p for item in scans for p in item.problems]
+    if problems:
+        more = (f" (and {len(problems) - 1} more problems: see `maml-bench data check "
+                f"miniimagenet {root}`)" if len(problems) > 1 else "")
+        layout = CSV_LAYOUT if form == "csv" else PICKLE_LAYOUT
+        raise UserError(f"MiniImagenet in {root}: {problems[0]}{more}; expected {layout}")
+    splits = {item.split: Split(item.images, item.classes) for item in scans}
+    if cache is not None:
+        _save_cache(cache, splits)
+    return splits

@@ -1,0 +1,270 @@
+"""MiniImagenet from its two real on-disk forms, proven on generated data in exactly those forms
+(the real set cannot be downloaded here): equal arrays from both, the cache, one-line errors for
+broken copies, and N-way K-shot episodes of the benchmark."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from maml_bench.errors import UserError
+from maml_bench.experiments import EXPERIMENTS
+from maml_bench.tasks.fewshot import episodes as episodes_module
+from maml_bench.tasks.fewshot import pools
+from maml_bench.tasks.fewshot.data_root import CACHE_ENV, DATA_ENV
+from maml_bench.tasks.fewshot.miniimagenet import SPLITS, load_miniimagenet, scan
+from maml_bench.tasks.fewshot.synth import synth_miniimagenet
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> dict[str, Path]:
+    """One generated set per form (default sizes: 10/5/5 classes of 20 images), made once."""
+    base = tmp_path_factory.mktemp("generated")
+    roots = {}
+    for form in ("csv", "pickle", "both"):
+        roots[form] = base / form / "miniimagenet"
+        roots[form].mkdir(parents=True)
+        synth_miniimagenet(roots[form], form=form)
+    return roots
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Decoded copies go to a temporary cache, and no pools of another root leak in."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    pools.load.cache_clear()
+    episodes_module._cached_episodes.cache_clear()
+    yield
+    pools.load.cache_clear()
+    episodes_module._cached_episodes.cache_clear()
+
+
+def copy_of(generated: dict[str, Path], form: str, tmp_path: Path) -> Path:
+    root = tmp_path / "data" / "miniimagenet"
+    shutil.copytree(generated[form], root)
+    return root
+
+
+def rewrite_pickle(root: Path, split: str, change) -> None:
+    path = root / f"mini-imagenet-cache-{split}.pkl"
+    data = pickle.loads(path.read_bytes())
+    path.write_bytes(pickle.dumps(change(data)))
+
+
+class RunsCode:
+    """A pickle of this runs print(...) when loaded: the loader must refuse it unrun."""
+
+    def __reduce__(self):
+        return (print, ("a pickle ran code",))
+
+
+def _drop_row(root: Path, split: str) -> None:
+    path = root / f"{split}.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:1] + lines[2:]))  # the first class loses one image
+
+
+def _first_image(root: Path) -> Path:
+    return root / "images" / (root / "val.csv").read_text().splitlines()[1].split(",")[0]
+
+
+#: (form, what breaks the copy, text the one-line message must hold)
+BROKEN = {
+    "missing-csv": ("csv", lambda r: (r / "val.csv").unlink(), "val.csv is missing"),
+    "missing-images-folder": ("csv", lambda r: shutil.rmtree(r / "images"), "images/"),
+    "bad-header": ("csv", lambda r: (r / "test.csv").write_text("file,class\na.jpg,n1\n"),
+                   "test.csv does not start with the header filename,label"),
+    "bad-row": ("csv", lambda r: (r / "test.csv").write_text("filename,label\na.jpg\n"),
+                "test.csv line 2 is not filename,label"),
+    "row-names-missing-image": ("csv", lambda r: _first_image(r).unlink(),
+                                "val.csv: 1 rows name images missing from images/ (n9"),
+    "truncated-jpeg": ("csv", lambda r: _first_image(r).write_bytes(
+        _first_image(r).read_bytes()[:1500]), "val.csv: 1 unreadable JPEGs in images/ (n9"),
+    "corrupt-jpeg": ("csv", lambda r: _first_image(r).write_bytes(b"not a jpeg" * 50),
+                     "val.csv: 1 unreadable JPEGs"),
+    "too-few-images": ("csv", lambda r: _drop_row(r, "train"),
+                       "train.csv: 1 classes do not have 20 images like the others "
+                       "(n90000000: 19)"),
+    "class-in-two-splits": ("csv", lambda r: (r / "test.csv").write_text(
+        (r / "test.csv").read_text().replace(",n90000015\n", ",n90000000\n")),
+        "test.csv: 1 classes are also in train.csv (n90000000)"),
+    "missing-pickle": ("pickle", lambda r: (r / "mini-imagenet-cache-test.pkl").unlink(),
+                       "mini-imagenet-cache-test.pkl is missing"),
+    "wrong-image-size": ("pickle", lambda r: rewrite_pickle(r, "val", lambda d: {
+        **d, "image_data": np.ascontiguousarray(d["image_data"][:, :80, :80])}),
+        "mini-imagenet-cache-val.pkl: image_data is uint8 100 x 80 x 80 x 3, not uint8 "
+        "N x 84 x 84 x 3"),
+    "pickle-without-class-dict": ("pickle", lambda r: rewrite_pickle(
+        r, "train", lambda d: {"image_data": d["image_data"]}),
+        "mini-imagenet-cache-train.pkl has no class_dict"),
+    "truncated-pickle": ("pickle", lambda r: (r / "mini-imagenet-cache-val.pkl").write_bytes(
+        (r / "mini-imagenet-cache-val.pkl").read_bytes()[:1000]),
+        "mini-imagenet-cache-val.pkl is not a readable pickle"),
+    "pickle-that-runs-code": ("pickle", lambda r: (r / "mini-imagenet-cache-val.pkl"
+                                                   ).write_bytes(pickle.dumps(RunsCode())),
+                              "refers to builtins.print, not only numpy arrays"),
+    "pickle-rows-out-of-range": ("pickle", lambda r: rewrite_pickle(r, "test", lambda d: {
+        **d, "class_dict": {**d["class_dict"], "n90000015": list(range(90, 110))}}),
+        "class_dict['n90000015'] has rows outside 0..99 of image_data"),
+}
+
+
+def test_both_forms_load_to_identical_arrays(generated):
+    from_csv = load_miniimagenet(generated["both"], "csv")
+    from_pickle = load_miniimagenet(generated["both"], "pickle")
+    assert {s: len(from_csv[s].classes) for s in SPLITS} == {"train": 10, "val": 5, "test": 5}
+    for split in SPLITS:
+        images = from_csv[split].images
+        assert images.dtype == np.uint8 and images.shape[1:] == (20, 3, 84, 84)
+        assert np.array_equal(images, from_pickle[split].images), split
+        assert from_csv[split].classes == from_pickle[split].classes
+        assert list(from_csv[split].classes) == sorted(from_csv[split].classes)
+    # pickles are preferred when both are there (nothing to decode)
+    auto = load_miniimagenet(generated["both"])
+    assert all(np.array_equal(auto[s].images, from_csv[s].images) for s in SPLITS)
+    # and each form alone loads the same
+    for form in ("csv", "pickle"):
+        alone = load_miniimagenet(generated[form])
+        assert all(np.array_equal(alone[s].images, from_csv[s].images) for s in SPLITS)
+
+
+def test_decoded_jpegs_are_cached_by_source(generated, tmp_path, monkeypatch):
+    root = copy_of(generated, "csv", tmp_path)
+    first = load_miniimagenet(root)
+    (cached,) = (tmp_path / "cache").glob("miniimagenet-*.npz")
+    with monkeypatch.context() as patch:  # from the cache now: no file is read again
+        patch.setattr("maml_bench.tasks.fewshot.miniimagenet.scan", None)
+        again = load_miniimagenet(root)
+    assert all(np.array_equal(first[s].images, again[s].images) for s in SPLITS)
+    _drop_row(root, "val")  # a changed source is a new key: decoded again, and refused
+    with pytest.raises(UserError, match="val.csv: 1 classes do not have 20 images"):
+        load_miniimagenet(root)
+    assert [p.name for p in (tmp_path / "cache").glob("miniimagenet-*.npz")] == [cached.name]
+
+
+def test_larger_jpegs_are_resized_and_grey_ones_made_rgb(generated, tmp_path):
+    from PIL import Image
+
+    root = copy_of(generated, "csv", tmp_path)
+    image = _first_image(root)
+    Image.new("RGB", (500, 375), (200, 10, 10)).save(image, format="JPEG")
+    second = root / "images" / (root / "val.csv").read_text().splitlines()[2].split(",")[0]
+    Image.new("L", (84, 84), 128).save(second, format="JPEG")
+    val = load_miniimagenet(root)["val"]
+    assert val.images.shape == (5, 20, 3, 84, 84)
+    red = val.images[0, 0].reshape(3, -1).mean(1)
+    assert red[0] > 180 and red[1] < 40 and red[2] < 40
+    assert (np.abs(val.images[0, 1].astype(int) - 128) <= 1).all()
+    sizes = Counter()
+    for item in scan(root, "csv", keep=False):
+        sizes.update(item.sizes)
+    assert sizes == {(500, 375): 1, (84, 84): 399}
+
+
+def test_real_counts_are_not_required(tmp_path):
+    root = tmp_path / "miniimagenet"
+    root.mkdir()
+    synth_miniimagenet(root, (3, 2, 2), 7, seed=5, form="pickle")
+    data = load_miniimagenet(root)
+    assert [data[s].images.shape[:2] for s in SPLITS] == [(3, 7), (2, 7), (2, 7)]
+
+
+def test_generation_is_seeded(tmp_path):
+    made = []
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        root = tmp_path / name
+        root.mkdir()
+        synth_miniimagenet(root, (2, 2, 2), 3, seed=seed, form="pickle")
+        made.append(load_miniimagenet(root)["train"].images)
+    assert np.array_equal(made[0], made[1]) and not np.array_equal(made[0], made[2])
+    with pytest.raises(UserError, match="already holds"):
+        synth_miniimagenet(tmp_path / "a", form="csv")
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_copy_is_one_line_naming_the_problem(case, generated, tmp_path):
+    form, breaker, message = BROKEN[case]
+    root = copy_of(generated, form, tmp_path)
+    breaker(root)
+    with pytest.raises(UserError) as err:
+        load_miniimagenet(root)
+    text = str(err.value)
+    assert "\n" not in text and message in text, text
+    assert str(root) in text and "expected" in text  # the folder and the layout
+
+
+@pytest.fixture
+def data_root_with(generated, tmp_path, monkeypatch):
+    root = copy_of(generated, "csv", tmp_path)
+    monkeypatch.setenv(DATA_ENV, str(root.parent))
+    return root
+
+
+def test_episode_benchmark_on_generated_miniimagenet(data_root_with):
+    from maml_bench.tasks.fewshot.episodes import FewShot, FewShotConfig
+
+    config = FewShotConfig(dataset="miniimagenet", ways=5, train_shots=1, train_query=2,
+                           eval_shots=(1,), filters=4, test_tasks=4, val_tasks=2)
+    bench = FewShot(config)
+    assert {s: p.shape[0] for s, p in bench.pools.items()} == {"train": 10, "val": 5, "test": 5}
+    batch = bench.train_batch(torch.Generator().manual_seed(0), 3, 1, 2)
+    assert batch.x_support.shape == (3, 5, 3, 84, 84)
+    assert batch.x_query.shape == (3, 10, 3, 84, 84)
+    assert batch.x_support.dtype == torch.float32 and batch.x_support.max() <= 1
+    test = bench.eval_sets("test")[1]
+    assert test.x_support.shape == (4, 5, 3, 84, 84) and test.x_query.shape == (4, 5, 3, 84, 84)
+    model = bench.make_model()
+    assert model(batch.x_support[0]).shape == (5, 5)
+    # the classes are learnable: 1-shot nearest neighbour on raw pixels beats chance (20%)
+    many = bench.train_batch(torch.Generator().manual_seed(1), 50, 1, 4)
+    distance = torch.cdist(many.x_query.flatten(2), many.x_support.flatten(2))
+    guess = many.y_support.gather(1, distance.argmin(-1))
+    assert (guess == many.y_query).float().mean() > 0.5
+
+
+def test_more_ways_than_a_split_has_is_one_line(data_root_with):
+    from maml_bench.tasks.fewshot.episodes import FewShot, FewShotConfig
+
+    with pytest.raises(UserError) as err:
+        FewShot(FewShotConfig(dataset="miniimagenet", ways=6, train_shots=1, train_query=2,
+                              eval_shots=(1,), filters=4, test_tasks=4, val_tasks=2))
+    assert "\n" not in str(err.value) and "val split has 5 classes" in str(err.value)
+    assert "6-way" in str(err.value)
+
+
+def test_missing_dataset_names_the_layout(tmp_path, monkeypatch):
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    with pytest.raises(UserError, match="no MiniImagenet folder .*train.csv.*--data-root"):
+        pools.load("miniimagenet", "maml")
+    (tmp_path / "miniimagenet").mkdir()
+    with pytest.raises(UserError, match="MiniImagenet not found in .*mini-imagenet-cache"):
+        load_miniimagenet(tmp_path / "miniimagenet")
+
+
+MINI_PAIRS = [(e, m.algorithm) for e in EXPERIMENTS.names() if e.startswith("miniimagenet-")
+              for m in EXPERIMENTS.get(e).methods]
+
+
+@pytest.mark.parametrize("form", ["csv", "pickle"])
+@pytest.mark.parametrize(("experiment", "method"), MINI_PAIRS)
+def test_every_miniimagenet_experiment_runs_end_to_end(experiment, method, form, generated,
+                                                       tmp_path, monkeypatch):
+    """Each algorithm x MiniImagenet experiment at tiny scale on generated data in each real
+    format (the real and the demo experiments read the same formats)."""
+    from maml_bench.runner import execute, plan_runs
+
+    data = tmp_path / "data"
+    for name in ("miniimagenet", "miniimagenet-demo"):
+        shutil.copytree(generated[form], data / name)
+    monkeypatch.setenv(DATA_ENV, str(data))
+    (run,) = plan_runs(experiment, "tiny", [], [method], None, tmp_path / "out")
+    records = pd.read_csv(execute(run, progress=False) / "records.csv.gz")
+    assert len(records) == run.config.test_tasks * (run.config.eval_steps + 1)
+    assert records["value"].between(0, 100).all()
