@@ -280,8 +280,9 @@ def cmd_data(args: argparse.Namespace) -> int:
         counts = "/".join(map(str, args.classes_per_split))
         print(f"wrote {out}: {counts} classes x {args.images_per_class} images, 84 x 84 "
               f"({args.format}); check it with `maml-bench data check miniimagenet {out} "
-              f"--expect any`; train on it with --data-root {out.resolve().parent}"
-              + ("" if out.name == "miniimagenet" else " after renaming it miniimagenet/"))
+              f"--expect any`; train on it with --data-root {out.resolve().parent}: the "
+              "miniimagenet-*-demo-v1 experiments (labelled as generated data) read the folder "
+              "miniimagenet-demo/, the miniimagenet-*-v1 ones miniimagenet/")
         return 0
     from maml_bench.tasks.fewshot.check import check
 
