@@ -13,7 +13,7 @@ import textwrap
 import typing
 from pathlib import Path
 
-from maml_bench.domains import Domain, Items, Number, Pattern, domain_of, show_value
+from maml_bench.domains import Domain, Items, Number, OneOf, Pattern, domain_of, show_value
 from maml_bench.errors import UserError, one_line
 
 EPILOG = """\
@@ -36,6 +36,8 @@ LEVEL = Number(float, 0.0, 1.0, lo_open=True, hi_open=True)
 SHOTS = Number(int, 1, 10_000)
 STEPS = Items(Number(int, 0, 1_000), 1, 32)
 SCALES = ("quick", "paper", "tiny")
+SCALE = OneOf(SCALES)
+CI = OneOf(("normal", "t"))
 NAME = Pattern(r"[A-Za-z0-9._-]{1,100}", "a name of 1 to 100 letters, digits, '.', '_', '-'")
 CLASSES_PER_SPLIT = Items(Number(int, 1, 1_000), 3, 3)
 IMAGES_PER_CLASS = Number(int, 1, 10_000)
@@ -178,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=option(SEEDS), default=None,
                    help="repetitions per method (default: the scale's, or each method's own; "
                    f"{SEEDS.describe()})")
-    p.add_argument("--scale", default="quick", choices=SCALES,
+    p.add_argument("--scale", default="quick", type=option(SCALE, str),
                    help="quick: minutes on a laptop (default); paper: the paper's protocol; "
                    "tiny: seconds, for smoke tests")
     p.add_argument("--out", type=Path, default=None,
@@ -196,11 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
                        ("plot", "learning-curve figures (PNG) with 95%% CI bands")):
         p = sub.add_parser(name, help=text)
         p.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT)
-        p.add_argument("--scale", default="quick", choices=SCALES,
+        p.add_argument("--scale", default="quick", type=option(SCALE, str),
                        help="the --scale the runs were made at (default quick)")
         p.add_argument("--out", type=Path, default=None, help=out_help)
         if name == "report":
-            p.add_argument("--ci", default="normal", choices=["normal", "t"],
+            p.add_argument("--ci", default="normal", type=option(CI, str),
                            help="normal: the paper's 1.96*std/sqrt(n); t: Student-t")
             p.add_argument("--level", type=option(LEVEL, float), default=0.95,
                            help=f"confidence level (default 0.95; {LEVEL.describe()})")
@@ -213,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gradient steps to show, as in the records (default 1,5,10)")
     p.add_argument("--name", default=None, type=option(NAME, str),
                    help="file name under OUT/comparisons/ (letters, digits, . _ -)")
-    p.add_argument("--scale", default="paper", choices=SCALES,
+    p.add_argument("--scale", default="paper", type=option(SCALE, str),
                    help="the --scale the runs were made at (default paper)")
     p.add_argument("--out", type=Path, default=None, help=out_help.replace("quick", "paper"))
     _add_data_parser(sub)

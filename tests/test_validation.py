@@ -103,11 +103,14 @@ OPTIONS = [
     (["compare", "sinusoid-table2-v1"], "--shots", cli.SHOTS),
     (["compare", "sinusoid-table2-v1"], "--steps", cli.STEPS),
     (["compare", "sinusoid-table2-v1"], "--name", cli.NAME),
+    (["run", "--no-report"], "--scale", cli.SCALE),
+    (["report"], "--scale", cli.SCALE),
+    (["report", "--scale", "tiny"], "--ci", cli.CI),
 ]
 
 
 @pytest.mark.parametrize(("before", "option", "domain"), OPTIONS,
-                         ids=[o[1] for o in OPTIONS])
+                         ids=[f"{o[0][0]}{o[1]}" for o in OPTIONS])
 @settings(max_examples=15, deadline=None, suppress_health_check=[
     HealthCheck.function_scoped_fixture])
 @given(data=st.data())
