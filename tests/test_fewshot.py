@@ -42,6 +42,19 @@ def test_real_omniglot_and_the_maml_split(omniglot):
     assert set.union(*sets) == set(range(1623))
 
 
+@needs_omniglot
+def test_the_vinyals_split(omniglot):
+    from maml_bench.tasks.fewshot.omniglot import vinyals_split
+
+    split = vinyals_split(omniglot.names)
+    assert {k: len(v) for k, v in split.items()} == {"train": 1028, "val": 172, "test": 423}
+    sets = [set(v.tolist()) for v in split.values()]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert set.union(*sets) == set(range(1623))
+    # the test characters are all from the evaluation set, as in Vinyals et al.
+    assert all(omniglot.names[i].startswith("images_evaluation/") for i in split["test"])
+
+
 def pool(classes=10, images=6):
     return torch.arange(classes * images, dtype=torch.uint8).view(classes, images, 1, 1, 1
                                                                    ).expand(-1, -1, 1, 2, 2)

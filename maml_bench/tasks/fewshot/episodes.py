@@ -32,8 +32,9 @@ class FewShotConfig(MetaConfig):
     dataset: str = setting("omniglot", OneOf(("omniglot", "miniimagenet", "miniimagenet-demo")))
     """folder under the data root (--data-root or MAML_BENCH_DATA); miniimagenet-demo: data
     generated in MiniImagenet's formats by `maml-bench data synth miniimagenet`"""
-    split: str = setting("maml", OneOf(("maml",)))
-    """class split: maml (Omniglot: 1,100 / 100 / 423 characters; MiniImagenet: its CSVs)"""
+    split: str = setting("maml", OneOf(("maml", "vinyals")))
+    """class split: maml (Omniglot: 1,100 / 100 / 423 characters; MiniImagenet: its CSVs) |
+    vinyals (Omniglot: the 1,028 / 172 / 423 characters of Vinyals et al. 2016)"""
     ways: int = setting(5, Number(int, 2, 100))
     """N classes per episode"""
     rotations: str = setting("per-episode", OneOf(("per-episode", "none")))

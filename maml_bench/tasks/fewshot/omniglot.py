@@ -145,3 +145,20 @@ def maml_split(names: tuple[str, ...], validation: int = 100, train: int = 1100
     random.Random(1).shuffle(order)
     return {"train": np.array(order[:train]), "val": np.array(order[train:train + validation]),
             "test": np.array(order[train + validation:])}
+
+
+VINYALS_FILE = Path(__file__).parent / "splits" / "omniglot-vinyals.json"
+
+
+def vinyals_split(names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Character indices of the split of Vinyals et al. (2016): 1,028 / 172 / 423 characters,
+    from the lists later suites use (`splits/omniglot-vinyals.json`, named alphabet/character)."""
+    import json
+
+    index = {name.split("/", 1)[1]: i for i, name in enumerate(names)}  # drop the set folder
+    lists = json.loads(VINYALS_FILE.read_text())
+    missing = [c for split in ("train", "val", "test") for c in lists[split] if c not in index]
+    if missing:
+        raise UserError(f"{len(missing)} characters of the Vinyals split are not in this "
+                        f"Omniglot (e.g. {missing[0]}); {LAYOUT}")
+    return {split: np.array([index[c] for c in lists[split]]) for split in ("train", "val", "test")}

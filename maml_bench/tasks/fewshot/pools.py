@@ -17,12 +17,12 @@ from maml_bench.tasks.fewshot.data_root import data_root
 def load(dataset: str, split: str) -> dict[str, Tensor]:
     root = data_root() / dataset
     if dataset == "omniglot":
-        from maml_bench.tasks.fewshot.omniglot import load_omniglot, maml_split
+        from maml_bench.tasks.fewshot.omniglot import load_omniglot, maml_split, vinyals_split
 
         data = load_omniglot(root)
         images = torch.from_numpy(data.images).unsqueeze(2)  # [characters, 20, 1, 28, 28]
-        return {name: images[torch.from_numpy(index)]
-                for name, index in maml_split(data.names).items()}
+        chosen = vinyals_split(data.names) if split == "vinyals" else maml_split(data.names)
+        return {name: images[torch.from_numpy(index)] for name, index in chosen.items()}
     if dataset in ("miniimagenet", "miniimagenet-demo"):  # demo: generated, same formats
         from maml_bench.tasks.fewshot.miniimagenet import load_miniimagenet
 
