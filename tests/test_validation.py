@@ -95,29 +95,34 @@ def test_bad_setting_is_refused_before_any_work(experiment, name, data, capsys, 
     assert not out.exists()  # nothing written
 
 
-#: (command line before the option, option, domain)
+#: (command line before the option, with {out} where the output goes, option, domain)
+SYNTH = ["data", "synth", "miniimagenet", "{out}"]
 OPTIONS = [
-    (["run", "--scale", "tiny", "--no-report"], "--jobs", cli.JOBS),
-    (["run", "--scale", "tiny", "--no-report"], "--seeds", cli.SEEDS),
-    (["report", "--scale", "tiny"], "--level", cli.LEVEL),
-    (["compare", "sinusoid-table2-v1"], "--shots", cli.SHOTS),
-    (["compare", "sinusoid-table2-v1"], "--steps", cli.STEPS),
-    (["compare", "sinusoid-table2-v1"], "--name", cli.NAME),
-    (["run", "--no-report"], "--scale", cli.SCALE),
-    (["report"], "--scale", cli.SCALE),
-    (["report", "--scale", "tiny"], "--ci", cli.CI),
+    (["run", "--scale", "tiny", "--no-report", "--out", "{out}"], "--jobs", cli.JOBS),
+    (["run", "--scale", "tiny", "--no-report", "--out", "{out}"], "--seeds", cli.SEEDS),
+    (["report", "--scale", "tiny", "--out", "{out}"], "--level", cli.LEVEL),
+    (["compare", "sinusoid-table2-v1", "--out", "{out}"], "--shots", cli.SHOTS),
+    (["compare", "sinusoid-table2-v1", "--out", "{out}"], "--steps", cli.STEPS),
+    (["compare", "sinusoid-table2-v1", "--out", "{out}"], "--name", cli.NAME),
+    (["run", "--no-report", "--out", "{out}"], "--scale", cli.SCALE),
+    (["report", "--out", "{out}"], "--scale", cli.SCALE),
+    (["report", "--scale", "tiny", "--out", "{out}"], "--ci", cli.CI),
+    (SYNTH, "--classes-per-split", cli.CLASSES_PER_SPLIT),
+    (SYNTH, "--images-per-class", cli.IMAGES_PER_CLASS),
+    (SYNTH, "--seed", cli.SYNTH_SEED),
 ]
 
 
 @pytest.mark.parametrize(("before", "option", "domain"), OPTIONS,
-                         ids=[f"{o[0][0]}{o[1]}" for o in OPTIONS])
+                         ids=[f"{o[0][0]}-{o[0][1]}{o[1]}" for o in OPTIONS])
 @settings(max_examples=15, deadline=None, suppress_health_check=[
     HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_bad_option_is_refused(before, option, domain, data, capsys, tmp_path):
     text = data.draw(outside(domain), label=option)
     out = tmp_path / f"out-{uuid.uuid4().hex}"
-    code, err = run_cli(capsys, [*before, "--out", str(out), f"{option}={text}"])
+    argv = [str(out) if arg == "{out}" else arg for arg in before]
+    code, err = run_cli(capsys, [*argv, f"{option}={text}"])
     assert_refused(code, err, option, domain.describe())
     assert not out.exists()
 
