@@ -138,3 +138,34 @@ def test_baselines_start_from_chance_and_nearest_neighbour_finds_its_twin(tmp_pa
     nearest = ALGORITHMS.get("nearest-neighbour")(bench, run.config, 0)
     nearest.train_step(0)
     assert (nearest.evaluate()[1] == 100.0).all()
+
+
+@needs_omniglot
+def test_interrupted_omniglot_run_resumes_to_the_same_numbers(tmp_path, monkeypatch):
+    """The long paper runs are resumed across sessions: an interrupted run must give exactly
+    the records and validation curve of an uninterrupted one."""
+    import pandas as pd
+
+    from maml_bench.algorithms.maml import MAML
+
+    overrides = ["iterations=8", "checkpoint_every=2", "val_every=4", "log_every=2"]
+    (clean,) = plan_runs("omniglot-5w1s-v1", "tiny", overrides, ["maml"], None, tmp_path / "a")
+    execute(clean, progress=False)
+    (broken,) = plan_runs("omniglot-5w1s-v1", "tiny", overrides, ["maml"], None, tmp_path / "b")
+    original = MAML.train_step
+
+    def interrupted(self, iteration):
+        if iteration == 5:
+            raise KeyboardInterrupt  # between the checkpoints at 4 and 6
+        return original(self, iteration)
+
+    monkeypatch.setattr(MAML, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        execute(broken, progress=False)
+    monkeypatch.setattr(MAML, "train_step", original)
+    execute(broken, progress=False)
+    for name in ("records.csv.gz", "train_log.csv"):
+        a = pd.read_csv(clean.directory / name)
+        b = pd.read_csv(broken.directory / name)
+        keep = [c for c in a.columns if c not in ("date", "git_sha")]
+        pd.testing.assert_frame_equal(a[keep], b[keep])
