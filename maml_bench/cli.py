@@ -343,7 +343,9 @@ def cmd_show(args: argparse.Namespace) -> None:
     exp = EXPERIMENTS.get(args.experiment)
     print(f"{exp.id}: {exp.title}\nbenchmark: {exp.benchmark}\n\nmethods (paper-scale seeds):")
     for m in exp.methods:
-        print(f"  {m.algorithm:<18} {m.label} ({m.seeds})")
+        own = " ".join(f"{k}={show_value(v)}" for k, v in m.overrides.items())
+        print(f"  {m.algorithm:<18} {m.label} ({m.seeds})" + (f"; its settings: {own}" if own
+                                                               else ""))
     print("\nscales:")
     for name, scale in exp.scales.items():
         print(f"  {name:<6} {scale.description}")

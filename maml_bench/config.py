@@ -97,6 +97,12 @@ def config_dict(config: Any) -> dict[str, Any]:
 
 
 def config_hash(config: Any) -> str:
-    """A short stable hash of a config (stored with every record)."""
-    blob = json.dumps(config_dict(config), sort_keys=True, default=str)
+    """A short stable hash of a config (stored with every record). Settings added later are
+    left out while at their default (`setting(..., hashed_at_default=False)`)."""
+    values = config_dict(config)
+    for field in dataclasses.fields(config):
+        later = not field.metadata.get("hashed_at_default", True)
+        if later and values[field.name] == field.default:
+            del values[field.name]
+    blob = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]

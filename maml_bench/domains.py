@@ -128,10 +128,15 @@ class Items(Domain):
             ",".join([good] * (self.max_len + 1))]
 
 
-def setting(default: Any, domain: Domain) -> Any:
+def setting(default: Any, domain: Domain, hashed_at_default: bool = True) -> Any:
     """A dataclass field with its valid domain (shown by `maml-bench show`, checked by
-    `check_fields`)."""
-    return dataclasses.field(default=default, metadata={"domain": domain})
+    `check_fields`).
+
+    `hashed_at_default=False` is for a setting added after runs exist: at its default it is
+    left out of the config hash, so those runs keep their hash and still resume.
+    """
+    return dataclasses.field(default=default, metadata={"domain": domain,
+                                                        "hashed_at_default": hashed_at_default})
 
 
 def domain_of(field: dataclasses.Field) -> Domain:

@@ -32,12 +32,12 @@ RUN_COLUMNS = ["run_id", "method", "seed", "scale", "config_hash", "iterations",
                "directory"]
 
 
-def scale_of(experiment: Experiment, run_config_hash: str) -> str:
+def scale_of(experiment: Experiment, run_config_hash: str, method: str | None = None) -> str:
     """The name of the experiment scale whose resolved config has this hash, else "custom"
     (settings changed with --set). Derived from the hash rather than stored, so it holds for
     runs written before reports knew about scales too."""
     for name in experiment.scales:  # the first of equal scales wins (paper comes first)
-        if config_hash(resolve_config(experiment, name, [])) == run_config_hash:
+        if config_hash(resolve_config(experiment, name, [], method)) == run_config_hash:
             return name
     return CUSTOM_SCALE
 
@@ -53,7 +53,8 @@ def experiment_runs(experiment_id: str, out: Path) -> pd.DataFrame:
             continue
         chash = str(info.get("config_hash"))
         if chash not in scales:
-            scales[chash] = scale_of(experiment, chash)
+            known = info.get("method") in {m.algorithm for m in experiment.methods}
+            scales[chash] = scale_of(experiment, chash, info.get("method") if known else None)
         rows.append({
             "run_id": f"{experiment_id}/{info.get('method')}/seed-{info.get('repetition')}",
             "method": info.get("method"),

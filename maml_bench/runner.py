@@ -32,6 +32,7 @@ from maml_bench.config import apply_overrides, config_dict, config_hash
 from maml_bench.errors import TrainingDiverged, UserError
 from maml_bench.experiments import EXPERIMENTS, Experiment
 from maml_bench.fits import FITS_FILE, fit_frame
+from maml_bench.memory import keep_freed_memory
 from maml_bench.progress import IterationProgress, terminal
 from maml_bench.provenance import provenance
 from maml_bench.results import (
@@ -81,10 +82,16 @@ class RunSpec:
         return derive_seed(self.experiment, self.method, self.repetition)
 
 
-def resolve_config(experiment: Experiment, scale: str, overrides: list[str]) -> Any:
+def resolve_config(experiment: Experiment, scale: str, overrides: list[str],
+                   method: str | None = None) -> Any:
+    """The config one method runs with: the experiment's, then the method's own settings, the
+    scale's, and the user's --set, each over the one before."""
     if scale not in experiment.scales:
         raise UserError(f"unknown scale {scale!r}; choose one of {', '.join(experiment.scales)}")
-    config = apply_overrides(experiment.config, experiment.scales[scale].overrides)
+    config = experiment.config
+    if method is not None:
+        config = apply_overrides(config, experiment.method(method).overrides)
+    config = apply_overrides(config, experiment.scales[scale].overrides)
     return apply_overrides(config, overrides)
 
 
@@ -98,15 +105,17 @@ def plan_runs(
 ) -> list[RunSpec]:
     """Every run an experiment command stands for, in the experiment's method order."""
     experiment = EXPERIMENTS.get(experiment_id)
-    config = resolve_config(experiment, scale, overrides or [])
     chosen = [experiment.method(m) for m in methods] if methods else list(experiment.methods)
+    configs = {}
     for spec in chosen:
         ALGORITHMS.get(spec.algorithm)  # unknown algorithm ids fail before any work
+        configs[spec.algorithm] = resolve_config(experiment, scale, overrides or [],
+                                                 spec.algorithm)
     if seeds is not None and seeds <= 0:
         raise UserError(f"--seeds must be positive, got {seeds}")
     scale_seeds = experiment.scales[scale].seeds
     return [
-        RunSpec(experiment.id, spec.algorithm, rep, config, out)
+        RunSpec(experiment.id, spec.algorithm, rep, configs[spec.algorithm], out)
         for spec in chosen
         for rep in range(seeds or scale_seeds or spec.seeds)
     ]
@@ -189,6 +198,7 @@ def execute(run: RunSpec, progress: bool | str | None = None, threads: int = 1) 
 
 def _execute(run: RunSpec, mode: str, threads: int) -> Path:
     torch.set_num_threads(threads)
+    keep_freed_memory()
     experiment = EXPERIMENTS.get(run.experiment)
     benchmark = BENCHMARKS.get(experiment.benchmark)(run.config)
     algorithm = ALGORITHMS.get(run.method)(benchmark, run.config, run.seed)

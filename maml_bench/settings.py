@@ -37,11 +37,18 @@ class MetaConfig:
     """clip meta-gradients to [-c, c] (0 = off; the code clips MiniImagenet at 10)"""
     path: str = setting("auto", OneOf(("auto", "batched", "loop")))
     """meta-gradient path: auto (batched when the model passes the checks) | batched | loop"""
+    task_chunk: int = setting(0, Number(int, 0, 100_000), hashed_at_default=False)
+    """tasks per meta-gradient pass, summed (0 = the whole meta-batch at once): bounds memory;
+    on CPU a chunk whose activations fit the cache is faster (results/benchmarks)"""
     # --- Reptile, Meta-SGD ---
     reptile_inner_steps: int = setting(5, Number(int, 1, 1_000))
     """Reptile: SGD steps per task before the outer update"""
     metasgd_init_lr: float = setting(0.01, STEP)
     """Meta-SGD: initial value of every learned per-parameter step size"""
+    context_size: int = setting(10, Number(int, 1, 10_000), hashed_at_default=False)
+    """context vector: size of the free input parameters z, the only ones adapted in the inner
+    loop: features for vectors, image channels (free per pixel) for images; the paper's
+    App. C.2 does not state it"""
     # --- meta-test ---
     eval_shots: tuple[int, ...] = setting((5, 10, 20), Items(Number(int, 1, 10_000), 1, 16))
     """K at meta-test"""

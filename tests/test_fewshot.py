@@ -169,3 +169,23 @@ def test_interrupted_omniglot_run_resumes_to_the_same_numbers(tmp_path, monkeypa
         b = pd.read_csv(broken.directory / name)
         keep = [c for c in a.columns if c not in ("date", "git_sha")]
         pd.testing.assert_frame_equal(a[keep], b[keep])
+
+
+@needs_omniglot
+@pytest.mark.parametrize("method", ["maml", "fomaml"])
+def test_task_chunks_give_the_whole_batch_meta_gradient(method, tmp_path):
+    """task_chunk only changes how the meta-batch is split into graphs, not the gradient."""
+    from maml_bench.algorithms import ALGORITHMS
+
+    results = []
+    for chunk in (0, 3):
+        (run,) = plan_runs("omniglot-5w1s-v1", "tiny",
+                           ["meta_batch=7", f"task_chunk={chunk}"], [method], None, tmp_path)
+        algo = ALGORITHMS.get(method)(FewShot(run.config), run.config, 0)
+        loss = algo.train_step(0)
+        results.append((loss, [p.grad.clone() for p in algo.theta.values()]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
+    assert max(g.abs().max() for g in grads_a) > 1e-3  # a real gradient, not zeros
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -14,6 +14,7 @@ from maml_bench.core.functional import (
 )
 from maml_bench.core.higher_check import higher_meta_gradient
 from maml_bench.models import MLP, Conv4
+from maml_bench.tasks.fewshot.episodes import FlatMLP
 
 
 def mse(pred, target):
@@ -76,7 +77,7 @@ def assert_close(a, b, rtol=1e-7, atol=1e-9):
 
 
 def mlp_bn_setup(seed=0):
-    """The paper's non-convolutional Omniglot net shape: MLP with batch norm (vmap path only)."""
+    """An MLP with batch norm on flattened 28x28 images."""
     model, batch, _ = conv_setup(seed)
     torch.manual_seed(seed)
     mlp = MLP(28 * 28, [16, 8], 3, batch_norm=True).double()
@@ -85,8 +86,20 @@ def mlp_bn_setup(seed=0):
     return mlp, flat, cross_entropy
 
 
+def flat_mlp_setup(seed=0):
+    """The paper's non-convolutional Omniglot network (256-128-64-64, batch norm) on images.
+
+    2 shots: with batch norm over only 3 random images, a 256-wide ReLU layer has units that
+    are zero on all of them, whose statistics the next batch norm divides by ~sqrt(eps). The
+    loss is then so steep that central differences do not converge at any step size.
+    """
+    _, batch, _ = conv_setup(seed, shots=2)
+    torch.manual_seed(seed)
+    return FlatMLP(28 * 28, 3).double(), batch, cross_entropy
+
+
 SETUPS = {"mlp": regression_setup, "conv4-bn": conv_setup, "mlp-bn": mlp_bn_setup,
-          "conv4-miniimagenet": conv_miniimagenet_setup}
+          "flat-mlp-bn": flat_mlp_setup, "conv4-miniimagenet": conv_miniimagenet_setup}
 
 
 @pytest.mark.parametrize("setup", SETUPS)

@@ -250,10 +250,14 @@ def test_missing_dataset_names_the_layout(tmp_path, monkeypatch):
 
 MINI_PAIRS = [(e, m.algorithm) for e in EXPERIMENTS.names() if e.startswith("miniimagenet-")
               for m in EXPERIMENTS.get(e).methods]
+#: every pair from the CSV form; the pickle form (the same pools once loaded) for the paper's
+#: Table 1 methods, which keeps the suite's time in bounds
+MINI_CASES = [(e, m, "csv") for e, m in MINI_PAIRS] + [
+    (e, m, "pickle") for e, m in MINI_PAIRS
+    if m in ("maml", "fomaml", "finetune", "nearest-neighbour")]
 
 
-@pytest.mark.parametrize("form", ["csv", "pickle"])
-@pytest.mark.parametrize(("experiment", "method"), MINI_PAIRS)
+@pytest.mark.parametrize(("experiment", "method", "form"), MINI_CASES)
 def test_every_miniimagenet_experiment_runs_end_to_end(experiment, method, form, generated,
                                                        tmp_path, monkeypatch):
     """Each algorithm x MiniImagenet experiment at tiny scale on generated data in each real

@@ -61,3 +61,16 @@ def test_overrides_are_typed():
 def test_bad_overrides_get_clear_errors(override, message):
     with pytest.raises(UserError, match=message):
         apply_overrides(SinusoidConfig(), [override])
+
+
+def test_a_setting_added_later_leaves_existing_hashes_alone():
+    """Settings added after the Omniglot paper runs started (task_chunk, the newer methods'
+    settings) must not change their config hash at their defaults, or those runs could not
+    resume: 273419d49f9c is the hash stored in their checkpoints. Set, a setting must count."""
+    import dataclasses
+
+    from maml_bench.experiments import EXPERIMENTS
+
+    config = EXPERIMENTS.get("omniglot-5w1s-v1").config
+    assert config_hash(config) == "273419d49f9c"
+    assert config_hash(dataclasses.replace(config, task_chunk=4)) != config_hash(config)

@@ -161,3 +161,24 @@ def test_compare_lists_settings_that_differ_between_seeds(tmp_path) -> None:
               if p.suffix == ".md").read_text()
     assert "sinusoid-table2-v1 (paper/custom scale: alpha=0.01/0.001, 70,000 iterations" in md
     assert "Scale: custom+paper (custom: settings changed with --set; a+b: seeds run" in md
+
+
+def test_a_methods_own_settings_apply_to_it_alone_and_keep_its_scale(monkeypatch, tmp_path):
+    """MethodSpec.overrides: the method's paper defaults, under the scale and --set."""
+    import dataclasses
+
+    from maml_bench.runner import plan_runs
+
+    base = EXPERIMENTS.get("omniglot-5w1s-v1")
+    methods = tuple(dataclasses.replace(m, overrides={"meta_lr": 0.005})
+                    if m.algorithm == "fomaml" else m for m in base.methods)
+    patched = dataclasses.replace(base, methods=methods)
+    monkeypatch.setattr(EXPERIMENTS, "get", lambda name: patched)
+    runs = {r.method: r for r in plan_runs(base.id, "quick", [], ["maml", "fomaml"], None,
+                                           tmp_path)}
+    assert runs["fomaml"].config.meta_lr == 0.005 and runs["maml"].config.meta_lr == 1e-3
+    assert runs["fomaml"].config.iterations == 1_000  # the scale still applies over it
+    (user,) = plan_runs(base.id, "quick", ["meta_lr=0.002"], ["fomaml"], None, tmp_path)
+    assert user.config.meta_lr == 0.002  # and --set over both
+    assert scale_of(patched, config_hash(runs["fomaml"].config), "fomaml") == "quick"
+    assert scale_of(patched, config_hash(runs["fomaml"].config)) == "custom"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -167,3 +168,25 @@ def tuned_finetune(
     test = benchmark.eval_sets("test")
     return adapt_and_measure(benchmark, forward, theta, test, 0.0, config.eval_steps,
                              config.eval_chunk, lr_per_shots=best)
+
+
+def flat_curves(
+    benchmark: SupervisedBenchmark,
+    split: str,
+    scores: Callable[[SupervisedBatch], Tensor],
+    steps: int,
+    chunk: int,
+) -> dict[int, Tensor]:
+    """Metric curves of a method without gradient steps at meta-test (nearest neighbour,
+    metric learners): `scores` maps a chunk of episodes to query scores [T, Nq, classes] whose
+    argmax is the prediction; per K a tensor [tasks, steps + 1], the same value in every column.
+
+    Chunks bound memory; no_grad because nothing is trained here.
+    """
+    out = {}
+    with torch.no_grad():
+        for k, batch in benchmark.eval_sets(split).items():
+            metric = torch.cat([benchmark.metric(scores(part), part.y_query)
+                                for part in batch.chunks(chunk)])
+            out[k] = metric.unsqueeze(1).expand(-1, steps + 1)
+    return out

@@ -15,8 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maml_bench.algorithms.base import Algorithm, adam, seeded_model, tuned_finetune
-from maml_bench.core.functional import BatchedForward, make_batched_forward
+from maml_bench.algorithms.base import (
+    Algorithm,
+    adam,
+    flat_curves,
+    seeded_model,
+    tuned_finetune,
+)
+from maml_bench.core.functional import BatchedForward, SupervisedBatch, make_batched_forward
 from maml_bench.errors import UserError
 from maml_bench.tasks.base import SupervisedBenchmark
 
@@ -82,22 +88,19 @@ class NearestNeighbour(FineTuning):
             raise UserError("nearest-neighbour needs a network with a feature extractor "
                             "(--set network=conv)")
         theta = self.episode_theta()
-        out = {}
-        for k, batch in self.benchmark.eval_sets("test").items():
-            scores = []
-            for start in range(0, batch.n_tasks, self.config.eval_chunk):
-                sl = slice(start, start + self.config.eval_chunk)
-                n = batch.x_support[sl].shape[0]
-                params = {name: v.unsqueeze(0).expand(n, *v.shape) for name, v in theta.items()}
-                support = F.normalize(model.batched_features(params, batch.x_support[sl]), dim=-1)
-                query = F.normalize(model.batched_features(params, batch.x_query[sl]), dim=-1)
-                nearest = (query @ support.transpose(1, 2)).argmax(-1)  # [T, Nq]
-                predicted = batch.y_support[sl].gather(1, nearest)
-                scores.append((predicted == batch.y_query[sl]).float().mean(1) * 100.0)
-            accuracy = torch.cat(scores)
-            # No gradient steps: the same accuracy after every number of steps.
-            out[k] = accuracy.unsqueeze(1).expand(-1, self.config.eval_steps + 1)
-        return out
+
+        def scores(batch: SupervisedBatch) -> Tensor:
+            n = batch.n_tasks
+            params = {name: v.unsqueeze(0).expand(n, *v.shape) for name, v in theta.items()}
+            support = F.normalize(model.batched_features(params, batch.x_support), dim=-1)
+            query = F.normalize(model.batched_features(params, batch.x_query), dim=-1)
+            nearest = (query @ support.transpose(1, 2)).argmax(-1)  # [T, Nq]
+            # The nearest support example's label, as one-hot scores for the metric.
+            return F.one_hot(batch.y_support.gather(1, nearest), self.config.ways).float()
+
+        # No gradient steps: the same accuracy after every number of steps.
+        return flat_curves(self.benchmark, "test", scores, self.config.eval_steps,
+                           self.config.eval_chunk)
 
     def fine_tuner(self, shots: int) -> None:
         return None  # nothing is fine-tuned

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from maml_bench.algorithms.base import (
     Algorithm,
@@ -17,9 +17,11 @@ from maml_bench.algorithms.base import (
 from maml_bench.core.functional import (
     BatchedForward,
     StepSizes,
+    SupervisedBatch,
     make_batched_forward,
     meta_loss,
     reference_meta_loss,
+    restrict,
 )
 from maml_bench.tasks.base import SupervisedBenchmark
 
@@ -33,11 +35,15 @@ class MAML(Algorithm):
 
     def __init__(self, benchmark: SupervisedBenchmark, config: Any, seed: int) -> None:
         super().__init__(benchmark, config, seed)
-        self.model = seeded_model(benchmark, seed)
+        self.model = self.build_model(benchmark, seed)
         self.forward = choose_forward(self.model, config.path)
         self.info["path"] = "batched" if self.forward is not None else "loop"
         self.theta = dict(self.model.named_parameters())
         self.optimizer = adam(self.meta_parameters(), config.meta_lr)
+
+    def build_model(self, benchmark: SupervisedBenchmark, seed: int) -> nn.Module:
+        """The network theta belongs to (a hook for methods that wrap it)."""
+        return seeded_model(benchmark, seed)
 
     def meta_parameters(self) -> list[Tensor]:
         return list(self.theta.values())
@@ -48,8 +54,19 @@ class MAML(Algorithm):
     def modules(self) -> dict[str, Any]:
         return {"model": self.model, "optimizer": self.optimizer}
 
+    def adapted(self) -> list[str] | None:
+        """The parameters the inner loop adapts; None: all of theta (MAML). Subclasses that
+        adapt a part (ANIL: the head; context vector: z) return their names."""
+        return None
+
     def query_losses(self, batch: Any) -> Tensor:
         c = self.config
+        names = self.adapted()
+        if names is not None:  # batched forward (own or vmap) over the adapted part only
+            forward, theta = restrict(self.forward or make_batched_forward(self.model),
+                                      self.theta, names)
+            return meta_loss(forward, theta, batch, self.benchmark.loss, c.inner_steps,
+                             self.step_sizes(), self.first_order)
         if self.forward is None:
             return reference_meta_loss(self.model, self.theta, batch, self.benchmark.loss,
                                        c.inner_steps, self.step_sizes(), self.first_order)
@@ -59,10 +76,14 @@ class MAML(Algorithm):
     def train_step(self, iteration: int) -> Tensor:
         c = self.config
         batch = self.benchmark.train_batch(self.gen, c.meta_batch, c.train_shots, c.train_query)
-        loss = self.query_losses(batch).mean()
         params = self.meta_parameters()
+        if c.task_chunk == 0 or c.task_chunk >= c.meta_batch:
+            loss = self.query_losses(batch).mean()
+            grads = torch.autograd.grad(loss, params)
+        else:  # one graph per chunk of tasks, freed before the next: same mean gradient
+            loss, grads = self.chunked_meta_gradient(batch, params, c.task_chunk)
         # Gradients assigned, not accumulated: no zero_grad pass over the optimizer needed.
-        for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
+        for p, g in zip(params, grads, strict=True):
             p.grad = g
         if c.grad_clip > 0:
             for p in params:
@@ -70,17 +91,33 @@ class MAML(Algorithm):
         self.optimizer.step()
         return loss.detach()
 
+    def chunked_meta_gradient(self, batch: SupervisedBatch, params: list[Tensor], chunk: int
+                              ) -> tuple[Tensor, list[Tensor]]:
+        total = torch.zeros(())
+        grads = [torch.zeros_like(p) for p in params]
+        for part in batch.chunks(chunk):
+            loss = self.query_losses(part).sum() / batch.n_tasks
+            for g, d in zip(grads, torch.autograd.grad(loss, params), strict=True):
+                g.add_(d)
+            total += loss.detach()
+        return total, grads
+
     def eval_step_sizes(self) -> StepSizes:
         return self.config.inner_lr
 
     def fine_tuner(self, shots: int) -> tuple[BatchedForward, dict[str, Tensor], StepSizes]:
         # Meta-test needs no second derivatives: the batched forward serves the loop path too.
-        return self.forward or make_batched_forward(self.model), self.theta, self.eval_step_sizes()
+        forward = self.forward or make_batched_forward(self.model)
+        names = self.adapted()
+        if names is None:
+            return forward, self.theta, self.eval_step_sizes()
+        forward, theta = restrict(forward, self.theta, names, detach_rest=True)
+        return forward, theta, self.eval_step_sizes()
 
     def evaluate(self) -> dict[int, Tensor]:
         c = self.config
-        forward, _, _ = self.fine_tuner(0)
-        return adapt_and_measure(self.benchmark, forward, self.theta,
+        forward, theta, _ = self.fine_tuner(0)
+        return adapt_and_measure(self.benchmark, forward, theta,
                                  self.benchmark.eval_sets("test"), self.eval_step_sizes(),
                                  c.eval_steps, c.eval_chunk)
 

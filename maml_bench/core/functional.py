@@ -48,6 +48,13 @@ class SupervisedBatch:
     def n_tasks(self) -> int:
         return self.x_support.shape[0]
 
+    def chunks(self, size: int) -> list[SupervisedBatch]:
+        """Consecutive batches of at most `size` tasks."""
+        parts = [t.split(size) if t is not None else None for t in (
+            self.x_support, self.y_support, self.x_query, self.y_query, self.task_info)]
+        return [SupervisedBatch(*(p[i] if p is not None else None for p in parts))
+                for i in range(len(parts[0]))]
+
     def to(self, dtype: torch.dtype) -> SupervisedBatch:
         def cast(t: Tensor | None) -> Tensor | None:
             return t.to(dtype) if t is not None and t.is_floating_point() else t
@@ -76,6 +83,19 @@ def gradient_step(params: Mapping[str, Tensor], grads: Sequence[Tensor], lrs: St
 def expand_params(params: Mapping[str, Tensor], n_tasks: int) -> Params:
     """Give every parameter a leading task dimension without copying (an expand view)."""
     return {k: v.unsqueeze(0).expand(n_tasks, *v.shape) for k, v in params.items()}
+
+
+def restrict(forward: BatchedForward, theta: Mapping[str, Tensor], names: Sequence[str],
+             detach_rest: bool = False) -> tuple[BatchedForward, Params]:
+    """Adapt only `names`: a batched forward over those parameters alone, the rest of theta
+    (shared by every task) closed over, so the outer gradient still reaches it; and the
+    sub-dict of theta to adapt. ANIL adapts the head, the context vector its inputs z."""
+    rest = {k: v.detach() if detach_rest else v for k, v in theta.items() if k not in names}
+
+    def partial(params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        return forward({**expand_params(rest, x.shape[0]), **params}, x)
+
+    return partial, {k: theta[k] for k in names}
 
 
 def inner_adapt(
@@ -159,7 +179,7 @@ def vmap_supported(module: nn.Module) -> str | None:
 def make_batched_forward(module: nn.Module, prefer_fast: bool = True) -> BatchedForward:
     """A batched forward for `module`: its own `batched_forward` if it has one, else vmap."""
     fast = getattr(module, "batched_forward", None)
-    if prefer_fast and fast is not None and getattr(module, "has_fast_path", True):
+    if prefer_fast and fast is not None:
         return fast
     reason = vmap_supported(module)
     if reason is not None:

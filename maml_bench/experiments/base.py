@@ -19,6 +19,9 @@ class MethodSpec:
     """name in tables and figures"""
     seeds: int = 1
     """repetitions at paper scale"""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """the method's own hyperparameters (its paper's), over the experiment's config and under
+    the scale's and the user's --set"""
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ of the same protocol on data generated in MiniImagenet's formats (`maml-bench da
 from __future__ import annotations
 
 from maml_bench.experiments.base import Experiment, FigureSpec, MethodSpec, Scale, TableSpec
+from maml_bench.experiments.fewshot_methods import later_methods, published_rows
 from maml_bench.tasks.fewshot.episodes import FewShotConfig
 
 #: paper Table 1, MiniImagenet 5-way: shots -> method -> accuracy in percent (the baselines are
@@ -36,22 +37,29 @@ def miniimagenet(shots: int, demo: bool = False) -> Experiment:
                       overrides={"iterations": 2, "meta_batch": 2, "test_tasks": 4,
                                  "val_tasks": 2, "filters": 4, "eval_chunk": 2, "eval_steps": 2,
                                  "inner_steps": 1, "train_query": 2, "val_every": 2,
-                                 "checkpoint_every": 2, "check_every": 2, "log_every": 2},
+                                 "checkpoint_every": 2, "check_every": 2, "log_every": 2,
+                                 "protonet_train_ways": 0},  # the test data's few classes
                       seeds=1),
     }
     steps = config.eval_steps
+    paper = tuple((m, shots, steps, v) for m, v in PAPER[shots].items())
+    paper += published_rows(config.dataset, 5, shots, steps)
     return Experiment(
         id=f"miniimagenet-5w{shots}s{'-demo' if demo else ''}-v1",
         title=f"MiniImagenet 5-way {shots}-shot ({what})",
         benchmark="fewshot",
         config=config,
-        methods=METHODS,
-        paper=() if demo else tuple((m, shots, steps, v) for m, v in PAPER[shots].items()),
+        methods=METHODS + later_methods(config.dataset, 5, shots),
+        paper=() if demo else paper,
         metric="accuracy",
         scales=scales,
         tables=(TableSpec("table1", f"MiniImagenet 5-way {shots}-shot ({what}), query "
-                          "accuracy (%) after fine-tuning", shots=shots,
-                          steps=(0, 1, 5, steps)),),
+                          "accuracy (%) after fine-tuning", shots=shots, steps=(0, 1, 5, steps),
+                          methods=("maml", "fomaml", "finetune", "nearest-neighbour",
+                                   "matchingnets", "metalstm")),
+                TableSpec("methods", f"MiniImagenet 5-way {shots}-shot ({what}): every method "
+                          "on the same test episodes, each next to its own published number "
+                          "(source in its label)", shots=shots, steps=(steps,))),
         figures=(FigureSpec("curves", f"MiniImagenet 5-way {shots}-shot ({what})",
                             methods=tuple(m.algorithm for m in METHODS), shots=(shots,),
                             ylabel="query accuracy (%)"),),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -41,24 +42,40 @@ class MLP(nn.Module):
                     layers.append(nn.BatchNorm1d(fan_out, track_running_stats=False))
                 layers.append(nn.ReLU())
         self.net = nn.Sequential(*layers)
-        # The bmm path below covers plain Linear+ReLU stacks only.
-        self.has_fast_path = not batch_norm
-        # (weight key, bias key) per layer, built once: batched_forward is on the hot path.
+        # (weight key, bias key) per layer and the batch norm's prefix after it (or None),
+        # built once: batched_forward is on the hot path.
         self._linear_keys = [
             (f"net.{i}.weight", f"net.{i}.bias")
             for i, m in enumerate(self.net) if isinstance(m, nn.Linear)
         ]
+        self._norms = [
+            f"net.{i + 1}" if isinstance(self.net[i + 1], nn.BatchNorm1d) else None
+            for i, m in enumerate(self.net[:-1]) if isinstance(m, nn.Linear)
+        ]
+        self._eps = 1e-5  # nn.BatchNorm1d's default, which the layers above use
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
     def batched_forward(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
-        """params [T, ...] and x [T, N, in] -> [T, N, out], one baddbmm per layer."""
+        """params [T, ...] and x [T, N, in] -> [T, N, out], one baddbmm per layer.
+
+        Batch norm runs on [N, T * F]: statistics over N of each task's own features, exactly
+        the per-task network's (as `Conv4.batched_features` does with channels).
+        """
         h = x
         last = len(self._linear_keys) - 1
         for i, (weight_key, bias_key) in enumerate(self._linear_keys):
             weight, bias = params[weight_key], params[bias_key]
             h = torch.baddbmm(bias.unsqueeze(-2), h, weight.transpose(-1, -2))
-            if i < last:
-                h = torch.relu(h)
+            if i == last:
+                return h
+            norm = self._norms[i]
+            if norm is not None:
+                t, n, f = h.shape
+                h = F.batch_norm(h.transpose(0, 1).reshape(n, t * f), None, None,
+                                 params[f"{norm}.weight"].reshape(-1),
+                                 params[f"{norm}.bias"].reshape(-1), training=True,
+                                 eps=self._eps).view(n, t, f).transpose(0, 1)
+            h = torch.relu(h)
         return h

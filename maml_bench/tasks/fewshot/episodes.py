@@ -9,6 +9,7 @@ generator of the run; the 600 test and the validation episodes from fixed seeds.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 
@@ -20,7 +21,7 @@ from maml_bench.core.functional import SupervisedBatch
 from maml_bench.domains import Number, OneOf, require, setting
 from maml_bench.errors import UserError
 from maml_bench.models import MLP, Conv4
-from maml_bench.settings import MetaConfig
+from maml_bench.settings import COUNT, MetaConfig
 from maml_bench.tasks.base import SupervisedBenchmark
 from maml_bench.tasks.fewshot import pools
 
@@ -52,6 +53,26 @@ class FewShotConfig(MetaConfig):
     normalised by its own statistics (the reference code's convention; it moves the numbers)"""
     val_every: int = setting(1_000, Number(int, 0, 10_000_000))
     """meta-iterations between validation accuracies on val_tasks held-out episodes (0 = off)"""
+    # --- metric learners; added after runs existed, so left out of the hash at their defaults
+    protonet_train_ways: int = setting(0, Number(int, 0, 1_000), hashed_at_default=False)
+    """Prototypical Networks: classes per training episode, 0 = the experiment's ways (Snell
+    et al. 2017 train with more: 60 for Omniglot, 30 / 20 for MiniImagenet 1 / 5-shot)"""
+    protonet_lr_halving: int = setting(2_000, Number(int, 0, COUNT), hashed_at_default=False)
+    """Prototypical Networks: iterations between halvings of the Adam step size, 0 = never
+    (Snell et al. 2017: every 2,000 episodes, one episode per step)"""
+    matching_fce_steps: int = setting(0, Number(int, 0, 100), hashed_at_default=False)
+    """Matching Networks: processing steps K of the attention LSTM of full context embeddings,
+    0 = no full context embeddings (Vinyals et al. 2016 use none for Omniglot)"""
+    metalstm_hidden: int = setting(20, Number(int, 1, 1024), hashed_at_default=False)
+    """meta-learner LSTM (Ravi & Larochelle 2017): hidden units of its first, ordinary LSTM
+    layer, shared across coordinates (paper: 20)"""
+    metalstm_steps: int = setting(0, Number(int, 0, 100), hashed_at_default=False)
+    """meta-learner LSTM: learner updates per training episode, each on the whole support set
+    (paper: 12 for 1-shot, 5 for 5-shot MiniImagenet); 0 = eval_steps, so the meta-test's last
+    column is the step count it was trained for"""
+    metalstm_clip_norm: float = setting(0.25, Number(float, 0.0, 1e6), hashed_at_default=False)
+    """meta-learner LSTM: clip the meta-gradient's global norm to this (0 = off; the paper's
+    code: 0.25)"""
 
     def validate(self) -> None:
         super().validate()
@@ -90,7 +111,8 @@ class FewShot(SupervisedBenchmark):
     def make_model(self, extra_inputs: int = 0) -> nn.Module:
         c, (channels, size, _) = self.config, self.image_shape
         if c.network == "mlp":
-            return FlatMLP(channels * size * size + extra_inputs, c.ways)
+            # Extra inputs join images channel-wise (models/context.py), so they count per pixel.
+            return FlatMLP((channels + extra_inputs) * size * size, c.ways)
         mini = c.dataset.startswith("miniimagenet")
         return Conv4(channels + extra_inputs, c.ways, c.filters, size,
                      downsample="maxpool" if mini else "stride", head="flatten" if mini else "mean")
@@ -146,6 +168,9 @@ class FlatMLP(MLP):
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(x.flatten(start_dim=-3))
+
+    def batched_forward(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        return super().batched_forward(params, x.flatten(start_dim=-3))
 
 
 def _fixed_episodes(bench: FewShot, split: str, n: int, shots: int) -> SupervisedBatch:

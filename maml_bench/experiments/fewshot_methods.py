@@ -1,0 +1,72 @@
+"""The later few-shot methods run beside MAML on the same episodes (issue: the rest of Table 1
+and Table 3), with each method's own published number and its source.
+
+A method's published number enters a table's `paper` column; its label names the source, so a
+reader never mistakes a ProtoNets number for one of the MAML paper's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from maml_bench.experiments.base import MethodSpec
+
+#: (dataset, ways, shots) -> method -> published accuracy (%); sources in SOURCES
+PUBLISHED: dict[tuple[str, int, int], dict[str, float]] = {
+    ("omniglot", 5, 1): {"matchingnets": 98.1, "protonets": 98.8, "reptile": 97.68,
+                         "metasgd": 99.53, "context-vector": 94.9},
+    ("omniglot", 5, 5): {"matchingnets": 98.9, "protonets": 99.7, "reptile": 99.48,
+                         "metasgd": 99.93, "context-vector": 97.7},
+    ("omniglot", 20, 1): {"matchingnets": 93.8, "protonets": 96.0, "reptile": 89.43,
+                          "metasgd": 95.93},
+    ("omniglot", 20, 5): {"matchingnets": 98.5, "protonets": 98.9, "reptile": 97.12,
+                          "metasgd": 98.97},
+    ("miniimagenet", 5, 1): {"matchingnets": 43.56, "metalstm": 43.44, "protonets": 49.42,
+                             "reptile": 49.97, "metasgd": 50.47},
+    ("miniimagenet", 5, 5): {"matchingnets": 55.31, "metalstm": 60.60, "protonets": 68.20,
+                             "reptile": 65.99, "metasgd": 64.03},
+}
+
+SOURCES = {
+    "matchingnets": "Vinyals et al. 2016, as in MAML Table 1",
+    "metalstm": "Ravi & Larochelle 2017, as in MAML Table 1",
+    "context-vector": "MAML paper Table 3",
+    "protonets": "Snell et al. 2017",
+    "reptile": "Nichol et al. 2018, transductive",
+    "metasgd": "Li et al. 2017",
+    "anil": "Raghu et al. 2020",
+}
+
+NAMES = {"matchingnets": "matching nets", "metalstm": "meta-learner LSTM",
+         "context-vector": "context vector", "protonets": "ProtoNets", "reptile": "Reptile",
+         "metasgd": "Meta-SGD", "anil": "ANIL"}
+
+
+def protonet_settings(dataset: str, shots: int) -> dict[str, Any]:
+    """Snell et al. 2017: one episode per step with more ways than at test (Omniglot 60;
+    MiniImagenet 30 for 1-shot, 20 for 5-shot) and 5 (Omniglot) or 15 query images per class."""
+    if dataset == "omniglot":
+        return {"protonet_train_ways": 60, "train_query": 5, "meta_batch": 1}
+    if dataset != "miniimagenet":  # generated demo data: too few classes for wider episodes
+        return {"train_query": 15, "meta_batch": 1}
+    return {"protonet_train_ways": 30 if shots == 1 else 20, "train_query": 15, "meta_batch": 1}
+
+
+def later_methods(dataset: str, ways: int, shots: int) -> tuple[MethodSpec, ...]:
+    """Every later method of the setting, labelled with the source of its published number."""
+    published = PUBLISHED.get((dataset, ways, shots), {})
+    specs = []
+    for method, name in NAMES.items():
+        label = f"{name} ({SOURCES[method]})" if method in published else name
+        overrides = (protonet_settings(dataset, shots) if method == "protonets" else
+                     {"meta_batch": 1} if method == "metalstm" else {})  # its paper's episodes
+        specs.append(MethodSpec(method, label, seeds=1, overrides=overrides))
+    return tuple(specs)
+
+
+def published_rows(dataset: str, ways: int, shots: int, steps: int
+                   ) -> tuple[tuple[str, int, int, float], ...]:
+    """The published numbers as paper rows (method, shots, steps, value) after `steps` steps
+    (the metric learners' curves are flat, so any step holds their number)."""
+    return tuple((m, shots, steps, v)
+                 for m, v in PUBLISHED.get((dataset, ways, shots), {}).items())

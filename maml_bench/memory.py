@@ -1,0 +1,33 @@
+"""Keep freed memory in the process instead of returning it to the OS after every step.
+
+PyTorch's CPU allocator is plain malloc. glibc serves the large tensors of a meta-step with
+mmap and hands them back on free, so every step faults all of its pages in again: ~19,000 minor
+page faults per Omniglot 5-way 1-shot meta-step (about 10% of its time, measured with
+`getrusage`). Raising glibc's mmap and trim thresholds lets freed blocks be reused instead. It
+changes no number, only where memory comes from; elsewhere than glibc it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_done = False
+
+
+def keep_freed_memory() -> bool:
+    """Apply once per process; True if glibc accepted the new thresholds."""
+    global _done
+    if _done or not sys.platform.startswith("linux"):
+        return _done
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, ...): leave malloc alone
+        return False
+    # 32 MiB is glibc's largest mmap threshold; blocks up to it then come from the heap, whose
+    # top is kept up to 4 GiB free rather than trimmed after each step.
+    _done = bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 4 << 30))
+    return _done
