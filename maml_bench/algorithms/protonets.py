@@ -116,10 +116,7 @@ class ProtoNets(MetricLearner):
 
     def __init__(self, benchmark: SupervisedBenchmark, config: Any, seed: int) -> None:
         super().__init__(benchmark, config, seed)
-        self.train_ways = config.protonet_train_ways or config.ways
-        if self.train_ways < 2:
-            raise UserError("protonet_train_ways must be 0 (the experiment's ways) or at least "
-                            f"2, got {self.train_ways}")
+        self.train_ways = config.protonet_train_ways or config.ways  # >= ways: validate()
         classes = benchmark.pools["train"].shape[0]
         if self.train_ways > classes:
             raise UserError(f"protonet_train_ways={self.train_ways}: the training split has "

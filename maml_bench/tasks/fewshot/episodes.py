@@ -78,6 +78,9 @@ class FewShotConfig(MetaConfig):
         super().validate()
         require(self.eval_steps >= 1, ["eval_steps"], "eval_steps >= 1 (accuracy after "
                 "fine-tuning)")
+        require(self.protonet_train_ways == 0 or self.protonet_train_ways >= self.ways,
+                ["protonet_train_ways", "ways"],
+                "protonet_train_ways = 0 (the experiment's ways) or >= ways")
 
 
 class FewShot(SupervisedBenchmark):

@@ -1,0 +1,1 @@
+"""Task-distribution environments registered with gymnasium under versioned ids."""
