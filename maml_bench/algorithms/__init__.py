@@ -12,6 +12,7 @@ from maml_bench.algorithms.multitask import MultiTaskAverage, MultiTaskL2, Multi
 from maml_bench.algorithms.pretrain import Oracle, Pretrain
 from maml_bench.algorithms.protonets import ProtoNets
 from maml_bench.algorithms.reptile import Reptile
+from maml_bench.algorithms.rl import FOMAMLTRPO, MAMLTRPO, OracleRL, PretrainedRL, RandomRL
 from maml_bench.registry import Registry
 
 ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
@@ -31,5 +32,10 @@ ALGORITHMS.register("context-vector", ContextVector)
 ALGORITHMS.register("metalstm", MetaLSTM)
 ALGORITHMS.register("protonets", ProtoNets)
 ALGORITHMS.register("matchingnets", MatchingNets)
+ALGORITHMS.register("maml-trpo", MAMLTRPO)
+ALGORITHMS.register("fomaml-trpo", FOMAMLTRPO)
+ALGORITHMS.register("rl-pretrained", PretrainedRL)
+ALGORITHMS.register("rl-random", RandomRL)
+ALGORITHMS.register("rl-oracle", OracleRL)
 
 __all__ = ["ALGORITHMS", "Algorithm"]

@@ -19,29 +19,13 @@ Entry points are strings, so MuJoCo is imported only when a MuJoCo env is made. 
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from maml_bench.rl.env_ids import _ENVS, ENV_IDS, NAMESPACE
+
 from .base import N_TEST_TASKS, Task, TaskMixin
-
-NAMESPACE = "maml_bench"
-
-# id -> (entry point, horizon, extra kwargs)
-_ENVS: dict[str, tuple[str, int, dict[str, Any]]] = {
-    f"{NAMESPACE}/Navigation2D-v0": ("navigation:Navigation2DEnv", 100, {}),
-    f"{NAMESPACE}/HalfCheetahVel-v0": ("locomotion:HalfCheetahVelEnv", 200, {}),
-    f"{NAMESPACE}/HalfCheetahDir-v0": ("locomotion:HalfCheetahDirEnv", 200, {}),
-    # the original rllab cheetah's time step: one 0.01 s MuJoCo step per action
-    f"{NAMESPACE}/HalfCheetahVelRllabDt-v0": ("locomotion:HalfCheetahVelEnv", 200,
-                                              {"frame_skip": 1}),
-    f"{NAMESPACE}/HalfCheetahDirRllabDt-v0": ("locomotion:HalfCheetahDirEnv", 200,
-                                              {"frame_skip": 1}),
-    f"{NAMESPACE}/AntVel-v0": ("locomotion:AntVelEnv", 200, {}),
-    f"{NAMESPACE}/AntDir-v0": ("locomotion:AntDirEnv", 200, {}),
-}
-ENV_IDS: tuple[str, ...] = tuple(_ENVS)
 
 for _env_id, (_entry, _horizon, _kwargs) in _ENVS.items():
     if _env_id not in gym.registry:  # re-imports (e.g. in sub-processes) must not warn

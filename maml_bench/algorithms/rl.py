@@ -1,0 +1,126 @@
+"""Meta-RL methods of the paper's section 5.3 (Tables 4/5, Figures 4/5): MAML-TRPO, its
+first-order variant, and the baselines pretrained, random initialisation and oracle.
+
+Every method is evaluated the same way on the 40 fixed test tasks: K trajectories with the
+current policy, a vanilla policy-gradient step (alpha, then alpha / 2), K new trajectories with
+the adapted policy, and so on; column s of a curve is the average return after s steps.
+`train_step` returns minus the average return of the episodes its update was computed on
+(post-update for MAML), so the training log's `train_loss` falls as the return rises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from maml_bench.algorithms.base import Algorithm
+from maml_bench.tasks.rl import MetaRL, average_return
+
+
+class MAMLTRPO(Algorithm):
+    """MAML with VPG inner steps and a TRPO meta-update (Finn et al. 2017, section 5.3)."""
+
+    first_order = False
+    #: inner steps taken during training (None: the config's inner_steps); 0 trains the policy
+    #: itself on all tasks (the pretrained baseline)
+    train_inner_steps: int | None = None
+    #: the task parameters are appended to the observation (the oracle)
+    oracle = False
+
+    def __init__(self, benchmark: MetaRL, config: Any, seed: int) -> None:
+        super().__init__(benchmark, config, seed)
+        from maml_bench.rl.trpo import TRPOConfig
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.policy = benchmark.make_policy(benchmark.task_dim if self.oracle else 0)
+        self.theta = dict(self.policy.named_parameters())
+        self.trpo = TRPOConfig(max_kl=config.max_kl, cg_iters=config.cg_iters,
+                               damping=config.cg_damping)
+
+    def modules(self) -> dict[str, Any]:
+        return {"policy": self.policy}
+
+    def sample(self, params: dict[str, Tensor], tasks: list, episodes: int,
+               gen: torch.Generator) -> Any:
+        return self.benchmark.sample(self.policy, params, tasks, episodes, gen, self.oracle)
+
+    def adapted(self, inner: list, step_sizes: list[float], n_tasks: int) -> dict[str, Tensor]:
+        from maml_bench.rl.maml_rl import adapt
+
+        with torch.no_grad():
+            return adapt(self.policy, self.theta, inner, step_sizes, n_tasks=n_tasks)
+
+    def train_step(self, iteration: int) -> Tensor:
+        from maml_bench.rl.maml_rl import maml_trpo_step
+
+        c = self.config
+        steps = c.inner_steps if self.train_inner_steps is None else self.train_inner_steps
+        tasks = self.benchmark.sample_tasks(self.gen, c.meta_batch)
+        # The original trains with alpha at every inner step (alpha / 2 is for evaluation).
+        step_sizes = [c.inner_lr] * max(steps, 1)
+        inner: list = []
+        params = {k: v.detach() for k, v in self.theta.items()}
+        for _ in range(steps):
+            inner.append(self.sample(params, tasks, c.train_shots, self.gen))
+            params = self.adapted(inner, step_sizes, len(tasks))
+        outer = self.sample(params, tasks, c.train_shots, self.gen)
+        result = maml_trpo_step(self.policy, self.theta, inner, outer, step_sizes, self.trpo,
+                                self.first_order)
+        self.info["trpo_accepted"] = self.info.get("trpo_accepted", 0) + int(result.accepted)
+        return -average_return(outer).mean()
+
+    def evaluate(self) -> dict[int, Tensor]:
+        from maml_bench.rl.maml_rl import inner_step_sizes
+
+        c = self.config
+        tasks = self.benchmark.test_tasks()
+        out = {}
+        for k in c.eval_shots:
+            # The same evaluation trajectories' randomness for every method and run.
+            gen = torch.Generator().manual_seed(c.test_seed + k)
+            inner: list = []
+            params = {name: v.detach() for name, v in self.theta.items()}
+            curve = []
+            for step in range(c.eval_steps + 1):
+                episodes = self.sample(params, tasks, k, gen)
+                curve.append(average_return(episodes))
+                if step < c.eval_steps:
+                    inner.append(episodes)
+                    params = self.adapted(inner, inner_step_sizes(c.inner_lr, len(inner)),
+                                          len(tasks))
+            out[k] = torch.stack(curve, dim=1)
+        return out
+
+    def validation_score(self) -> None:
+        return None  # the training log's return is the convergence curve
+
+
+class FOMAMLTRPO(MAMLTRPO):
+    """MAML-TRPO with the inner gradients treated as constants (first order)."""
+
+    first_order = True
+
+
+class PretrainedRL(MAMLTRPO):
+    """One policy trained with TRPO on tasks from the whole distribution (no inner step), then
+    fine-tuned at meta-test like MAML (the paper's "pretrained")."""
+
+    train_inner_steps = 0
+
+
+class RandomRL(MAMLTRPO):
+    """A randomly initialised policy, fine-tuned at meta-test (the paper's "random")."""
+
+    @property
+    def iterations(self) -> int:
+        return 0
+
+
+class OracleRL(PretrainedRL):
+    """A policy that sees the task parameters (appended to its observation), trained on all
+    tasks: the upper reference of Figures 4/5 (about -2.3 on 2D navigation)."""
+
+    oracle = True

@@ -1,0 +1,23 @@
+"""The meta-RL environment ids and their registration data, importable without gymnasium (the
+base install's settings name them; `maml_bench.rl.envs` registers them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NAMESPACE = "maml_bench"
+
+# id -> (entry point in maml_bench.rl.envs, horizon, extra kwargs)
+_ENVS: dict[str, tuple[str, int, dict[str, Any]]] = {
+    f"{NAMESPACE}/Navigation2D-v0": ("navigation:Navigation2DEnv", 100, {}),
+    f"{NAMESPACE}/HalfCheetahVel-v0": ("locomotion:HalfCheetahVelEnv", 200, {}),
+    f"{NAMESPACE}/HalfCheetahDir-v0": ("locomotion:HalfCheetahDirEnv", 200, {}),
+    # the original rllab cheetah's time step: one 0.01 s MuJoCo step per action
+    f"{NAMESPACE}/HalfCheetahVelRllabDt-v0": ("locomotion:HalfCheetahVelEnv", 200,
+                                              {"frame_skip": 1}),
+    f"{NAMESPACE}/HalfCheetahDirRllabDt-v0": ("locomotion:HalfCheetahDirEnv", 200,
+                                              {"frame_skip": 1}),
+    f"{NAMESPACE}/AntVel-v0": ("locomotion:AntVelEnv", 200, {}),
+    f"{NAMESPACE}/AntDir-v0": ("locomotion:AntDirEnv", 200, {}),
+}
+ENV_IDS: tuple[str, ...] = tuple(_ENVS)

@@ -1,0 +1,139 @@
+"""Meta-reinforcement learning as a benchmark (paper section 5.3): an environment family with a
+task distribution, a trajectory sampler, and 40 fixed test tasks; metric: the average return.
+
+Unlike supervised benchmarks, every inner and outer step's data is sampled by the current
+(adapted) policy, so RL algorithms call `sample` themselves instead of drawing fixed batches.
+Records keep the suite's long form: "shots" is the number of trajectories per gradient step
+(K), the metric `return` (the undiscounted sum of rewards of an episode, averaged over K).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from maml_bench.domains import Items, Number, OneOf, require, setting
+from maml_bench.errors import UserError
+from maml_bench.rl.env_ids import ENV_IDS
+from maml_bench.settings import MetaConfig
+
+INSTALL = 'the RL benchmarks need gymnasium with MuJoCo: pip install -e ".[rl]"'
+
+
+@dataclass(frozen=True)
+class RLConfig(MetaConfig):
+    """MAML-TRPO's protocol (paper App. A.2, paper-protocol.md section 4). Of MetaConfig's
+    fields, `train_shots` is K, the trajectories per task per inner and outer step, and
+    `eval_shots` K at meta-test; `inner_lr` is alpha (alpha / 2 after the first test step)."""
+
+    env: str = setting("maml_bench/Navigation2D-v0", OneOf(ENV_IDS))
+    """the environment family (registered gymnasium id)"""
+    horizon: int = setting(0, Number(int, 0, 10_000))
+    """steps per episode; 0 = the environment's registered horizon"""
+    hidden: tuple[int, ...] = setting((100, 100), Items(Number(int, 1, 4096), 1, 8))
+    """policy hidden layers (ReLU), Gaussian with a learned state-independent log-std"""
+    gamma: float = setting(0.99, Number(float, 0.0, 1.0))
+    """discount of the returns the advantages are computed from"""
+    gae_lambda: float = setting(1.0, Number(float, 0.0, 1.0))
+    """GAE lambda (1: returns minus the linear feature baseline)"""
+    max_kl: float = setting(0.01, Number(float, 0.0, 10.0, lo_open=True))
+    """TRPO's bound on the mean KL of the post-update policy"""
+    cg_iters: int = setting(10, Number(int, 1, 1_000))
+    """conjugate-gradient iterations of the TRPO step"""
+    cg_damping: float = setting(1e-5, Number(float, 0.0, 10.0))
+    """damping added to the KL Hessian"""
+    workers: int = setting(1, Number(int, 1, 64))
+    """sampler processes (1: sampled in the run's process)"""
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.test_tasks <= 40, ["test_tasks"], "test_tasks <= 40 (the fixed test tasks)")
+
+
+class MetaRL:
+    """An environment family: training tasks from the run's generator, the 40 fixed test tasks
+    of the original code, and a sampler of K trajectories per task with a (per-task) policy."""
+
+    metric_name = "return"
+    higher_is_better = True
+    config_class = RLConfig
+
+    def __init__(self, config: RLConfig) -> None:
+        self.config = config
+        try:
+            import gymnasium
+
+            import maml_bench.rl.envs  # noqa: F401  (registers the ids)
+        except ImportError:
+            raise UserError(INSTALL) from None
+        probe = gymnasium.make(config.env)
+        self.obs_dim = int(np.prod(probe.observation_space.shape))
+        self.act_dim = int(np.prod(probe.action_space.shape))
+        self.task_dim = len(probe.unwrapped.task_array(self.test_tasks()[0]))
+        self.max_horizon = int(probe.spec.max_episode_steps)
+        probe.close()
+        self._samplers: dict[tuple[int, int, bool], Any] = {}
+
+    @property
+    def horizon(self) -> int:
+        return self.config.horizon or self.max_horizon
+
+    def make_policy(self, extra_inputs: int = 0):  # -> GaussianMLPPolicy
+        from maml_bench.rl.policy import GaussianMLPPolicy
+
+        return GaussianMLPPolicy(self.obs_dim + extra_inputs, self.act_dim,
+                                 hidden_sizes=tuple(self.config.hidden))
+
+    def sample_tasks(self, gen: torch.Generator, n: int) -> list[dict[str, Any]]:
+        """`n` training tasks; the numpy generator is seeded from the run's torch generator, so
+        the checkpointed generator state also fixes the tasks."""
+        from maml_bench.rl.envs import sample_tasks
+
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        return sample_tasks(self.config.env, n, np.random.default_rng(seed))
+
+    def test_tasks(self) -> list[dict[str, Any]]:
+        from maml_bench.rl.envs import get_test_tasks
+
+        return get_test_tasks(self.config.env)[: self.config.test_tasks]
+
+    def task_features(self, tasks: Sequence[Mapping[str, Any]]) -> Tensor:
+        """Task parameters as a [N, d] tensor (the oracle's extra inputs)."""
+        from maml_bench.rl.envs import env_class
+
+        cls = env_class(self.config.env)
+        return torch.as_tensor(np.stack([cls.task_array(t) for t in tasks]), dtype=torch.float32)
+
+    def sample(self, policy, params: Mapping[str, Tensor], tasks: Sequence[Mapping[str, Any]],
+               episodes: int, gen: torch.Generator, oracle: bool = False):  # -> Episodes
+        """K = `episodes` trajectories per task with `params` (shared or [N, ...]), returns and
+        standardised advantages filled in (linear feature baseline per task)."""
+        from maml_bench.rl.returns import process_episodes
+        from maml_bench.rl.sampler import Sampler
+
+        key = (episodes, len(tasks), oracle)
+        if key not in self._samplers:
+            self._samplers[key] = Sampler(self.config.env, episodes, len(tasks), self.horizon,
+                                          {"oracle": True} if oracle else None,
+                                          self.config.workers)
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        batch = self._samplers[key].sample(policy, params, tasks, seed)
+        return process_episodes(batch, self.config.gamma, self.config.gae_lambda)
+
+    def close(self) -> None:
+        for sampler in self._samplers.values():
+            sampler.close()
+        self._samplers.clear()
+
+    def fit_sets(self) -> None:
+        return None  # no curves to draw (Figure 2 is regression only)
+
+
+def average_return(episodes) -> Tensor:
+    """Per task: the undiscounted return of each episode, averaged over its K episodes -> [N]."""
+    return (episodes.rewards * episodes.mask).sum(-2).mean(-1)
