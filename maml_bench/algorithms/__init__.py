@@ -12,7 +12,14 @@ from maml_bench.algorithms.multitask import MultiTaskAverage, MultiTaskL2, Multi
 from maml_bench.algorithms.pretrain import Oracle, Pretrain
 from maml_bench.algorithms.protonets import ProtoNets
 from maml_bench.algorithms.reptile import Reptile
-from maml_bench.algorithms.rl import FOMAMLTRPO, MAMLTRPO, OracleRL, PretrainedRL, RandomRL
+from maml_bench.algorithms.rl import (
+    FOMAMLTRPO,
+    MAMLTRPO,
+    OracleRL,
+    PretrainedRL,
+    RandomRL,
+    RLContextVector,
+)
 from maml_bench.registry import Registry
 
 ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
@@ -37,5 +44,6 @@ ALGORITHMS.register("fomaml-trpo", FOMAMLTRPO)
 ALGORITHMS.register("rl-pretrained", PretrainedRL)
 ALGORITHMS.register("rl-random", RandomRL)
 ALGORITHMS.register("rl-oracle", OracleRL)
+ALGORITHMS.register("rl-context-vector", RLContextVector)
 
 __all__ = ["ALGORITHMS", "Algorithm"]

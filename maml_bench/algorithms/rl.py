@@ -1,5 +1,6 @@
 """Meta-RL methods of the paper's section 5.3 (Tables 4/5, Figures 4/5): MAML-TRPO, its
-first-order variant, and the baselines pretrained, random initialisation and oracle.
+first-order variant, the context vector, and the baselines pretrained, random initialisation and
+oracle.
 
 Every method is evaluated the same way on the 40 fixed test tasks: K trajectories with the
 current policy, a vanilla policy-gradient step (alpha, then alpha / 2), K new trajectories with
@@ -35,10 +36,17 @@ class MAMLTRPO(Algorithm):
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.policy = benchmark.make_policy(benchmark.task_dim if self.oracle else 0)
+            self.policy = self.build_policy(benchmark)
         self.theta = dict(self.policy.named_parameters())
         self.trpo = TRPOConfig(max_kl=config.max_kl, cg_iters=config.cg_iters,
                                damping=config.cg_damping)
+
+    def build_policy(self, benchmark: MetaRL) -> Any:
+        return benchmark.make_policy(benchmark.task_dim if self.oracle else 0)
+
+    def adapted_names(self) -> list[str] | None:
+        """The parameters the inner steps adapt (None: all; the context vector: z)."""
+        return None
 
     def modules(self) -> dict[str, Any]:
         return {"policy": self.policy}
@@ -51,7 +59,8 @@ class MAMLTRPO(Algorithm):
         from maml_bench.rl.maml_rl import adapt
 
         with torch.no_grad():
-            return adapt(self.policy, self.theta, inner, step_sizes, n_tasks=n_tasks)
+            return adapt(self.policy, self.theta, inner, step_sizes, n_tasks=n_tasks,
+                         names=self.adapted_names())
 
     def train_step(self, iteration: int) -> Tensor:
         from maml_bench.rl.maml_rl import maml_trpo_step
@@ -68,7 +77,7 @@ class MAMLTRPO(Algorithm):
             params = self.adapted(inner, step_sizes, len(tasks))
         outer = self.sample(params, tasks, c.train_shots, self.gen)
         result = maml_trpo_step(self.policy, self.theta, inner, outer, step_sizes, self.trpo,
-                                self.first_order)
+                                self.first_order, self.adapted_names())
         self.info["trpo_accepted"] = self.info.get("trpo_accepted", 0) + int(result.accepted)
         return -average_return(outer).mean()
 
@@ -124,3 +133,18 @@ class OracleRL(PretrainedRL):
     tasks: the upper reference of Figures 4/5 (about -2.3 on 2D navigation)."""
 
     oracle = True
+
+
+class RLContextVector(MAMLTRPO):
+    """The context-vector comparison (paper App. C.2, Tables 4/5): free inputs z joined to the
+    observation, the only parameters the inner steps adapt; network and z's initial value are
+    meta-learned with TRPO as in MAML."""
+
+    def build_policy(self, benchmark: MetaRL) -> Any:
+        from maml_bench.rl.policy import ContextPolicy
+
+        return ContextPolicy(benchmark.obs_dim, benchmark.act_dim, self.config.context_size,
+                             hidden_sizes=tuple(self.config.hidden))
+
+    def adapted_names(self) -> list[str]:
+        return ["context"]

@@ -6,12 +6,14 @@ from maml_bench.experiments.base import Experiment, FigureSpec, MethodSpec, Scal
 from maml_bench.tasks.rl import RLConfig
 
 #: paper Table 4, 2D navigation: average return after 0..3 gradient steps
-PAPER_NAVIGATION = {"maml-trpo": (-40.41, -11.68, -3.33, -3.23)}
+PAPER_NAVIGATION = {"maml-trpo": (-40.41, -11.68, -3.33, -3.23),
+                    "rl-context-vector": (-42.42, -13.90, -5.17, -3.18)}
 
 METHODS = (MethodSpec("maml-trpo", "MAML", seeds=3),
            MethodSpec("rl-pretrained", "pretrained", seeds=1),
            MethodSpec("rl-random", "random", seeds=1),
-           MethodSpec("rl-oracle", "oracle", seeds=1))
+           MethodSpec("rl-oracle", "oracle", seeds=1),
+           MethodSpec("rl-context-vector", "context vector", seeds=1))
 
 NAVIGATION = Experiment(
     id="navigation2d-v1",
@@ -24,7 +26,8 @@ NAVIGATION = Experiment(
         log_every=1,
     ),
     methods=METHODS,
-    paper=tuple(("maml-trpo", 40, s, v) for s, v in enumerate(PAPER_NAVIGATION["maml-trpo"])),
+    paper=tuple((m, 40, s, v) for m, values in PAPER_NAVIGATION.items()
+                for s, v in enumerate(values)),
     metric="return",
     scales={
         "paper": Scale("the paper's protocol: 500 meta-iterations of 20 tasks x 20 "

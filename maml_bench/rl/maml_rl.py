@@ -64,8 +64,12 @@ def adapt(
     step_sizes: StepSizes,
     first_order: bool = False,
     n_tasks: int | None = None,
+    names: Sequence[str] | None = None,
 ) -> Params:
     """len(inner) VPG steps on every task at once -> adapted params [N, ...].
+
+    `names`: only these parameters take the inner steps (the context vector adapts z alone);
+    None: all of them.
 
     `inner[k]` holds the episodes of step k ([N, T, B, ...]; sampled with the policy after k
     steps). `theta` is shared ([...], expanded here) or already per task ([N, ...]). Second
@@ -81,15 +85,18 @@ def adapt(
         with torch.enable_grad():
             leaves = {k: v.detach().requires_grad_() for k, v in theta.items()}
             # first and second order give the same values; only the derivative differs
-            adapted = adapt(policy, leaves, inner, step_sizes, True, n_tasks)
+            adapted = adapt(policy, leaves, inner, step_sizes, True, n_tasks, names)
         return {k: v.detach() for k, v in adapted.items()}
 
     params = dict(theta) if policy.is_batched(theta) else expand_params(theta, n_tasks)
+    keys = list(params) if names is None else list(names)
     for step, episodes in enumerate(inner):
         # Summed over tasks: d(sum)/d(params[t]) is exactly task t's gradient.
         loss = vpg_loss(policy, params, episodes).sum()
-        grads = torch.autograd.grad(loss, list(params.values()), create_graph=not first_order)
-        params = gradient_step(params, grads, step_sizes, step)
+        grads = torch.autograd.grad(loss, [params[k] for k in keys],
+                                    create_graph=not first_order)
+        params = {**params, **gradient_step({k: params[k] for k in keys}, grads, step_sizes,
+                                            step)}
     return params
 
 
@@ -112,13 +119,14 @@ def post_update_distribution(
     inner: Sequence[Episodes],
     outer: Episodes,
     step_sizes: StepSizes,
+    names: Sequence[str] | None = None,
 ) -> Gaussian:
     """pi_old: the adapted policy at the current theta on the post-update observations, as
     constants [N, T, B, act_dim]. The original stores the sampler's `agent_infos` instead: the
     same numbers, since those episodes were sampled with exactly this adapted policy."""
     outer = outer.with_task_dim()
     with torch.no_grad():
-        adapted = adapt(policy, theta, inner, step_sizes, n_tasks=outer.n_tasks)
+        adapted = adapt(policy, theta, inner, step_sizes, n_tasks=outer.n_tasks, names=names)
         return policy.distribution(adapted, outer.observations).detach()
 
 
@@ -130,11 +138,13 @@ def meta_objective(
     step_sizes: StepSizes,
     old: Gaussian,
     first_order: bool = False,
+    names: Sequence[str] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(post-update surrogate averaged over tasks, mean KL) as functions of theta, through the
     inner steps (graph kept unless under torch.no_grad())."""
     outer = outer.with_task_dim()
-    adapted = adapt(policy, theta, inner, step_sizes, first_order, n_tasks=outer.n_tasks)
+    adapted = adapt(policy, theta, inner, step_sizes, first_order, n_tasks=outer.n_tasks,
+                    names=names)
     new = policy.distribution(adapted, outer.observations)
     return surrogate_loss(new, old, outer).mean(), mean_kl(new, old, outer.mask)
 
@@ -147,14 +157,15 @@ def maml_trpo_step(
     step_sizes: StepSizes,
     config: TRPOConfig | None = None,
     first_order: bool = False,
+    names: Sequence[str] | None = None,
 ) -> TRPOResult:
     """One MAML-TRPO meta-update of `theta` (leaf tensors, e.g. `policy.params()`, changed in
     place): TRPO on the post-update surrogate with the post-update mean KL as constraint, both
     differentiated through the inner VPG steps (exact Hessian-vector products)."""
     config = config or TRPOConfig()
-    old = post_update_distribution(policy, theta, inner, outer, step_sizes)
+    old = post_update_distribution(policy, theta, inner, outer, step_sizes, names)
 
     def objective() -> tuple[Tensor, Tensor]:
-        return meta_objective(policy, theta, inner, outer, step_sizes, old, first_order)
+        return meta_objective(policy, theta, inner, outer, step_sizes, old, first_order, names)
 
     return trpo_step(objective, list(theta.values()), config)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -130,3 +130,22 @@ class GaussianMLPPolicy(nn.Module):
     def forward(self, obs: Tensor) -> Tensor:
         """The mean action under this module's own parameters."""
         return self.distribution(self.params(), obs).mean
+
+
+class ContextPolicy(GaussianMLPPolicy):
+    """A Gaussian MLP policy whose input is [observation, z]: z (``context``, zeros at init) is
+    a free parameter, the only one the context-vector comparison adapts (MAML paper App. C.2,
+    Tables 4/5). ``obs_dim`` stays the environment's."""
+
+    def __init__(self, obs_dim: int, act_dim: int, context_size: int,
+                 hidden_sizes: Sequence[int] = (100, 100), **kwargs: Any) -> None:
+        super().__init__(obs_dim + context_size, act_dim, hidden_sizes, **kwargs)
+        self.obs_dim = obs_dim
+        self.context = nn.Parameter(torch.zeros(context_size))
+
+    def distribution(self, params: Mapping[str, Tensor], obs: Tensor) -> Gaussian:
+        z = params["context"]  # [c], or [N, c] with batched params
+        if self.is_batched(params):
+            z = z.reshape(z.shape[0], *(1,) * (obs.dim() - 2), z.shape[-1])
+        z = z.expand(*obs.shape[:-1], z.shape[-1])
+        return super().distribution(params, torch.cat([obs, z], dim=-1))
