@@ -22,7 +22,8 @@ def test_every_rl_method_runs_end_to_end(experiment, method, tmp_path):
     config = run.config
     assert len(records) == config.test_tasks * len(config.eval_shots) * (config.eval_steps + 1)
     assert records["metric"].eq("return").all() and records["value"].notna().all()
-    assert (records["value"] <= 0).all()  # navigation rewards are minus distances
+    if "Navigation" in config.env:
+        assert (records["value"] <= 0).all()  # navigation rewards are minus distances
 
 
 def test_the_same_seed_gives_the_same_records(tmp_path):

@@ -1,4 +1,5 @@
-"""Meta-reinforcement learning: paper Table 4 and Figure 4 (2D navigation), more to come."""
+"""Meta-reinforcement learning: paper Table 4 / Figure 4 (2D navigation), Table 5 / Figure 5
+(half-cheetah direction and velocity) and the ant, on gymnasium's MuJoCo v5 models."""
 
 from __future__ import annotations
 
@@ -48,4 +49,57 @@ NAVIGATION = Experiment(
           "(--set inner_lr=0.5). Reward: minus the distance to the goal, as the code.",
 )
 
-RL = [NAVIGATION]
+#: paper Table 5, half-cheetah forward/backward (rllab's cheetah; ours runs gymnasium v5)
+PAPER_CHEETAH_DIR = {"maml-trpo": (-50.69, 293.19, 313.48, 315.65),
+                     "rl-context-vector": (-40.49, -44.08, -38.27, -42.50)}
+LOCOMOTION_METHODS = (*METHODS[:3], MethodSpec("rl-oracle", "oracle", seeds=1))
+
+
+def locomotion(name: str, env: str, title: str, episodes: int,
+               paper: dict[str, tuple[float, ...]] | None = None) -> Experiment:
+    """Half-cheetah / ant, paper App. A.2: meta-batch 40, K trajectories of 200 steps, 500
+    meta-iterations. Returns are on gymnasium v5's scale: our own reference curves, compared
+    with the paper's rllab numbers for the ordering only."""
+    methods = LOCOMOTION_METHODS + ((MethodSpec("rl-context-vector", "context vector"),)
+                                    if paper and "rl-context-vector" in paper else ())
+    return Experiment(
+        id=f"{name}-v1",
+        title=f"{title} (paper Figure 5; gymnasium MuJoCo v5, not the paper's rllab models)",
+        benchmark="meta-rl",
+        config=RLConfig(env=env, iterations=500, meta_batch=40, inner_lr=0.1, inner_steps=1,
+                        train_shots=episodes, train_query=episodes, eval_shots=(episodes,),
+                        eval_steps=3, test_tasks=40, val_tasks=2, eval_chunk=40,
+                        checkpoint_every=5, check_every=1, log_every=1),
+        methods=methods,
+        paper=tuple((m, episodes, s, v) for m, values in (paper or {}).items()
+                    for s, v in enumerate(values)),
+        metric="return",
+        scales={
+            "paper": Scale("the paper's protocol: 500 meta-iterations of 40 tasks"),
+            "quick": Scale("a smoke scale: 10 meta-iterations of 10 tasks, 10 test tasks",
+                           overrides={"iterations": 10, "meta_batch": 10, "test_tasks": 10},
+                           seeds=1),
+            "tiny": Scale("seconds, for tests", overrides={
+                "iterations": 1, "meta_batch": 2, "train_shots": 2, "eval_shots": (2,),
+                "test_tasks": 2, "horizon": 5, "hidden": (8, 8), "checkpoint_every": 1},
+                seeds=1),
+        },
+        tables=(TableSpec("returns", f"{title}: average return after 0-3 policy-gradient steps "
+                          "(gymnasium v5 dynamics: the paper's numbers are rllab's)",
+                          shots=episodes, steps=(0, 1, 2, 3)),),
+        figures=(FigureSpec("curves", f"{title}: return against policy-gradient steps",
+                            methods=tuple(m.algorithm for m in methods), shots=(episodes,),
+                            ylabel="average return"),),
+        notes="Table 5's numbers come from rllab's cheetah (dt 0.01 s); --set "
+              "env=maml_bench/HalfCheetahDirRllabDt-v0 runs that time step on v5's model.",
+    )
+
+
+CHEETAH_DIR = locomotion("cheetah-dir", "maml_bench/HalfCheetahDir-v0",
+                         "Half-cheetah goal direction", 20, PAPER_CHEETAH_DIR)
+CHEETAH_VEL = locomotion("cheetah-vel", "maml_bench/HalfCheetahVel-v0",
+                         "Half-cheetah goal velocity", 20)
+ANT_DIR = locomotion("ant-dir", "maml_bench/AntDir-v0", "Ant goal direction", 40)
+ANT_VEL = locomotion("ant-vel", "maml_bench/AntVel-v0", "Ant goal velocity", 20)
+
+RL = [NAVIGATION, CHEETAH_DIR, CHEETAH_VEL, ANT_DIR, ANT_VEL]
