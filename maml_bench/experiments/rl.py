@@ -11,6 +11,7 @@ PAPER_NAVIGATION = {"maml-trpo": (-40.41, -11.68, -3.33, -3.23),
                     "rl-context-vector": (-42.42, -13.90, -5.17, -3.18)}
 
 METHODS = (MethodSpec("maml-trpo", "MAML", seeds=3),
+           MethodSpec("fomaml-trpo", "first-order MAML", seeds=1),
            MethodSpec("rl-pretrained", "pretrained", seeds=1),
            MethodSpec("rl-random", "random", seeds=1),
            MethodSpec("rl-oracle", "oracle", seeds=1),
@@ -52,7 +53,7 @@ NAVIGATION = Experiment(
 #: paper Table 5, half-cheetah forward/backward (rllab's cheetah; ours runs gymnasium v5)
 PAPER_CHEETAH_DIR = {"maml-trpo": (-50.69, 293.19, 313.48, 315.65),
                      "rl-context-vector": (-40.49, -44.08, -38.27, -42.50)}
-LOCOMOTION_METHODS = (*METHODS[:3], MethodSpec("rl-oracle", "oracle", seeds=1))
+LOCOMOTION_METHODS = (METHODS[0], *METHODS[2:4], MethodSpec("rl-oracle", "oracle", seeds=1))
 
 
 def locomotion(name: str, env: str, title: str, episodes: int,
