@@ -151,10 +151,13 @@ def build_figures(experiment_id: str, out: Path) -> list[Path]:
                     experiment_id)
     else:
         order = [m.algorithm for m in experiment.methods]
+        bench = BENCHMARKS.get(experiment.benchmark)
+        curve = getattr(bench, "training_curve", None)  # RL: the return its loss negates
         paths.append(plot_training_curves(
             logs, figure_dir / "training-curves.png", order, experiment.labels(),
-            title=f"{experiment.title}: meta-training loss",
-            val_label=f"validation {experiment.metric} after fine-tuning"))
+            title=f"{experiment.title}: meta-training {curve[0] if curve else 'loss'}",
+            val_label=f"validation {experiment.metric} after fine-tuning",
+            **({"loss_label": curve[1], "sign": -1.0, "log_y": False} if curve else {})))
     return paths
 
 

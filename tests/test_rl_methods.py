@@ -51,3 +51,18 @@ def test_a_few_maml_trpo_iterations_improve_the_post_adaptation_return(tmp_path)
     after = algo.evaluate()[10].mean(0)
     assert before[1] < -50.0 < after[1]
     assert after[1] > after[0]  # and the step itself helps
+
+
+def test_the_training_curve_of_rl_is_the_return(tmp_path):
+    """train_loss is minus the return: the figure draws the return itself, on a linear axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from maml_bench.reporting import build_figures
+
+    (run,) = plan_runs("navigation2d-v1", "tiny", ["iterations=3"], ["maml-trpo"], 1, tmp_path)
+    execute(run, progress=False)
+    paths = build_figures("navigation2d-v1", tmp_path)
+    assert tmp_path / "navigation2d-v1" / "figures" / "training-curves.png" in paths
+    log = pd.read_csv(run.directory / "train_log.csv")
+    assert (log["train_loss"] > 0).all()  # minus negative navigation returns

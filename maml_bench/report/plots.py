@@ -318,8 +318,12 @@ def plot_training_curves(
     method_labels: dict[str, str],
     title: str | None = None,
     val_label: str = "validation metric",
+    loss_label: str = "training loss (mean over the logging interval)",
+    sign: float = 1.0,
+    log_y: bool = True,
 ) -> Path:
-    """Write a PNG of meta-training loss against iteration, one line per (method, seed), log y;
+    """Write a PNG of meta-training loss against iteration, one line per (method, seed), log y
+    (RL: `sign=-1`, `log_y=False` draw the average return that its train_loss negates);
     where runs recorded a validation curve (column `val_metric`), a second panel shows it, so a
     reader sees whether training had converged.
 
@@ -343,17 +347,19 @@ def plot_training_curves(
             label = f"{method_labels.get(m, m)} ({n_seeds} seed{'s' if n_seeds > 1 else ''})"
             for i, (_, run) in enumerate(runs.groupby("seed", sort=True)):
                 run = run.sort_values("iteration")
-                loss = run["train_loss"].astype(float)
+                loss = sign * run["train_loss"].astype(float)
                 finite = np.isfinite(loss)
-                if (finite & (loss <= 0)).any():
+                drawn = finite & (loss > 0) if log_y else finite
+                if log_y and (finite & (loss <= 0)).any():
                     log.warning("%s: non-positive training losses are not drawn (log axis)", m)
-                ax.plot(run["iteration"], loss.where(finite & (loss > 0)), color=colors[m],
+                ax.plot(run["iteration"], loss.where(drawn), color=colors[m],
                         linestyle=styles[m][0], marker=styles[m][1], markerfacecolor="none",
                         markersize=5, markevery=max(1, len(run) // 8), linewidth=1.2,
                         alpha=0.85, label=label if i == 0 else "_nolegend_")
                 if not finite.all():
                     bad.append((float(run.loc[~finite, "iteration"].min()), colors[m]))
-        ax.set_yscale("log")
+        if log_y:
+            ax.set_yscale("log")
         top = ax.get_ylim()[1]
         for iteration, color in bad:
             ax.plot([iteration], [top], linestyle="none", marker="X", markersize=9, color=color,
@@ -367,7 +373,7 @@ def plot_training_curves(
         axes[0][-1].legend(handles, names, fontsize="small", loc="center left",
                            bbox_to_anchor=(1.0, 0.5))
         ax.set_xlabel("meta-training iteration")
-        ax.set_ylabel("training loss (mean over the logging interval)")
+        ax.set_ylabel(loss_label)
         ax.grid(alpha=0.3, which="both")
         if has_val:
             _validation_panel(axes[0][1], logs, order, colors, styles, val_label)

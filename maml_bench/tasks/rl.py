@@ -62,6 +62,8 @@ class MetaRL:
     metric_name = "return"
     higher_is_better = True
     config_class = RLConfig
+    #: the training log's train_loss is minus this: (title, axis label) for training-curves.png
+    training_curve = ("return", "average return (each update's episodes)")
 
     def __init__(self, config: RLConfig) -> None:
         self.config = config
