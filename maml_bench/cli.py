@@ -15,6 +15,7 @@ from pathlib import Path
 
 from maml_bench.domains import Domain, Items, Number, OneOf, Pattern, domain_of, show_value
 from maml_bench.errors import UserError, one_line
+from maml_bench.profile.configs import CONFIG_NAMES as PROFILE_CONFIG_NAMES
 
 EPILOG = """\
 examples:
@@ -42,6 +43,25 @@ NAME = Pattern(r"[A-Za-z0-9._-]{1,100}", "a name of 1 to 100 letters, digits, '.
 CLASSES_PER_SPLIT = Items(Number(int, 1, 1_000), 3, 3)
 IMAGES_PER_CLASS = Number(int, 1, 10_000)
 SYNTH_SEED = Number(int, 0, 2**32 - 1)
+PROFILE_CONFIG = OneOf(PROFILE_CONFIG_NAMES)
+PROFILE_STEPS = Items(Number(int, 1, 100), 1, 16)
+PROFILE_META_BATCH = Items(Number(int, 1, 1_024), 1, 16)
+PROFILE_DEVICE = OneOf(("cpu", "cuda"))
+PROFILE_REPEATS = Number(int, 1, 1_000)
+PROFILE_BUDGET = Number(float, 0.0, 86_400.0, lo_open=True)
+PROFILE_THREADS = Number(int, 1, 1_024)
+
+PROFILE_EPILOG = """\
+examples:
+  maml-bench profile --quick                       # every configuration, small sweep (CI)
+  maml-bench profile --config omniglot-5w1s --steps 1,5 --meta-batch 16,32
+  maml-bench profile --device cuda --out results/profile
+Writes OUT/profile-DEVICE.md (tables and how each number was measured), .csv (every number),
+-time.png and -memory.png (against inner steps, second vs first order) and -ops.md (the
+operators that dominate the second-order step and its double backward). DEVICE is "cpu" or the
+GPU's name (e.g. nvidia-h200). A measurement over --budget or the free memory is skipped and
+listed with its reason.
+"""
 
 DATA_EPILOG = """\
 examples:
@@ -219,7 +239,65 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the --scale the runs were made at (default paper)")
     p.add_argument("--out", type=Path, default=None, help=out_help.replace("quick", "paper"))
     _add_data_parser(sub)
+    _add_profile_parser(sub)
     return parser
+
+
+def _add_profile_parser(sub: typing.Any) -> None:
+    p = sub.add_parser(
+        "profile", help="what second-order MAML costs: time, memory and FLOPs per meta-iteration",
+        description=textwrap.fill(
+            "Time one meta-iteration (forward, inner steps, outer backward) of each paper "
+            "configuration on random inputs of its shapes, second and first order, on our "
+            "batched path and on the per-task loop, over sweeps of inner steps and meta-batch "
+            "sizes; with peak memory, FLOPs, achieved FLOP/s against this device's measured "
+            "peak, and the operators that dominate the double backward."),
+        epilog=PROFILE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", action="append", dest="configs", metavar="NAME",
+                   type=option(PROFILE_CONFIG, str),
+                   help="a paper configuration (repeatable; default: all): "
+                   + " | ".join(PROFILE_CONFIG_NAMES))
+    p.add_argument("--steps", type=option(PROFILE_STEPS, int_list), default=None,
+                   help="inner steps to sweep (default 1,2,5,10; with --quick 1,2; "
+                   f"{PROFILE_STEPS.describe()})")
+    p.add_argument("--meta-batch", type=option(PROFILE_META_BATCH, int_list), default=None,
+                   metavar="T,...", help="tasks per meta-batch to sweep, for every configuration "
+                   "(default: half, the paper's and double the paper's; with --quick the "
+                   f"paper's; {PROFILE_META_BATCH.describe()})")
+    p.add_argument("--device", type=option(PROFILE_DEVICE, str), default=None,
+                   help="cpu | cuda (default: cuda if torch sees one, else cpu)")
+    p.add_argument("--out", type=Path, default=Path("results/profile"),
+                   help="output folder (default results/profile)")
+    p.add_argument("--repeats", type=option(PROFILE_REPEATS), default=None, metavar="N",
+                   help="timed steps per measurement after warm-up; the minimum is reported "
+                   f"(default 5; with --quick 2; {PROFILE_REPEATS.describe()})")
+    p.add_argument("--budget", type=option(PROFILE_BUDGET, float), default=None,
+                   metavar="SECONDS", help="seconds one measurement may take, else it is skipped "
+                   f"(default 60; with --quick 10; {PROFILE_BUDGET.describe()})")
+    p.add_argument("--threads", type=option(PROFILE_THREADS), default=None, metavar="N",
+                   help="torch CPU threads (default: 1 with --device cpu, as each training run "
+                   f"uses; torch's own with cuda; {PROFILE_THREADS.describe()})")
+    p.add_argument("--quick", action="store_true",
+                   help="a small sweep for CI: steps 1,2, the paper's meta-batch, 2 repeats, "
+                   "smaller peak benchmarks (options given explicitly still win)")
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    import torch
+
+    from maml_bench.profile.sweep import ProfileOptions, run_profile
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device cuda: torch {torch.__version__} sees no CUDA device; "
+                        "use --device cpu")
+    out = writable_dir(args.out)
+    configs = tuple(dict.fromkeys(args.configs or PROFILE_CONFIG_NAMES))
+    options = ProfileOptions(configs=configs, device=device, out=out, steps=args.steps,
+                             meta_batches=args.meta_batch, repeats=args.repeats,
+                             budget_s=args.budget, quick=args.quick, threads=args.threads)
+    for path in run_profile(options):
+        print(f"wrote {path}")
 
 
 def _add_data_parser(sub: typing.Any) -> None:
@@ -436,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_compare(args)
         elif args.command == "data":
             return cmd_data(args)
+        elif args.command == "profile":
+            cmd_profile(args)
     except UserError as err:
         print(f"maml-bench: error: {one_line(str(err))}", file=sys.stderr)
         return 2
@@ -443,7 +523,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print("maml-bench: interrupted; run the same command again to resume", file=sys.stderr)
+        hint = ("the files hold what was measured" if args.command == "profile"
+                else "run the same command again to resume")
+        print(f"maml-bench: interrupted; {hint}", file=sys.stderr)
         return 130
     return 0
 
