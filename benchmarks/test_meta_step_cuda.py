@@ -23,31 +23,21 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from maml_bench.core.functional import (
     SupervisedBatch,
     make_batched_forward,
     meta_loss,
     reference_meta_loss,
+    task_cross_entropy,
+    task_mse,
 )
 from maml_bench.models import MLP, Conv4
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 ROWS: list[dict] = []
-
-
-def mse(pred: Tensor, target: Tensor) -> Tensor:
-    return (pred - target).pow(2).flatten(1).mean(1)
-
-
-def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Per-task mean cross-entropy: logits [T, N, C], labels [T, N] -> [T]."""
-    t, n, c = logits.shape
-    return F.cross_entropy(logits.reshape(t * n, c), labels.reshape(t * n),
-                           reduction="none").view(t, n).mean(1)
 
 
 @dataclass(frozen=True)
@@ -92,7 +82,7 @@ class Case:
 
     @property
     def loss(self):
-        return cross_entropy if self.ways else mse
+        return task_cross_entropy if self.ways else task_mse
 
 
 CASES = {

@@ -63,6 +63,18 @@ class SupervisedBatch:
             self.x_support, self.y_support, self.x_query, self.y_query, self.task_info)))
 
 
+def task_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-task mean squared error: [T, N, ...] -> [T] (the sinusoid benchmark's loss)."""
+    return (pred - target).pow(2).flatten(1).mean(1)
+
+
+def task_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-task mean cross-entropy: logits [T, N, C], labels [T, N] -> [T]."""
+    t, n, classes = logits.shape
+    return nn.functional.cross_entropy(logits.reshape(t * n, classes), labels.reshape(t * n),
+                                       reduction="none").view(t, n).mean(1)
+
+
 def step_size(lrs: StepSizes, step: int, name: str) -> float | Tensor:
     """The step size of parameter `name` at inner step `step`; a per-step list shorter than the
     number of steps keeps its last entry (meta-test often runs more steps than training)."""

@@ -11,23 +11,9 @@ from typing import TYPE_CHECKING
 # --config domain, and `maml-bench --help` should not wait for torch.
 if TYPE_CHECKING:
     import torch
-    from torch import Tensor, nn
+    from torch import nn
 
     from maml_bench.core.functional import SupervisedBatch, TaskLoss
-
-
-def mse(pred: Tensor, target: Tensor) -> Tensor:
-    """Per-task mean squared error: [T, N, 1] -> [T] (the sinusoid benchmark's loss)."""
-    return (pred - target).pow(2).flatten(1).mean(1)
-
-
-def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Per-task mean cross-entropy: logits [T, N, C], labels [T, N] -> [T]."""
-    import torch.nn.functional as F
-
-    t, n, c = logits.shape
-    return F.cross_entropy(logits.reshape(t * n, c), labels.reshape(t * n),
-                           reduction="none").view(t, n).mean(1)
 
 
 @dataclass(frozen=True)
@@ -65,7 +51,9 @@ class ProfileConfig:
 
     @property
     def loss(self) -> TaskLoss:
-        return cross_entropy if self.ways else mse
+        from maml_bench.core.functional import task_cross_entropy, task_mse
+
+        return task_cross_entropy if self.ways else task_mse
 
     def batch(self, meta_batch: int, device: torch.device | str = "cpu",
               seed: int = 0) -> SupervisedBatch:

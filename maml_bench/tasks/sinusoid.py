@@ -10,7 +10,7 @@ from functools import cache
 import torch
 from torch import Tensor, nn
 
-from maml_bench.core.functional import SupervisedBatch
+from maml_bench.core.functional import SupervisedBatch, task_mse
 from maml_bench.domains import Items, Number, OneOf, require, setting
 from maml_bench.models.mlp import MLP, reference_code_init_
 from maml_bench.settings import COUNT, SIZE, STEP, MetaConfig
@@ -131,7 +131,7 @@ class Sinusoid(SupervisedBenchmark):
         return out
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        return (pred - target).pow(2).flatten(1).mean(1)
+        return task_mse(pred, target)
 
     metric = loss
 

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from functools import cache
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maml_bench.core.functional import SupervisedBatch
+from maml_bench.core.functional import SupervisedBatch, task_cross_entropy
 from maml_bench.domains import Number, OneOf, require, setting
 from maml_bench.errors import UserError
 from maml_bench.models import MLP, Conv4
@@ -154,9 +153,7 @@ class FewShot(SupervisedBenchmark):
         return {k: _fixed_episodes(self, split, n, k) for k in c.eval_shots}
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        t, n, classes = pred.shape
-        return F.cross_entropy(pred.reshape(t * n, classes), target.reshape(t * n),
-                               reduction="none").view(t, n).mean(1)
+        return task_cross_entropy(pred, target)
 
     def metric(self, pred: Tensor, target: Tensor) -> Tensor:
         return (pred.argmax(-1) == target).float().mean(1) * 100.0
