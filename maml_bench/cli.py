@@ -464,6 +464,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     out = args.out or default_out(args.scale)
     # Every setting, option and the output directory checked before the first run starts.
     runs = plan_runs(args.experiment, args.scale, args.overrides, args.methods, args.seeds, out)
+    workers = max((getattr(r.config, "workers", 1) for r in runs), default=1)
+    if args.jobs > 1 and workers > 1 and len(runs) > 1:
+        # pool workers are daemonic and cannot start the sampler's own worker processes
+        raise UserError(f"--jobs {args.jobs} with --set workers={workers}: sampler worker "
+                        "processes cannot start inside --jobs processes; use one of the two")
     writable_dir(out)
     logging.getLogger(__name__).info("%d runs of %s at %s scale into %s", len(runs),
                                      args.experiment, args.scale, out)

@@ -66,3 +66,14 @@ def test_the_training_curve_of_rl_is_the_return(tmp_path):
     assert tmp_path / "navigation2d-v1" / "figures" / "training-curves.png" in paths
     log = pd.read_csv(run.directory / "train_log.csv")
     assert (log["train_loss"] > 0).all()  # minus negative navigation returns
+
+
+def test_sampler_workers_and_jobs_together_are_one_line_before_any_work(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "maml_bench.cli", "run", "navigation2d-v1",
+                          "--scale", "tiny", "--set", "workers=2", "--jobs", "2", "--out",
+                          str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "workers=2" in out.stderr and not any(tmp_path.iterdir())
