@@ -484,3 +484,35 @@ def test_context_vector_meta_gradient_adapts_z_only_and_matches_finite_differenc
 
     fd = central_fd_gradient(f, theta)
     assert rel_err(grad, fd) < 1e-7, rel_err(grad, fd)
+
+
+@pytest.mark.parametrize("case", ["second-order", "first-order", "context-vector"])
+def test_gauss_newton_product_equals_the_exact_kl_hvp_at_the_old_policy(case):
+    """At the current theta the KL's first derivatives vanish, so the Gauss-Newton product
+    (rl/fisher.py, no third derivatives) must equal the exact Hessian-vector product."""
+    from maml_bench.rl.fisher import gauss_newton_kl_product
+    from maml_bench.rl.policy import ContextPolicy
+    from maml_bench.rl.trpo import make_hvp
+
+    first_order = case == "first-order"
+    names = ["context"] if case == "context-vector" else None
+    if names:
+        torch.manual_seed(5)
+        policy = ContextPolicy(2, 2, 3, (4, 4)).double()
+        with torch.no_grad():
+            policy.context.uniform_(-0.5, 0.5)
+        theta = policy.params()
+        inner = [synthetic_episodes(policy, 500)]
+        outer = synthetic_episodes(policy, 501)
+        lrs = inner_step_sizes(0.3, 1)
+    else:
+        policy, theta, inner, outer, lrs = maml_setup(seed=4, steps=1)
+    old = post_update_distribution(policy, theta, inner, outer, lrs, names)
+    _, kl = meta_objective(policy, theta, inner, outer, lrs, old, first_order, names)
+    exact = make_hvp(kl, list(theta.values()), damping=1e-5)
+    fast = gauss_newton_kl_product(policy, theta, inner[0], outer, lrs, damping=1e-5,
+                                   first_order=first_order, names=names)
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(3):
+        v = torch.randn(sum(p.numel() for p in theta.values()), generator=gen, dtype=F64)
+        assert rel_err(fast(v), exact(v)) < 1e-9, rel_err(fast(v), exact(v))

@@ -77,7 +77,8 @@ class MAMLTRPO(Algorithm):
             params = self.adapted(inner, step_sizes, len(tasks))
         outer = self.sample(params, tasks, c.train_shots, self.gen)
         result = maml_trpo_step(self.policy, self.theta, inner, outer, step_sizes, self.trpo,
-                                self.first_order, self.adapted_names())
+                                self.first_order, self.adapted_names(),
+                                gauss_newton=c.kl_product == "gauss-newton")
         self.info["trpo_accepted"] = self.info.get("trpo_accepted", 0) + int(result.accepted)
         return -average_return(outer).mean()
 

@@ -158,14 +158,23 @@ def maml_trpo_step(
     config: TRPOConfig | None = None,
     first_order: bool = False,
     names: Sequence[str] | None = None,
+    gauss_newton: bool = True,
 ) -> TRPOResult:
     """One MAML-TRPO meta-update of `theta` (leaf tensors, e.g. `policy.params()`, changed in
     place): TRPO on the post-update surrogate with the post-update mean KL as constraint, both
-    differentiated through the inner VPG steps (exact Hessian-vector products)."""
+    differentiated through the inner VPG steps. The KL's Hessian-vector products are exact: with
+    one inner step in the Gauss-Newton form (`rl.fisher`, equal at the old policy, cheaper),
+    else by differentiating the KL's gradient."""
     config = config or TRPOConfig()
     old = post_update_distribution(policy, theta, inner, outer, step_sizes, names)
 
     def objective() -> tuple[Tensor, Tensor]:
         return meta_objective(policy, theta, inner, outer, step_sizes, old, first_order, names)
 
-    return trpo_step(objective, list(theta.values()), config)
+    product = None
+    if gauss_newton and len(inner) == 1:  # the same product without third derivatives
+        from maml_bench.rl.fisher import gauss_newton_kl_product
+
+        product = gauss_newton_kl_product(policy, theta, inner[0], outer, step_sizes,
+                                          config.damping, first_order, names)
+    return trpo_step(objective, list(theta.values()), config, product)

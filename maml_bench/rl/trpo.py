@@ -120,15 +120,17 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int
     return x
 
 
-def trpo_step(objective: Objective, params: Sequence[Tensor], config: TRPOConfig) -> TRPOResult:
+def trpo_step(objective: Objective, params: Sequence[Tensor], config: TRPOConfig,
+              product: Callable[[Tensor], Tensor] | None = None) -> TRPOResult:
     """One TRPO update of `params` (leaf tensors, changed in place); see the module docstring.
 
     `objective()` must be a pure function of the parameters' values (fixed data, fixed old
-    policy), so that the line search compares like with like."""
+    policy), so that the line search compares like with like. `product`: v -> (H + damping I) v
+    computed another way (e.g. `rl.fisher`); by default the exact one from the KL's graph."""
     params = list(params)
     loss, kl = objective()
-    grad = flatten(_grads(loss, params, retain_graph=True)).detach()
-    hvp = make_hvp(kl, params, config.damping)
+    grad = flatten(_grads(loss, params, retain_graph=product is None)).detach()
+    hvp = product if product is not None else make_hvp(kl, params, config.damping)
     direction = conjugate_gradient(hvp, grad, config.cg_iters, config.cg_residual_tol).detach()
     shs = (direction @ hvp(direction)).item()
     step_size = math.sqrt(2.0 * config.max_kl / (shs + 1e-8)) if shs + 1e-8 > 0 else math.nan

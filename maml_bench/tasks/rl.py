@@ -47,6 +47,9 @@ class RLConfig(MetaConfig):
     """conjugate-gradient iterations of the TRPO step"""
     cg_damping: float = setting(1e-5, Number(float, 0.0, 10.0))
     """damping added to the KL Hessian"""
+    kl_product: str = setting("gauss-newton", OneOf(("gauss-newton", "exact")))
+    """how TRPO's KL Hessian-vector products are computed: both exact at the old policy;
+    gauss-newton (one inner step) avoids third derivatives, measured ~2x faster"""
     workers: int = setting(1, Number(int, 1, 64))
     """sampler processes (1: sampled in the run's process)"""
 
