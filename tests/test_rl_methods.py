@@ -77,3 +77,31 @@ def test_sampler_workers_and_jobs_together_are_one_line_before_any_work(tmp_path
                           str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "workers=2" in out.stderr and not any(tmp_path.iterdir())
+
+
+def test_meta_test_evaluates_the_iteration_with_the_best_training_return(tmp_path):
+    """The paper's protocol: the checkpoint with the best training return is evaluated."""
+    import torch
+
+    from maml_bench.algorithms import ALGORITHMS
+    from maml_bench.tasks.rl import MetaRL
+
+    (run,) = plan_runs("navigation2d-v1", "tiny", ["iterations=4"], ["maml-trpo"], 1, tmp_path)
+    algo = ALGORITHMS.get("maml-trpo")(MetaRL(run.config), run.config, 0)
+    before, returns = [], []
+    for i in range(run.config.iterations):
+        before.append({k: v.detach().clone() for k, v in algo.theta.items()})
+        returns.append(-algo.train_step(i).item())
+    best = max(range(len(returns)), key=returns.__getitem__)
+    assert algo.info["best_iteration"] == best
+    for name, value in algo.best_policy.named_parameters():
+        torch.testing.assert_close(value, before[best][name], rtol=0, atol=0)
+    algo.evaluate()
+    assert algo.info["evaluated"] == f"best training return, iteration {best}"
+    # resumable: the best policy is part of the state
+    state = algo.state_dict()
+    other = ALGORITHMS.get("maml-trpo")(MetaRL(run.config), run.config, 1)
+    other.load_state_dict(state)
+    for (_, a), (_, b) in zip(other.best_policy.named_parameters(),
+                              algo.best_policy.named_parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -11,6 +11,8 @@ the adapted policy, and so on; column s of a curve is the average return after s
 
 from __future__ import annotations
 
+import copy
+import math
 from typing import Any
 
 import torch
@@ -38,6 +40,9 @@ class MAMLTRPO(Algorithm):
             torch.manual_seed(seed)
             self.policy = self.build_policy(benchmark)
         self.theta = dict(self.policy.named_parameters())
+        # The paper evaluates the meta-iteration whose training return was best: kept here.
+        self.best_policy = copy.deepcopy(self.policy).requires_grad_(False)
+        self.info["best_train_return"] = -math.inf
         self.trpo = TRPOConfig(max_kl=config.max_kl, cg_iters=config.cg_iters,
                                damping=config.cg_damping)
 
@@ -49,18 +54,19 @@ class MAMLTRPO(Algorithm):
         return None
 
     def modules(self) -> dict[str, Any]:
-        return {"policy": self.policy}
+        return {"policy": self.policy, "best_policy": self.best_policy}
 
     def sample(self, params: dict[str, Tensor], tasks: list, episodes: int,
                gen: torch.Generator) -> Any:
         return self.benchmark.sample(self.policy, params, tasks, episodes, gen, self.oracle)
 
-    def adapted(self, inner: list, step_sizes: list[float], n_tasks: int) -> dict[str, Tensor]:
+    def adapted(self, inner: list, step_sizes: list[float], n_tasks: int,
+                theta: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         from maml_bench.rl.maml_rl import adapt
 
         with torch.no_grad():
-            return adapt(self.policy, self.theta, inner, step_sizes, n_tasks=n_tasks,
-                         names=self.adapted_names())
+            return adapt(self.policy, self.theta if theta is None else theta, inner, step_sizes,
+                         n_tasks=n_tasks, names=self.adapted_names())
 
     def train_step(self, iteration: int) -> Tensor:
         from maml_bench.rl.maml_rl import maml_trpo_step
@@ -76,23 +82,32 @@ class MAMLTRPO(Algorithm):
             inner.append(self.sample(params, tasks, c.train_shots, self.gen))
             params = self.adapted(inner, step_sizes, len(tasks))
         outer = self.sample(params, tasks, c.train_shots, self.gen)
+        train_return = average_return(outer).mean()
+        if train_return.item() > self.info["best_train_return"]:  # theta before this update
+            self.info["best_train_return"] = train_return.item()
+            self.info["best_iteration"] = iteration
+            self.best_policy.load_state_dict(self.policy.state_dict())
         result = maml_trpo_step(self.policy, self.theta, inner, outer, step_sizes, self.trpo,
                                 self.first_order, self.adapted_names(),
                                 gauss_newton=c.kl_product == "gauss-newton")
         self.info["trpo_accepted"] = self.info.get("trpo_accepted", 0) + int(result.accepted)
-        return -average_return(outer).mean()
+        return -train_return
 
     def evaluate(self) -> dict[int, Tensor]:
         from maml_bench.rl.maml_rl import inner_step_sizes
 
         c = self.config
         tasks = self.benchmark.test_tasks()
+        best = c.evaluate_checkpoint == "best" and "best_iteration" in self.info  # trained
+        theta = dict((self.best_policy if best else self.policy).named_parameters())
+        self.info["evaluated"] = (f"best training return, iteration {self.info['best_iteration']}"
+                                  if best else "last iteration")
         out = {}
         for k in c.eval_shots:
             # The same evaluation trajectories' randomness for every method and run.
             gen = torch.Generator().manual_seed(c.test_seed + k)
             inner: list = []
-            params = {name: v.detach() for name, v in self.theta.items()}
+            params = {name: v.detach() for name, v in theta.items()}
             curve = []
             for step in range(c.eval_steps + 1):
                 episodes = self.sample(params, tasks, k, gen)
@@ -100,7 +115,7 @@ class MAMLTRPO(Algorithm):
                 if step < c.eval_steps:
                     inner.append(episodes)
                     params = self.adapted(inner, inner_step_sizes(c.inner_lr, len(inner)),
-                                          len(tasks))
+                                          len(tasks), theta)
             out[k] = torch.stack(curve, dim=1)
         return out
 

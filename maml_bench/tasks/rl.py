@@ -50,6 +50,9 @@ class RLConfig(MetaConfig):
     kl_product: str = setting("gauss-newton", OneOf(("gauss-newton", "exact")))
     """how TRPO's KL Hessian-vector products are computed: both exact at the old policy;
     gauss-newton (one inner step) avoids third derivatives, measured ~2x faster"""
+    evaluate_checkpoint: str = setting("best", OneOf(("best", "last")))
+    """which policy meta-test evaluates: the meta-iteration with the best training return (the
+    paper's protocol) or the last"""
     workers: int = setting(1, Number(int, 1, 64))
     """sampler processes (1: sampled in the run's process)"""
 
