@@ -89,6 +89,20 @@ class OneOf(Domain):
 
 
 @dataclass(frozen=True)
+class Flag(Domain):
+    """true or false."""
+
+    def contains(self, value: Any) -> bool:
+        return isinstance(value, bool)
+
+    def describe(self) -> str:
+        return "true or false"
+
+    def outside(self) -> list[str]:
+        return ["maybe"]  # nothing parses outside: the parse error names the setting
+
+
+@dataclass(frozen=True)
 class Pattern(Domain):
     """Text matching a regular expression in full."""
 

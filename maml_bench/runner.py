@@ -234,6 +234,9 @@ def _execute(run: RunSpec, mode: str, threads: int) -> Path:
     if fits is not None:
         atomic_write_bytes(run.directory / FITS_FILE, gzip.compress(
             fits.to_csv(index=False).encode(), mtime=0))
+    artifacts = getattr(algorithm, "write_artifacts", None)  # e.g. RL rollout GIFs
+    if artifacts is not None and run.config.render:
+        artifacts(run.directory)
     columns = ["iteration", "train_loss"] + (["val_metric"] if getattr(
         run.config, "val_every", 0) else [])
     atomic_write_text(run.directory / TRAIN_LOG_FILE, pd.DataFrame(

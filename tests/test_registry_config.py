@@ -73,4 +73,6 @@ def test_a_setting_added_later_leaves_existing_hashes_alone():
 
     config = EXPERIMENTS.get("omniglot-5w1s-v1").config
     assert config_hash(config) == "273419d49f9c"
+    # and the 2D navigation paper run started later (its checkpoints hold this hash)
+    assert config_hash(EXPERIMENTS.get("navigation2d-v1").config) == "744534c8e6b2"
     assert config_hash(dataclasses.replace(config, task_chunk=4)) != config_hash(config)

@@ -105,3 +105,28 @@ def test_meta_test_evaluates_the_iteration_with_the_best_training_return(tmp_pat
     for (_, a), (_, b) in zip(other.best_policy.named_parameters(),
                               algo.best_policy.named_parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_run_draws_rollouts_of_the_adapted_policy_unless_told_not_to(tmp_path):
+    from PIL import Image
+
+    (run,) = plan_runs("navigation2d-v1", "tiny", ["horizon=20", "render=true"], ["maml-trpo"],
+                       1, tmp_path)
+    directory = execute(run, progress=False)
+    for i in (0, 1):
+        gif = Image.open(directory / f"rollout-task{i}.gif")
+        assert gif.n_frames > 1  # an episode, not a still
+    (quiet,) = plan_runs("navigation2d-v1", "tiny", ["render=false"], ["maml-trpo"], 1,
+                         tmp_path / "quiet")
+    assert not list(execute(quiet, progress=False).glob("rollout-*.gif"))
+
+
+def test_a_machine_that_cannot_draw_loses_the_gif_not_the_run(tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setattr("sys.executable", "/nonexistent/python")  # the drawing child fails
+    (run,) = plan_runs("navigation2d-v1", "tiny", ["render=true"], ["maml-trpo"], 1, tmp_path)
+    with caplog.at_level(logging.WARNING):
+        directory = execute(run, progress=False)
+    assert (directory / "records.csv.gz").exists() and not list(directory.glob("*.gif"))
+    assert "not drawn" in caplog.text

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from maml_bench import cli
-from maml_bench.domains import Domain, Items, Number, OneOf, Pattern, domain_of
+from maml_bench.domains import Domain, Flag, Items, Number, OneOf, Pattern, domain_of
 from maml_bench.experiments import EXPERIMENTS
 
 FIELDS = [(experiment, field.name)
@@ -51,6 +51,9 @@ def outside(domain: Domain) -> st.SearchStrategy[str]:
         return st.one_of(declared, one_bad.filter(lambda s: s.strip(", ") != ""))
     if isinstance(domain, OneOf | Pattern):
         return st.one_of(declared, TEXT.filter(lambda s: not domain.contains(s.strip())))
+    if isinstance(domain, Flag):  # any text that is not one of the words for true or false
+        words = {"1", "true", "yes", "on", "0", "false", "no", "off"}
+        return st.one_of(declared, TEXT.filter(lambda s: s.strip().lower() not in words))
     raise AssertionError(f"no strategy for {domain!r}")
 
 

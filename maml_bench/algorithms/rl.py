@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -121,6 +122,28 @@ class MAMLTRPO(Algorithm):
 
     def validation_score(self) -> None:
         return None  # the training log's return is the convergence curve
+
+    def write_artifacts(self, directory: Path) -> list[Path]:
+        """`rollout-task<i>.gif`: the evaluated policy after one policy-gradient step on each of
+        the first two test tasks (behaviour, not only a number; paper Figures 4/5)."""
+        from maml_bench.rl.render import render_in_child
+
+        c = self.config
+        tasks = self.benchmark.test_tasks()[:2]
+        best = c.evaluate_checkpoint == "best" and "best_iteration" in self.info
+        theta = {k: v.detach() for k, v in
+                 (self.best_policy if best else self.policy).named_parameters()}
+        gen = torch.Generator().manual_seed(c.test_seed)
+        episodes = self.sample(theta, tasks, c.eval_shots[0], gen)
+        adapted = self.adapted([episodes], [c.inner_lr], len(tasks), theta)
+        paths = []
+        for i, task in enumerate(tasks):
+            out = directory / f"rollout-task{i}.gif"
+            if render_in_child(out, c.env, task, self.policy, {k: v[i] for k, v in
+                                                               adapted.items()},
+                               self.benchmark.horizon, {"oracle": True} if self.oracle else None):
+                paths.append(out)
+        return paths
 
 
 class FOMAMLTRPO(MAMLTRPO):

@@ -38,7 +38,8 @@ NAVIGATION = Experiment(
         "tiny": Scale("seconds, for tests: 2 meta-iterations of 2 tasks x 2 short trajectories",
                       overrides={"iterations": 2, "meta_batch": 2, "train_shots": 2,
                                  "eval_shots": (2,), "test_tasks": 2, "horizon": 10,
-                                 "hidden": (8, 8), "checkpoint_every": 1}, seeds=1),
+                                 "hidden": (8, 8), "checkpoint_every": 1, "render": False},
+                      seeds=1),
     },
     tables=(TableSpec("table4", "Paper Table 4: 2D navigation, average return after 0-3 "
                       "policy-gradient steps (40 trajectories each)", shots=40,
@@ -82,8 +83,8 @@ def locomotion(name: str, env: str, title: str, episodes: int,
                            seeds=1),
             "tiny": Scale("seconds, for tests", overrides={
                 "iterations": 1, "meta_batch": 2, "train_shots": 2, "eval_shots": (2,),
-                "test_tasks": 2, "horizon": 5, "hidden": (8, 8), "checkpoint_every": 1},
-                seeds=1),
+                "test_tasks": 2, "horizon": 5, "hidden": (8, 8), "checkpoint_every": 1,
+                "render": False}, seeds=1),
         },
         tables=(TableSpec("returns", f"{title}: average return after 0-3 policy-gradient steps "
                           "(gymnasium v5 dynamics: the paper's numbers are rllab's)",

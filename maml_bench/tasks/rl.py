@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from maml_bench.domains import Items, Number, OneOf, require, setting
+from maml_bench.domains import Flag, Items, Number, OneOf, require, setting
 from maml_bench.errors import UserError
 from maml_bench.rl.env_ids import ENV_IDS
 from maml_bench.settings import MetaConfig
@@ -53,6 +53,8 @@ class RLConfig(MetaConfig):
     evaluate_checkpoint: str = setting("best", OneOf(("best", "last")))
     """which policy meta-test evaluates: the meta-iteration with the best training return (the
     paper's protocol) or the last"""
+    render: bool = setting(True, Flag(), hashed_at_default=False)
+    """draw a GIF of the evaluated policy after one step on two test tasks (run folder)"""
     workers: int = setting(1, Number(int, 1, 64))
     """sampler processes (1: sampled in the run's process)"""
 

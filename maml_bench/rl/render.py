@@ -1,0 +1,110 @@
+"""A rendered rollout of an adapted policy (paper Figures 4/5 show behaviour, not only
+numbers): one episode of the policy's mean actions, drawn offscreen to a GIF.
+
+MuJoCo's offscreen rendering needs a GL backend (EGL here; `MUJOCO_GL`), and a wrong one can
+break `import mujoco` itself, so the drawing runs in a child process
+(`python -m maml_bench.rl.render STATE`): a machine without a backend loses the GIF, not the
+run.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+def rollout_frames(env_id: str, task: Mapping[str, Any], policy: Any,
+                   params: Mapping[str, Tensor], horizon: int, seed: int = 0,
+                   env_kwargs: Mapping[str, Any] | None = None, every: int = 1) -> list[np.ndarray]:
+    """One episode of the policy's mean action on `task`, every `every`-th frame."""
+    import gymnasium
+
+    import maml_bench.rl.envs  # noqa: F401  (registers the ids)
+    from maml_bench.rl.sampler import scale_actions
+
+    env = gymnasium.make(env_id, render_mode="rgb_array", **dict(env_kwargs or {}))
+    try:
+        env.unwrapped.set_task(dict(task))
+        obs, _ = env.reset(seed=seed)
+        frames = [env.render()]
+        low, high = env.action_space.low, env.action_space.high
+        for t in range(horizon):
+            with torch.no_grad():
+                mean = policy.distribution(params, torch.as_tensor(obs, dtype=torch.float32)).mean
+            obs, _, terminated, truncated, _ = env.step(scale_actions(mean.numpy(), low, high))
+            if (t + 1) % every == 0 or terminated or truncated:
+                frames.append(env.render())
+            if terminated or truncated:
+                break
+        return frames
+    finally:
+        env.close()
+
+
+def save_gif(frames: list[np.ndarray], path: Path, fps: int = 20) -> Path:
+    """Frames to an animated GIF, written atomically."""
+    from PIL import Image
+
+    from maml_bench.results import atomic_write_bytes
+
+    images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
+                   duration=int(1000 / fps), loop=0)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def render_in_child(out: Path, env_id: str, task: Mapping[str, Any], policy: Any,
+                    params: Mapping[str, Tensor], horizon: int,
+                    env_kwargs: Mapping[str, Any] | None = None, timeout: float = 600) -> bool:
+    """Draw the rollout in a child process (see the module); False, with one warning line, if
+    it could not be drawn."""
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp) / "rollout.pt"
+        torch.save({"out": str(out), "env_id": env_id, "task": dict(task), "policy": policy,
+                    "params": {k: v.detach() for k, v in params.items()}, "horizon": horizon,
+                    "env_kwargs": dict(env_kwargs or {})}, state)
+        env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+        try:
+            done = subprocess.run([sys.executable, "-m", "maml_bench.rl.render", str(state)],
+                                  env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("rollout %s not drawn: rendering took over %.0f s", out.name, timeout)
+            return False
+        except OSError as err:
+            log.warning("rollout %s not drawn: %s", out.name, err)
+            return False
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        log.warning("rollout %s not drawn (set MUJOCO_GL to a working backend): %s",
+                    out.name, last)
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    (state_file,) = argv if argv is not None else sys.argv[1:]
+    state = torch.load(state_file, weights_only=False)  # our own file, written just before
+    frames = rollout_frames(state["env_id"], state["task"], state["policy"], state["params"],
+                            state["horizon"], env_kwargs=state["env_kwargs"],
+                            every=2 if state["horizon"] > 100 else 1)
+    save_gif(frames, Path(state["out"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
