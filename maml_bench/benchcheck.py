@@ -32,6 +32,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...], bool]] = {
         "omniglot-meta-step-cpu.json", ("sampling_share_of_step",), False),
     "navigation_sampler_over_plain_loop": (
         "rl-sampler-cpu.json", ("cases", "navigation", "sampler_over_plain_loop"), True),
+    "rl_meta_update_exact_over_gauss_newton": (
+        "rl-meta-update-cpu.json", ("exact_over_gauss_newton",), True),
     "sinusoid_maml_quick_mse": ("accuracy-regression.json", ("sinusoid_maml_mse",), False),
     "omniglot_maml_quick_accuracy": (
         "accuracy-regression.json", ("omniglot_maml_accuracy",), True),
