@@ -153,8 +153,9 @@ class FOMAMLTRPO(MAMLTRPO):
 
 
 class PretrainedRL(MAMLTRPO):
-    """One policy trained with TRPO on tasks from the whole distribution (no inner step), then
-    fine-tuned at meta-test like MAML (the paper's "pretrained")."""
+    """One policy trained with TRPO on all tasks, fine-tuned at meta-test (paper's "pretrained").
+
+    No inner step in training; at meta-test the same policy-gradient steps as MAML."""
 
     train_inner_steps = 0
 
@@ -168,16 +169,18 @@ class RandomRL(MAMLTRPO):
 
 
 class OracleRL(PretrainedRL):
-    """A policy that sees the task parameters (appended to its observation), trained on all
-    tasks: the upper reference of Figures 4/5 (about -2.3 on 2D navigation)."""
+    """A policy that sees the task parameters in its observation: the upper reference.
+
+    Trained on all tasks like the pretrained one; about -2.3 on 2D navigation (Figure 4)."""
 
     oracle = True
 
 
 class RLContextVector(MAMLTRPO):
-    """The context-vector comparison (paper App. C.2, Tables 4/5): free inputs z joined to the
-    observation, the only parameters the inner steps adapt; network and z's initial value are
-    meta-learned with TRPO as in MAML."""
+    """MAML-TRPO adapting only free inputs z joined to the observation (paper App. C.2).
+
+    The Tables 4/5 comparison: network and z's initial value are meta-learned with TRPO as in
+    MAML; the inner steps move z alone."""
 
     def build_policy(self, benchmark: MetaRL) -> Any:
         from maml_bench.rl.policy import ContextPolicy
