@@ -18,89 +18,30 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-from maml_bench.core.functional import (
-    SupervisedBatch,
-    make_batched_forward,
-    meta_loss,
-    reference_meta_loss,
-    task_cross_entropy,
-    task_mse,
-)
-from maml_bench.models import MLP, Conv4
+from maml_bench.core.functional import make_batched_forward, meta_loss, reference_meta_loss
+from maml_bench.profile.configs import CONFIGS, ProfileConfig
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 ROWS: list[dict] = []
 
 
-@dataclass(frozen=True)
-class Case:
-    """One paper configuration (paper-protocol.md): network, tasks per meta-batch, shots."""
-
-    name: str
-    meta_batch: int
-    inner_steps: int
-    inner_lr: float
-    ways: int = 0  # 0: regression
-    shots: int = 10
-    query: int = 10  # per class for classification
-    image: int = 28
-    channels: int = 1
-    filters: int = 64
-    maxpool: bool = False
-
-    def model(self) -> nn.Module:
-        if not self.ways:
-            return MLP(1, [40, 40], 1)
-        return Conv4(self.channels, self.ways, self.filters, self.image,
-                     downsample="maxpool" if self.maxpool else "stride",
-                     head="flatten" if self.maxpool else "mean")
-
-    def batch(self, device: str, dtype: torch.dtype = torch.float32) -> SupervisedBatch:
-        gen = torch.Generator().manual_seed(0)
-        t = self.meta_batch
-        if not self.ways:
-            x = torch.rand(t, self.shots + self.query, 1, generator=gen, dtype=dtype) * 10 - 5
-            y = 3 * torch.sin(x - 1)
-            s = self.shots
-            return SupervisedBatch(*(v.to(device) for v in (x[:, :s], y[:, :s], x[:, s:],
-                                                             y[:, s:])))
-        ns, nq = self.ways * self.shots, self.ways * self.query
-        x = torch.randn(t, ns + nq, self.channels, self.image, self.image, generator=gen,
-                        dtype=dtype)
-        labels = torch.cat([torch.arange(self.ways).repeat(self.shots),
-                            torch.arange(self.ways).repeat(self.query)]).expand(t, -1)
-        return SupervisedBatch(*(v.to(device) for v in (x[:, :ns], labels[:, :ns], x[:, ns:],
-                                                         labels[:, ns:])))
-
-    @property
-    def loss(self):
-        return task_cross_entropy if self.ways else task_mse
-
-
-CASES = {
-    c.name: c for c in [
-        Case("sinusoid-mlp-T25", meta_batch=25, inner_steps=1, inner_lr=0.01),
-        Case("sinusoid-mlp-T1000", meta_batch=1000, inner_steps=1, inner_lr=0.01),
-        Case("omniglot-5w1s-conv4", meta_batch=32, inner_steps=1, inner_lr=0.4, ways=5, shots=1,
-             query=1),
-        Case("omniglot-5w1s-conv4-5steps", meta_batch=32, inner_steps=5, inner_lr=0.4, ways=5,
-             shots=1, query=1),
-        Case("omniglot-20w1s-conv4", meta_batch=16, inner_steps=5, inner_lr=0.1, ways=20,
-             shots=1, query=1),
-        Case("miniimagenet-5w1s-conv4", meta_batch=4, inner_steps=5, inner_lr=0.01, ways=5,
-             shots=1, query=15, image=84, channels=3, filters=32, maxpool=True),
-        Case("miniimagenet-5w5s-conv4", meta_batch=2, inner_steps=5, inner_lr=0.01, ways=5,
-             shots=5, query=15, image=84, channels=3, filters=32, maxpool=True),
-    ]
-}
+#: the paper's configurations (maml_bench/profile/configs.py), named as in earlier results
+CASES = {name: replace(CONFIGS[config], name=name, **changes) for name, config, changes in [
+    ("sinusoid-mlp-T25", "sinusoid", {}),
+    ("sinusoid-mlp-T1000", "sinusoid", {"meta_batch": 1000}),
+    ("omniglot-5w1s-conv4", "omniglot-5w1s", {}),
+    ("omniglot-5w1s-conv4-5steps", "omniglot-5w1s", {"inner_steps": 5}),
+    ("omniglot-20w1s-conv4", "omniglot-20w1s", {}),
+    ("miniimagenet-5w1s-conv4", "miniimagenet-5w1s", {}),
+    ("miniimagenet-5w5s-conv4", "miniimagenet-5w5s", {}),
+]}
 
 #: (path, first order); "batched" is the model's own batched forward (MLP: baddbmm; Conv4:
 #: grouped convolution), "vmap" is vmap(functional_call)
@@ -111,12 +52,12 @@ SKIP = {("sinusoid-mlp-T1000", "higher"), ("omniglot-20w1s-conv4", "higher"),
         ("miniimagenet-5w5s-conv4", "higher"), ("omniglot-5w1s-conv4-5steps", "higher")}
 
 
-def make_step(case: Case, path: str, first_order: bool, device: str):
+def make_step(case: ProfileConfig, path: str, first_order: bool, device: str):
     torch.manual_seed(0)
     model = case.model().to(device)
     theta = dict(model.named_parameters())
     opt = torch.optim.Adam(list(theta.values()), lr=1e-3)
-    batch = case.batch(device)
+    batch = case.batch(case.meta_batch, device)
     forward = None
     if path in ("batched", "vmap"):
         forward = make_batched_forward(model, prefer_fast=path == "batched")
@@ -157,17 +98,17 @@ def device_slug() -> str:
 def test_cuda_meta_gradient_matches_cpu(case, path):
     """float64 second-order meta-gradient of the batched path on CUDA == per-task loop on CPU."""
     c = CASES[case]
-    c = Case(**{**c.__dict__, "meta_batch": 2})
+    c = replace(c, meta_batch=2)
     torch.manual_seed(0)
     model = c.model().double()
     cpu_theta = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
-    ref = reference_meta_loss(model, cpu_theta, c.batch("cpu", torch.float64), c.loss,
+    ref = reference_meta_loss(model, cpu_theta, c.batch(2, "cpu", dtype=torch.float64), c.loss,
                               c.inner_steps, c.inner_lr).mean()
     ref_grads = torch.autograd.grad(ref, list(cpu_theta.values()))
     gpu_model = model.to("cuda")
     theta = {k: v.detach().cuda().requires_grad_() for k, v in cpu_theta.items()}
     forward = make_batched_forward(gpu_model, prefer_fast=path == "batched")
-    loss = meta_loss(forward, theta, c.batch("cuda", torch.float64), c.loss, c.inner_steps,
+    loss = meta_loss(forward, theta, c.batch(2, "cuda", dtype=torch.float64), c.loss, c.inner_steps,
                      c.inner_lr).mean()
     gpu_grads = torch.autograd.grad(loss, list(theta.values()))
     torch.testing.assert_close(loss.cpu(), ref.detach(), rtol=1e-9, atol=1e-12)

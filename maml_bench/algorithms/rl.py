@@ -94,21 +94,28 @@ class MAMLTRPO(Algorithm):
         self.info["trpo_accepted"] = self.info.get("trpo_accepted", 0) + int(result.accepted)
         return -train_return
 
+    def evaluates_best(self) -> bool:
+        """Meta-test uses the best training iteration's policy (the paper), once there is one."""
+        return self.config.evaluate_checkpoint == "best" and "best_iteration" in self.info
+
+    def evaluated_theta(self) -> dict[str, Tensor]:
+        policy = self.best_policy if self.evaluates_best() else self.policy
+        return {k: v.detach() for k, v in policy.named_parameters()}
+
     def evaluate(self) -> dict[int, Tensor]:
         from maml_bench.rl.maml_rl import inner_step_sizes
 
         c = self.config
         tasks = self.benchmark.test_tasks()
-        best = c.evaluate_checkpoint == "best" and "best_iteration" in self.info  # trained
-        theta = dict((self.best_policy if best else self.policy).named_parameters())
+        theta = self.evaluated_theta()
         self.info["evaluated"] = (f"best training return, iteration {self.info['best_iteration']}"
-                                  if best else "last iteration")
+                                  if self.evaluates_best() else "last iteration")
         out = {}
         for k in c.eval_shots:
             # The same evaluation trajectories' randomness for every method and run.
             gen = torch.Generator().manual_seed(c.test_seed + k)
             inner: list = []
-            params = {name: v.detach() for name, v in theta.items()}
+            params = dict(theta)
             curve = []
             for step in range(c.eval_steps + 1):
                 episodes = self.sample(params, tasks, k, gen)
@@ -130,9 +137,7 @@ class MAMLTRPO(Algorithm):
 
         c = self.config
         tasks = self.benchmark.test_tasks()[:2]
-        best = c.evaluate_checkpoint == "best" and "best_iteration" in self.info
-        theta = {k: v.detach() for k, v in
-                 (self.best_policy if best else self.policy).named_parameters()}
+        theta = self.evaluated_theta()
         gen = torch.Generator().manual_seed(c.test_seed)
         episodes = self.sample(theta, tasks, c.eval_shots[0], gen)
         adapted = self.adapted([episodes], [c.inner_lr], len(tasks), theta)

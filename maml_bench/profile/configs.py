@@ -56,7 +56,7 @@ class ProfileConfig:
         return task_cross_entropy if self.ways else task_mse
 
     def batch(self, meta_batch: int, device: torch.device | str = "cpu",
-              seed: int = 0) -> SupervisedBatch:
+              seed: int = 0, dtype: torch.dtype | None = None) -> SupervisedBatch:
         """A meta-batch of random inputs and valid targets with the paper's shapes."""
         import torch
 
@@ -65,13 +65,14 @@ class ProfileConfig:
         gen = torch.Generator().manual_seed(seed)
         t = meta_batch
         if not self.ways:
-            x = torch.rand(t, self.shots + self.query, 1, generator=gen) * 10 - 5
+            x = torch.rand(t, self.shots + self.query, 1, generator=gen, dtype=dtype) * 10 - 5
             y = 3 * torch.sin(x - 1)
             s = self.shots
             parts = (x[:, :s], y[:, :s], x[:, s:], y[:, s:])
         else:
             ns, nq = self.ways * self.shots, self.ways * self.query
-            x = torch.randn(t, ns + nq, self.channels, self.image, self.image, generator=gen)
+            x = torch.randn(t, ns + nq, self.channels, self.image, self.image, generator=gen,
+                            dtype=dtype)
             labels = torch.cat([torch.arange(self.ways).repeat(self.shots),
                                 torch.arange(self.ways).repeat(self.query)]).expand(t, -1)
             parts = (x[:, :ns], labels[:, :ns], x[:, ns:], labels[:, ns:])
