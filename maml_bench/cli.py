@@ -14,6 +14,14 @@ import typing
 from pathlib import Path
 
 from maml_bench.domains import Domain, Items, Number, OneOf, Pattern, domain_of, show_value
+from maml_bench.engines.options import (
+    CPUS_PER_RUN,
+    ENGINE,
+    GPUS_PER_RUN,
+    MEM_GB,
+    RETRIES,
+    TIME_MIN,
+)
 from maml_bench.errors import UserError, one_line
 from maml_bench.profile.configs import CONFIG_NAMES as PROFILE_CONFIG_NAMES
 
@@ -26,6 +34,10 @@ examples:
   maml-bench report sinusoid-table2-v1 --out results --ci t
   maml-bench compare sinusoid-table2-v1 sinusoid-table2-codelr-v1 --method maml --shots 5
   maml-bench data check omniglot                  # is the dataset on disk the real release?
+  maml-bench run sinusoid-table2-v1 --grid inner_lr=0.01,0.001 --grid meta_batch=5,25
+  maml-bench run omniglot-5w1s-v1 --engine ray --address auto --gpus-per-run 1
+  maml-bench run omniglot-5w1s-v1 --engine slurm --partition gpu --gpus-per-run 1 --time 720
+  torchrun --nproc-per-node 2 -m maml_bench.cli run omniglot-5w1s-v1 --method maml
 An interrupted run resumes from its last checkpoint when the same command is run again.
 """
 
@@ -205,12 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "tiny: seconds, for smoke tests")
     p.add_argument("--out", type=Path, default=None,
                    help="output root (default: results/ for --scale paper, runs/SCALE otherwise)")
-    p.add_argument("--jobs", type=option(JOBS), default=1,
-                   help=f"runs in parallel processes (default 1; {JOBS.describe()})")
+    p.add_argument("--jobs", type=option(JOBS), default=None,
+                   help="runs at once: local processes (default 1), the local Ray cluster's "
+                   "CPUs / --cpus-per-run (default all cores), SLURM's array parallelism "
+                   f"(default unlimited); {JOBS.describe()}")
     p.add_argument("--no-report", action="store_true", help="skip tables and figures")
     p.add_argument("--data-root", type=existing_dir, default=None, metavar="DIR",
                    help="folder holding the datasets (omniglot/, miniimagenet/); default "
                    "$MAML_BENCH_DATA, else ../shared/data beside the checkout")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a sweep axis (repeatable; cartesian product), checked like --set; "
+                   "each point runs into OUT/grid/KEY=V1,.../ and a comparison table across "
+                   "the points is written to OUT/grid/comparisons/ (a list-valued setting "
+                   "separates its points with ';')")
+    _add_engine_options(p)
 
     out_help = ("root holding the experiment's records (default: where `run` writes at --scale: "
                 "results/ for paper, runs/SCALE otherwise)")
@@ -226,8 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="normal: the paper's 1.96*std/sqrt(n); t: Student-t")
             p.add_argument("--level", type=option(LEVEL, float), default=0.95,
                            help=f"confidence level (default 0.95; {LEVEL.describe()})")
-    p = sub.add_parser("compare", help="one method across experiments (protocol variants)")
+    p = sub.add_parser("compare", help="one method across experiments (protocol variants) "
+                       "or across the points of a --grid")
     p.add_argument("experiments", nargs="+", metavar="EXPERIMENT")
+    p.add_argument("--grid", type=existing_dir, default=None, metavar="DIR",
+                   help="compare the points of the grid run into DIR (the run's --out); one "
+                   "EXPERIMENT, the grid's")
     p.add_argument("--method", default="maml", help="algorithm id (default maml)")
     p.add_argument("--shots", type=option(SHOTS), default=5,
                    help=f"K at meta-test (default 5; {SHOTS.describe()})")
@@ -241,6 +265,52 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_parser(sub)
     _add_profile_parser(sub)
     return parser
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "engines (where the runs execute; results are the same on each; see README 'At scale')")
+    g.add_argument("--engine", default="local", type=option(ENGINE, str),
+                   help="local: this machine (default); ray: Ray tasks on --address or a local "
+                   "cluster; slurm: a SLURM job array via submitit; submitit-local: the same "
+                   "jobs on this machine")
+    g.add_argument("--address", default=None, metavar="ADDR",
+                   help="ray: the cluster to join ('auto', or ray://HOST:10001); default: start "
+                   "a local one for this command")
+    g.add_argument("--cpus-per-run", type=option(CPUS_PER_RUN), default=None, metavar="N",
+                   help=f"ray/slurm: CPUs (and torch threads) per run (default 1; "
+                   f"{CPUS_PER_RUN.describe()})")
+    g.add_argument("--gpus-per-run", type=option(GPUS_PER_RUN, float), default=None,
+                   metavar="N", help=f"ray/slurm: GPUs per run (default 0; "
+                   f"{GPUS_PER_RUN.describe()})")
+    g.add_argument("--retries", type=option(RETRIES), default=None, metavar="N",
+                   help="ray/slurm: restarts of a run whose worker or job was lost; it resumes "
+                   f"from its checkpoint (default 3; {RETRIES.describe()})")
+    g.add_argument("--partition", default=None, type=option(NAME, str),
+                   help="slurm: the partition (default: the cluster's)")
+    g.add_argument("--time", type=option(TIME_MIN), default=None, metavar="MINUTES",
+                   dest="time_min", help="slurm/submitit-local: a job's time limit; a run past "
+                   f"it is requeued and resumes (default 1440; {TIME_MIN.describe()})")
+    g.add_argument("--mem-gb", type=option(MEM_GB, float), default=None, metavar="GB",
+                   help=f"slurm: memory per job (default: the partition's; {MEM_GB.describe()})")
+    g.add_argument("--logs", type=Path, default=None, metavar="DIR",
+                   help="slurm/submitit-local: per-job logs (default OUT/logs/ENGINE)")
+
+
+ENGINE_FLAGS = ("address", "cpus_per_run", "gpus_per_run", "retries", "partition", "time_min",
+                "mem_gb", "logs")
+
+
+def engine_options(args: argparse.Namespace) -> typing.Any:
+    """EngineOptions from the command line; an option the engine would ignore is refused."""
+    from maml_bench.engines import EngineOptions, check_options
+
+    given = {name: getattr(args, name) for name in ENGINE_FLAGS if getattr(args, name) is not None}
+    options = EngineOptions(engine=args.engine, jobs=args.jobs, **given)
+    check_options(options, set(given))
+    if options.logs is not None:
+        writable_dir(options.logs, "--logs")
+    return options
 
 
 def _add_profile_parser(sub: typing.Any) -> None:
@@ -388,6 +458,19 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> None:
     from maml_bench.reporting import build_comparison
 
+    if args.grid is not None:
+        from maml_bench.grid import read_index
+
+        experiment, points = read_index(args.grid)
+        if args.experiments != [experiment]:
+            raise UserError(f"--grid {args.grid} holds a grid of {experiment}; give only that "
+                            "experiment")
+        from maml_bench.grid import GRID_INDEX
+
+        root = args.grid.parent if (args.grid / GRID_INDEX).exists() else args.grid  # OUT/grid
+        _grid_comparison(experiment, writable_dir(root), points, [args.method], args.shots,
+                         list(args.steps))
+        return
     out = readable_records(args, args.experiments)
     name = args.name or f"{args.method}-k{args.shots}"
     for path in build_comparison(args.experiments, args.method, out, args.shots,
@@ -458,24 +541,65 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from maml_bench.executors import run_all
+    from maml_bench import distributed
+    from maml_bench.engines import run_with_engine
+    from maml_bench.grid import GridPoint, grid_points, point_dir, write_index
     from maml_bench.runner import plan_runs
 
     out = args.out or default_out(args.scale)
-    # Every setting, option and the output directory checked before the first run starts.
-    runs = plan_runs(args.experiment, args.scale, args.overrides, args.methods, args.seeds, out)
+    # Every setting, option and the output directory checked before the first run starts:
+    # each grid point's settings too.
+    points = grid_points(args.grid) if args.grid else [GridPoint("", ())]
+    plans = []
+    for point in points:
+        root = point_dir(out, point) if point.name else out
+        plans.append((point, root, plan_runs(args.experiment, args.scale,
+                                             args.overrides + list(point.overrides),
+                                             args.methods, args.seeds, root)))
+    runs = [run for _, _, point_runs in plans for run in point_runs]
+    options = engine_options(args)
+    # Under torchrun (WORLD_SIZE > 1): refuses what cannot be split, joins the process group.
+    distributed.setup_run_command(runs, jobs=args.jobs or 1)
+    if distributed.launched() and args.engine != "local":
+        raise UserError(f"--engine {args.engine} under torchrun: torchrun splits one run over "
+                        "its processes; launch the engine's command without torchrun")
     workers = max((getattr(r.config, "workers", 1) for r in runs), default=1)
-    if args.jobs > 1 and workers > 1 and len(runs) > 1:
+    if args.engine == "local" and (args.jobs or 1) > 1 and workers > 1 and len(runs) > 1:
         # pool workers are daemonic and cannot start the sampler's own worker processes
         raise UserError(f"--jobs {args.jobs} with --set workers={workers}: sampler worker "
                         "processes cannot start inside --jobs processes; use one of the two")
     writable_dir(out)
+    if args.grid and distributed.is_main():
+        write_index(out, args.experiment, points)
     logging.getLogger(__name__).info("%d runs of %s at %s scale into %s", len(runs),
                                      args.experiment, args.scale, out)
-    run_all(runs, jobs=args.jobs)
-    if not args.no_report:
-        _report(args.experiment, out, "normal", 0.95)
-        _plot(args.experiment, out)
+    run_with_engine(runs, options, out)
+    if args.no_report or not distributed.is_main():
+        return
+    for _, root, _ in plans:
+        _report(args.experiment, root, "normal", 0.95)
+        _plot(args.experiment, root)
+    if args.grid:
+        _grid_comparison(args.experiment, out, points, [run.method for run in runs])
+
+
+def _grid_comparison(experiment: str, out: Path, points: list[typing.Any], methods: list[str],
+                     shots: int | None = None, steps: list[int] | None = None) -> None:
+    """One table per (method, K) with a row per grid point, under OUT/grid/comparisons/."""
+    from maml_bench.grid import GRID_DIR, point_dir
+    from maml_bench.reporting import build_grid_comparison, experiment_records
+
+    rows = [(p.name, point_dir(out, p)) for p in points]
+    first = experiment_records(experiment, rows[0][1])
+    for method in dict.fromkeys(methods):
+        mine = first[first["method"] == method]
+        last = int(mine["step"].max())
+        shown = steps or sorted({0, 1, last} & set(mine["step"].astype(int)))
+        for k in [shots] if shots else sorted(mine["shots"].unique()):
+            for path in build_grid_comparison(experiment, rows, method, int(k), shown,
+                                              out / GRID_DIR / "comparisons",
+                                              f"{method}-k{int(k)}"):
+                print(f"wrote {path}")
 
 
 def _report(experiment: str, out: Path, ci: str, level: float) -> None:
@@ -522,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "profile":
             cmd_profile(args)
     except UserError as err:
-        print(f"maml-bench: error: {one_line(str(err))}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, not one per process
+            print(f"maml-bench: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from maml_bench import distributed
 from maml_bench.progress import duration, say, terminal
 from maml_bench.results import RUN_INFO_FILE
 from maml_bench.runner import RunSpec, execute, is_done
@@ -32,7 +33,8 @@ def run_all(runs: list[RunSpec], jobs: int = 1, progress: bool | None = None) ->
     Ctrl-C (or SIGINT to this process) stops every worker at once and re-raises
     KeyboardInterrupt; each run keeps its last checkpoint and resumes from it next time.
     """
-    todo = [r for r in runs if not is_done(r)]
+    # Under torchrun rank 0 decides, so that every process runs the same list in step.
+    todo = distributed.from_main(lambda: [r for r in runs if not is_done(r)])
     if len(todo) < len(runs):
         log.info("%d of %d runs already done, skipped", len(runs) - len(todo), len(runs))
     bars = terminal() if progress is None else progress

@@ -37,7 +37,12 @@ def duration(seconds: float) -> str:
 
 
 def say(text: str, stream: TextIO | None = None) -> None:
-    """One progress line, flushed at once (logs are read while the run goes on)."""
+    """One progress line, flushed at once (logs are read while the run goes on); under
+    torchrun from rank 0 only, which speaks for every process of the run."""
+    from maml_bench import distributed
+
+    if not distributed.is_main():
+        return
     stream = stream or sys.stderr
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=stream, flush=True)
 

@@ -220,35 +220,54 @@ def build_comparison(experiment_ids: list[str], method: str, out: Path, shots: i
     """One method across protocol variants (one row per experiment), beside the paper, with the
     median and worst test task after the last step: what a protocol detail moves. Each row is
     labelled with what its runs actually ran (their run.json), not the experiment's defaults."""
+    rows = [(e, e, out) for e in experiment_ids]
+    caption = (f"{method}, K = {shots}: the paper's number against protocol variants "
+               f"({', '.join(experiment_ids)})")
+    return compare_rows(rows, method, shots, steps, out / "comparisons", name, caption, ci)
+
+
+def build_grid_comparison(experiment_id: str, points: list[tuple[str, Path]], method: str,
+                          shots: int, steps: list[int], out: Path, name: str,
+                          ci: str = "normal") -> list[Path]:
+    """One method across the points of a grid (one row per point, each read from its own
+    output directory), beside the paper."""
+    rows = [(label, experiment_id, root) for label, root in points]
+    caption = f"{experiment_id}, {method}, K = {shots}: one row per grid point"
+    return compare_rows(rows, method, shots, steps, out, name, caption, ci)
+
+
+def compare_rows(rows: list[tuple[str, str, Path]], method: str, shots: int, steps: list[int],
+                 out: Path, name: str, caption: str, ci: str = "normal") -> list[Path]:
+    """The comparison table: one row per (label, experiment id, records root)."""
     from maml_bench.report.tables import format_table, summarize, write_table
 
     summaries, labels, tails = [], {}, {}
-    for experiment_id in experiment_ids:
+    for label, experiment_id, root in rows:
         experiment = EXPERIMENTS.get(experiment_id)
-        records = experiment_records(experiment_id, out)
+        records = experiment_records(experiment_id, root)
         records = records[(records["method"] == method) & (records["shots"] == shots)]
         if records.empty:
-            raise UserError(f"no {method} records with K={shots} for {experiment_id} under {out}")
+            raise UserError(f"no {method} records with K={shots} for {experiment_id} under "
+                            f"{root}")
         missing = sorted(set(steps) - set(records["step"]))
         if missing:
             raise UserError(f"--steps {','.join(map(str, missing))}: {experiment_id}'s {method} "
                             f"records have steps {records['step'].min()}.."
                             f"{records['step'].max()} only")
         summary = summarize(records, experiment.paper_frame(), ci=ci)
-        summary["method"] = experiment_id
+        summary["method"] = label
         summary["experiment"] = "comparison"
         summaries.append(summary)
-        runs = experiment_runs(experiment_id, out)
-        labels[experiment_id] = f"{experiment_id} ({_protocol(runs[runs['method'] == method])})"
-        tails[experiment_id] = _tail(records, max(steps))
+        runs = experiment_runs(experiment_id, root)
+        labels[label] = f"{label} ({_protocol(runs[runs['method'] == method])})"
+        tails[label] = _tail(records, max(steps))
     combined = pd.concat(summaries, ignore_index=True)
     wide = format_table(combined, shots, steps, labels)
     last = max(steps)
-    wide[f"median after {last}"] = [tails[e][0] for e in experiment_ids]
-    wide[f"worst task after {last}"] = [tails[e][1] for e in experiment_ids]
-    caption = (f"{method}, K = {shots}: the paper's number against protocol variants "
-               f"({', '.join(experiment_ids)})")
-    paths = write_table(combined, wide, out / "comparisons", name, caption)
+    order = [label for label, _, _ in rows]
+    wide[f"median after {last}"] = [tails[e][0] for e in order]
+    wide[f"worst task after {last}"] = [tails[e][1] for e in order]
+    paths = write_table(combined, wide, out, name, caption)
     return list(paths.values())
 
 

@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from maml_bench import distributed
 from maml_bench.algorithms import ALGORITHMS, Algorithm
 from maml_bench.config import apply_overrides, config_dict, config_hash
 from maml_bench.errors import TrainingDiverged, UserError
@@ -187,13 +188,22 @@ def remove_stray_temp_files(directory: Path) -> None:
 
 
 def execute(run: RunSpec, progress: bool | str | None = None, threads: int = 1) -> Path:
-    """Train (resuming from a checkpoint if one exists), evaluate and write the run's files."""
-    with run_lock(run):
-        remove_stray_temp_files(run.directory)
-        if is_done(run):
+    """Train (resuming from a checkpoint if one exists), evaluate and write the run's files.
+
+    Under torchrun every process calls this for the same run: rank 0 alone holds the lock,
+    decides whether the run is done, reads the checkpoint, writes every file and shows
+    progress; every rank trains and evaluates (each step is a collective)."""
+    with ExitStack() as stack:
+        def claim() -> bool:
+            stack.enter_context(run_lock(run))
+            remove_stray_temp_files(run.directory)
+            return is_done(run)
+
+        if distributed.from_main(claim):
             log.info("%s: already done, skipped", run.run_id)
             return run.directory
-        return _execute(run, progress_mode(progress), threads)
+        mode = progress_mode(progress) if distributed.is_main() else "off"
+        return _execute(run, mode, threads)
 
 
 def _execute(run: RunSpec, mode: str, threads: int) -> Path:
@@ -205,10 +215,10 @@ def _execute(run: RunSpec, mode: str, threads: int) -> Path:
     chash = config_hash(run.config)
     ckpt_path = run.directory / CHECKPOINT_FILE
     start, train_log, train_seconds = 0, [], 0.0
-    if ckpt_path.exists():
-        state = _load_checkpoint(ckpt_path)
-        if state.get("config_hash") != chash:
-            raise UserError(f"{ckpt_path} belongs to another config; delete it or use --out")
+    # Read by rank 0 and sent to the others under torchrun: the same state everywhere, even
+    # where the processes do not share a file system.
+    state = distributed.from_main(lambda: _resume_state(ckpt_path, chash))
+    if state is not None:
         algorithm.load_state_dict(state["algorithm"])
         start, train_log = state["iteration"], state["train_log"]
         train_seconds = state.get("train_seconds", 0.0)
@@ -228,6 +238,8 @@ def _execute(run: RunSpec, mode: str, threads: int) -> Path:
         curves = algorithm.evaluate()
         fits = fit_frame(algorithm, benchmark, run.config.eval_steps)
     eval_seconds = time.perf_counter() - t0
+    if not distributed.is_main():
+        return run.directory  # rank 0 writes the run's files
     prov = provenance("cpu")
     frame = records_frame(run, curves, benchmark.metric_name, {**prov, "config_hash": chash})
     write_records(run.directory / RECORDS_FILE, frame)
@@ -248,6 +260,7 @@ def _execute(run: RunSpec, mode: str, threads: int) -> Path:
         "config_hash": chash, "iterations": algorithm.iterations,
         "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
         "nonfinite_test_values": nonfinite, "info": algorithm.info,
+        "world_size": distributed.world_size(),  # processes that split each meta-batch
         **seal(run.directory / RECORDS_FILE), **prov,
     })
     return run.directory
@@ -293,8 +306,10 @@ def _train(run: RunSpec, algorithm: Algorithm, start: int, train_log: list[dict[
             train_log.append(row)
             loss_sum, since_log = torch.zeros(()), 0
         if ckpt_due:
+            distributed.check_identical(algorithm.tensors())  # torchrun: one state, one file
             elapsed = seconds_before + time.perf_counter() - t0
-            _save_checkpoint(ckpt_path, algorithm, done, train_log, chash, elapsed)
+            if distributed.is_main():
+                _save_checkpoint(ckpt_path, algorithm, done, train_log, chash, elapsed)
             last_good = done
         bar.update(done)
     bar.close()
@@ -314,6 +329,16 @@ def _save_checkpoint(path: Path, algorithm: Algorithm, iteration: int,
                 "train_log": list(train_log), "config_hash": chash,
                 "train_seconds": seconds}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def _resume_state(path: Path, chash: str) -> dict[str, Any] | None:
+    """The checkpoint to resume from, None if there is none yet."""
+    if not path.exists():
+        return None
+    state = _load_checkpoint(path)
+    if state.get("config_hash") != chash:
+        raise UserError(f"{path} belongs to another config; delete it or use --out")
+    return state
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:

@@ -113,6 +113,11 @@ OPTIONS = [
     (SYNTH, "--classes-per-split", cli.CLASSES_PER_SPLIT),
     (SYNTH, "--images-per-class", cli.IMAGES_PER_CLASS),
     (SYNTH, "--seed", cli.SYNTH_SEED),
+    *[(["run", "--scale", "tiny", "--no-report", "--out", "{out}"], flag, domain)
+      for flag, domain in (("--engine", cli.ENGINE), ("--cpus-per-run", cli.CPUS_PER_RUN),
+                           ("--gpus-per-run", cli.GPUS_PER_RUN), ("--retries", cli.RETRIES),
+                           ("--time", cli.TIME_MIN), ("--mem-gb", cli.MEM_GB),
+                           ("--partition", cli.NAME))],
 ]
 
 

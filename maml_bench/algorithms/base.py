@@ -28,6 +28,10 @@ class Algorithm(ABC):
     of it is in `state_dict`, so a resumed run continues with exactly the same numbers.
     """
 
+    #: splits its meta-batch over torchrun's processes (`maml_bench.distributed`): train_step
+    #: all-reduces its meta-gradient and evaluation goes through `evaluate_adaptation`
+    data_parallel: bool = False
+
     def __init__(self, benchmark: SupervisedBenchmark, config: Any, seed: int) -> None:
         self.benchmark = benchmark
         self.config = config

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from maml_bench import distributed
 from maml_bench.algorithms.base import (
     Algorithm,
     adam,
@@ -32,6 +33,7 @@ class MAML(Algorithm):
     theta <- theta - beta * grad_theta sum_i L_i(theta - alpha grad L_i(theta))."""
 
     first_order = False
+    data_parallel = True  # also FOMAML, Meta-SGD, ANIL, context vector (same train_step)
 
     def __init__(self, benchmark: SupervisedBenchmark, config: Any, seed: int) -> None:
         super().__init__(benchmark, config, seed)
@@ -77,7 +79,15 @@ class MAML(Algorithm):
         c = self.config
         batch = self.benchmark.train_batch(self.gen, c.meta_batch, c.train_shots, c.train_query)
         params = self.meta_parameters()
-        if c.task_chunk == 0 or c.task_chunk >= c.meta_batch:
+        if distributed.active():
+            # Every rank drew this same batch; each differentiates its share of the tasks
+            # (divided by the whole batch's count), so the sums over ranks are the mean loss
+            # and its gradient, identical on every rank.
+            part = distributed.shard(batch)
+            loss, grads = self.chunked_meta_gradient(part, params, c.task_chunk or part.n_tasks,
+                                                     batch.n_tasks)
+            loss, *grads = distributed.all_reduce_sum([loss, *grads])
+        elif c.task_chunk == 0 or c.task_chunk >= c.meta_batch:
             loss = self.query_losses(batch).mean()
             grads = torch.autograd.grad(loss, params)
         else:  # one graph per chunk of tasks, freed before the next: same mean gradient
@@ -91,12 +101,15 @@ class MAML(Algorithm):
         self.optimizer.step()
         return loss.detach()
 
-    def chunked_meta_gradient(self, batch: SupervisedBatch, params: list[Tensor], chunk: int
-                              ) -> tuple[Tensor, list[Tensor]]:
+    def chunked_meta_gradient(self, batch: SupervisedBatch, params: list[Tensor], chunk: int,
+                              n_tasks: int | None = None) -> tuple[Tensor, list[Tensor]]:
+        """The summed query losses of `batch` / n_tasks (default: its own task count) and their
+        gradient, one graph per `chunk` tasks; n_tasks > batch.n_tasks: a share of a larger
+        batch (torchrun)."""
         total = torch.zeros(())
         grads = [torch.zeros_like(p) for p in params]
         for part in batch.chunks(chunk):
-            loss = self.query_losses(part).sum() / batch.n_tasks
+            loss = self.query_losses(part).sum() / (n_tasks or batch.n_tasks)
             for g, d in zip(grads, torch.autograd.grad(loss, params), strict=True):
                 g.add_(d)
             total += loss.detach()

@@ -16,6 +16,8 @@ class Reptile(MAML):
     step size inner_lr on each task's support set, fed to Adam (the Reptile paper's variant for
     batched tasks). Meta-test: plain fine-tuning with inner_lr, like MAML."""
 
+    data_parallel = False  # its own train_step, without the all-reduce of MAML's
+
     def train_step(self, iteration: int) -> Tensor:
         c = self.config
         batch = self.benchmark.train_batch(self.gen, c.meta_batch, c.train_shots, c.train_query)

@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from maml_bench import distributed
+
 Params = dict[str, Tensor]
 #: params with a leading task dim [T, ...] and inputs [T, N, ...] -> predictions [T, N, ...]
 BatchedForward = Callable[[Mapping[str, Tensor], Tensor], Tensor]
@@ -54,6 +56,11 @@ class SupervisedBatch:
             self.x_support, self.y_support, self.x_query, self.y_query, self.task_info)]
         return [SupervisedBatch(*(p[i] if p is not None else None for p in parts))
                 for i in range(len(parts[0]))]
+
+    def select(self, start: int, stop: int) -> SupervisedBatch:
+        """Tasks start..stop-1 (views, no copy): one process's share under torchrun."""
+        return SupervisedBatch(*(t[start:stop] if t is not None else None for t in (
+            self.x_support, self.y_support, self.x_query, self.y_query, self.task_info)))
 
     def to(self, dtype: torch.dtype) -> SupervisedBatch:
         def cast(t: Tensor | None) -> Tensor | None:
@@ -214,7 +221,29 @@ def evaluate_adaptation(
     chunk: int = 200,
 ) -> Tensor:
     """Meta-test: adapt each task with plain gradient steps and return the query metric of every
-    task after 0..steps steps, shape [T, steps + 1]. Tasks are processed `chunk` at a time."""
+    task after 0..steps steps, shape [T, steps + 1]. Tasks are processed `chunk` at a time.
+
+    Under torchrun (a process group of N > 1) each process adapts its contiguous share of the
+    tasks and every process returns all of them: a collective, so every rank must call it.
+    Fewer tasks than processes: every process adapts them all (an empty share would not know
+    the shape of its part of the result)."""
+    if distributed.active() and batch.n_tasks >= distributed.world_size():
+        part = _adaptation_curves(forward, theta, distributed.shard(batch), loss_fn, metric_fn,
+                                  steps, lrs, chunk)
+        return distributed.gather_tasks(part, batch.n_tasks)
+    return _adaptation_curves(forward, theta, batch, loss_fn, metric_fn, steps, lrs, chunk)
+
+
+def _adaptation_curves(
+    forward: BatchedForward,
+    theta: Mapping[str, Tensor],
+    batch: SupervisedBatch,
+    loss_fn: TaskLoss,
+    metric_fn: TaskLoss,
+    steps: int,
+    lrs: StepSizes,
+    chunk: int,
+) -> Tensor:
     out = []
     for start in range(0, batch.n_tasks, chunk):
         sl = slice(start, start + chunk)

@@ -1,0 +1,74 @@
+"""Runs as Ray tasks: on an existing cluster (`--address`) or on a local one started for the
+command. Ray retries a task whose worker died (`--retries`); the run then resumes from its last
+checkpoint in the shared output directory, so a lost worker costs only the work since then."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from maml_bench.engines.job import JobResult, run_job
+from maml_bench.engines.options import EngineOptions, require_module
+from maml_bench.engines.summary import Summary
+from maml_bench.errors import UserError, one_line
+from maml_bench.runner import RunSpec
+
+#: environment the workers need from the driver (datasets, caches, progress cadence)
+FORWARDED_ENV = ("MAML_BENCH_DATA", "MAML_BENCH_CACHE", "MAML_BENCH_PROGRESS_SECONDS")
+
+
+def run_on_ray(todo: list[RunSpec], options: EngineOptions, summary: Summary) -> None:
+    ray = require_module("ray", "ray")
+    started = not ray.is_initialized()
+    if started:
+        _connect(ray, options)
+    remote = ray.remote(run_job)
+    refs: dict[Any, RunSpec] = {}
+    try:
+        for run in todo:
+            ref = remote.options(
+                num_cpus=options.cpus_per_run, num_gpus=options.gpus_per_run,
+                max_retries=options.retries, retry_exceptions=False,
+                name=run.run_id).remote(run, options.cpus_per_run)
+            refs[ref] = run
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+            for ref in ready:
+                result = _result(ray, ref, refs[ref])
+                summary.finished(result.directory, result.ok, result.reason)
+            summary.refresh(str(refs[ref].directory) for ref in pending)
+    except BaseException:
+        for ref in refs:  # Ctrl-C: stop the cluster's work too; checkpoints are kept
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _connect(ray: Any, options: EngineOptions) -> None:
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
+                              "logging_level": "ERROR"}
+    if options.address:
+        try:
+            ray.init(address=options.address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise UserError(f"--address {options.address}: no Ray cluster there "
+                            f"({one_line(str(err))[:200]}); start one with `ray start --head` "
+                            "or leave --address out for a local one") from None
+        return
+    cpus = options.jobs * options.cpus_per_run if options.jobs else None  # None: every core
+    ray.init(num_cpus=cpus, include_dashboard=False, **kwargs)
+
+
+def _result(ray: Any, ref: Any, run: RunSpec) -> JobResult:
+    """The run's result; a worker lost more often than --retries allows becomes a failure."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.TaskCancelledError:
+        raise KeyboardInterrupt from None
+    except ray.exceptions.RayError as err:
+        first = one_line(str(err).strip().splitlines()[0] if str(err).strip() else "")
+        return JobResult(str(run.directory), False, f"{type(err).__name__}: {first[:300]}")

@@ -1,0 +1,169 @@
+"""Engines (Ray, SLURM through submitit's local executor) give the records `--engine local`
+gives; a worker or job killed mid-run still ends with every record present once; grids run one
+output directory per point with a comparison across them; bad engine options are one line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from maml_bench import cli
+from maml_bench.results import RECORDS_FILE, check_run
+
+EXPERIMENT = "sinusoid-table2-v1"
+TINY = ["run", EXPERIMENT, "--scale", "tiny", "--method", "maml", "--no-report"]
+#: long enough to be killed mid-run after its first checkpoint, short enough for CI
+LONG = ["--set", "iterations=1500", "--set", "checkpoint_every=100", "--set", "log_every=100",
+        "--set", "check_every=50"]
+
+
+def run_cli(capsys, argv: list[str]) -> tuple[int, str]:
+    capsys.readouterr()
+    try:
+        code = cli.main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    return code, capsys.readouterr().err
+
+
+def records(out: Path, method: str = "maml") -> dict[str, pd.DataFrame]:
+    """Each run's records (values and keys; provenance such as dates differs by design)."""
+    found = {}
+    for path in sorted(out.glob(f"**/raw/{method}/seed-*/{RECORDS_FILE}")):
+        assert check_run(path.parent)[0] is None, path
+        frame = pd.read_csv(path)
+        found[str(path.parent.relative_to(out))] = frame[
+            ["run_id", "seed", "run_seed", "shots", "task", "step", "metric", "value"]]
+    return found
+
+
+def assert_same_records(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> None:
+    assert a.keys() == b.keys() and a
+    for key in a:
+        pd.testing.assert_frame_equal(a[key], b[key], check_exact=True)
+        assert not a[key].duplicated(["shots", "task", "step", "metric"]).any(), key
+
+
+def kill_when_checkpointed(run_dir: Path, killed: list[int]) -> None:
+    """SIGKILL the process holding the run's lock once its first checkpoint exists."""
+    deadline = time.time() + 240
+    while time.time() < deadline and not killed:
+        try:
+            pid = int((run_dir / ".run.lock").read_text().strip() or 0)
+        except (OSError, ValueError):
+            pid = 0
+        if pid and (run_dir / "checkpoint.pt").exists() and not (run_dir / "run.json").exists():
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def local_long(tmp_path_factory) -> dict[str, pd.DataFrame]:
+    out = tmp_path_factory.mktemp("local-long")
+    assert cli.main([*TINY, *LONG, "--out", str(out)]) == 0
+    return records(out)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray", reason="the cluster extra: pip install -e '.[cluster]'")
+    # One local cluster for the module (starting one costs ~10-50 s); the engine joins it.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def test_grid_runs_each_point_and_compares_them(tmp_path, capsys):
+    out = tmp_path / "grid"
+    code, err = run_cli(capsys, ["run", EXPERIMENT, "--scale", "tiny", "--method", "maml",
+                                 "--grid", "inner_lr=0.01,0.001", "--grid", "meta_batch=5,10",
+                                 "--out", str(out)])
+    assert code == 0, err
+    points = sorted(p.name for p in (out / "grid").iterdir() if p.name.startswith("inner_lr"))
+    assert points == [f"inner_lr={a},meta_batch={b}" for a in ("0.001", "0.01")
+                      for b in ("10", "5")]
+    for point in points:
+        info = (out / "grid" / point / EXPERIMENT / "raw" / "maml" / "seed-0" / "run.json")
+        text = info.read_text()
+        lr, mb = point.replace("inner_lr=", "").split(",meta_batch=")
+        assert f'"inner_lr": {lr}' in text and f'"meta_batch": {mb}' in text
+    table = (out / "grid" / "comparisons" / "maml-k5.md").read_text()
+    assert all(p in table for p in points)
+    # `compare --grid` rebuilds the table from the grid's index
+    (out / "grid" / "comparisons" / "maml-k5.md").unlink()
+    code, err = run_cli(capsys, ["compare", EXPERIMENT, "--grid", str(out), "--shots", "5",
+                                 "--steps", "0,1,3"])
+    assert code == 0, err
+    assert all(p in (out / "grid" / "comparisons" / "maml-k5.md").read_text() for p in points)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--engine", "kubernetes"],
+    ["--address", "auto"],  # a Ray option with the local engine
+    ["--engine", "ray", "--partition", "gpu"],  # a SLURM option with Ray
+    ["--grid", "inner_lr"],
+    ["--grid", "inner_lr=0.01,0.01"],
+    ["--grid", "inner_lr=-1,0.01"],  # outside the setting's domain: refused before any run
+    ["--grid", "no_such_setting=1,2"],
+])
+def test_bad_engine_or_grid_option_is_one_line(argv, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, [*TINY, "--out", str(out), *argv])
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not list(out.glob("**/raw"))
+
+
+def test_slurm_without_sbatch_is_one_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    code, err = run_cli(capsys, [*TINY, "--out", str(tmp_path / "o"), "--engine", "slurm"])
+    assert code == 2 and "sbatch" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_ray_sweep_matches_local(ray_cluster, tmp_path, capsys):
+    grid = ["--grid", "inner_lr=0.01,0.001"]
+    assert cli.main([*TINY, *grid, "--out", str(tmp_path / "local")]) == 0
+    code, err = run_cli(capsys, [*TINY, *grid, "--out", str(tmp_path / "ray"), "--engine",
+                                 "ray"])
+    assert code == 0, err
+    assert "ray: 2 done, 0 running, 0 failed, 0 pending" in err
+    assert_same_records(records(tmp_path / "local"), records(tmp_path / "ray"))
+
+
+def test_killed_ray_worker_resumes_with_every_record_once(ray_cluster, local_long, tmp_path,
+                                                          capsys):
+    out = tmp_path / "ray"
+    run_dir = out / EXPERIMENT / "raw" / "maml" / "seed-0"
+    killed: list[int] = []
+    killer = threading.Thread(target=kill_when_checkpointed, args=(run_dir, killed))
+    killer.start()
+    code, err = run_cli(capsys, [*TINY, *LONG, "--out", str(out), "--engine", "ray"])
+    killer.join()
+    assert killed, "the run finished before it could be killed"
+    assert code == 0, err
+    assert_same_records(local_long, records(out))
+
+
+def test_submitit_local_matches_local_and_survives_a_killed_job(local_long, tmp_path, capsys):
+    pytest.importorskip("submitit", reason="the cluster extra: pip install -e '.[cluster]'")
+    out = tmp_path / "submitit"
+    run_dir = out / EXPERIMENT / "raw" / "maml" / "seed-0"
+    killed: list[int] = []
+    killer = threading.Thread(target=kill_when_checkpointed, args=(run_dir, killed))
+    killer.start()
+    code, err = run_cli(capsys, [*TINY, *LONG, "--out", str(out), "--engine", "submitit-local"])
+    killer.join()
+    assert killed, "the run finished before it could be killed"
+    assert code == 0, err
+    assert "resubmitting" in err
+    assert_same_records(local_long, records(out))
+    assert list((out / "logs" / "submitit-local").glob("*/*_log.err"))  # per-job logs kept
