@@ -308,6 +308,11 @@ def engine_options(args: argparse.Namespace) -> typing.Any:
     given = {name: getattr(args, name) for name in ENGINE_FLAGS if getattr(args, name) is not None}
     options = EngineOptions(engine=args.engine, jobs=args.jobs, **given)
     check_options(options, set(given))
+    if options.gpus_per_run:
+        from maml_bench.progress import say
+
+        say("note: --gpus-per-run reserves GPUs for each run, but runs train on the CPU in this "
+            "version (see README 'Running at scale')")
     if options.logs is not None:
         writable_dir(options.logs, "--logs")
     return options
