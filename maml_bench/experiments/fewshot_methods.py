@@ -52,14 +52,24 @@ def protonet_settings(dataset: str, shots: int) -> dict[str, Any]:
     return {"protonet_train_ways": 30 if shots == 1 else 20, "train_query": 15, "meta_batch": 1}
 
 
+def matching_settings(dataset: str) -> dict[str, Any]:
+    """The MAML paper's MiniImagenet matching-nets row is Vinyals et al.'s with full context
+    embeddings (FCE); its Omniglot rows are without. Vinyals et al. do not state the attention
+    LSTM's number of steps K; 2 is what a public PyTorch reproduction of their results uses
+    (oscarknagg/few-shot, `unrolling_steps=2`)."""
+    return {"matching_fce_steps": 2} if dataset == "miniimagenet" else {}
+
+
 def later_methods(dataset: str, ways: int, shots: int) -> tuple[MethodSpec, ...]:
     """Every later method of the setting, labelled with the source of its published number."""
     published = PUBLISHED.get((dataset, ways, shots), {})
     specs = []
     for method, name in NAMES.items():
-        label = f"{name} ({SOURCES[method]})" if method in published else name
         overrides = (protonet_settings(dataset, shots) if method == "protonets" else
-                     {"meta_batch": 1} if method == "metalstm" else {})  # its paper's episodes
+                     {"meta_batch": 1} if method == "metalstm" else  # its paper's episodes
+                     matching_settings(dataset) if method == "matchingnets" else {})
+        name += " (FCE)" if overrides.get("matching_fce_steps") else ""
+        label = f"{name} ({SOURCES[method]})" if method in published else name
         specs.append(MethodSpec(method, label, seeds=1, overrides=overrides))
     return tuple(specs)
 
