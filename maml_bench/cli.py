@@ -253,10 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare the points of the grid run into DIR (the run's --out); one "
                    "EXPERIMENT, the grid's")
     p.add_argument("--method", default="maml", help="algorithm id (default maml)")
-    p.add_argument("--shots", type=option(SHOTS), default=5,
-                   help=f"K at meta-test (default 5; {SHOTS.describe()})")
-    p.add_argument("--steps", type=option(STEPS, int_list), default=(1, 5, 10),
-                   help="gradient steps to show, as in the records (default 1,5,10)")
+    p.add_argument("--shots", type=option(SHOTS), default=None,
+                   help=f"K at meta-test (default 5; with --grid, every K all points have; "
+                   f"{SHOTS.describe()})")
+    p.add_argument("--steps", type=option(STEPS, int_list), default=None,
+                   help="gradient steps to show, as in the records (default 1,5,10; with "
+                   "--grid 0, 1 and the last)")
     p.add_argument("--name", default=None, type=option(NAME, str),
                    help="file name under OUT/comparisons/ (letters, digits, . _ -)")
     p.add_argument("--scale", default="paper", type=option(SCALE, str),
@@ -269,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
-        "engines (where the runs execute; results are the same on each; see README 'At scale')")
+        "engines (where the runs execute; the results are the same on each; README: 'Running "
+        "at scale')")
     g.add_argument("--engine", default="local", type=option(ENGINE, str),
                    help="local: this machine (default); ray: Ray tasks on --address or a local "
                    "cluster; slurm: a SLURM job array via submitit; submitit-local: the same "
@@ -474,12 +477,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
         root = args.grid.parent if (args.grid / GRID_INDEX).exists() else args.grid  # OUT/grid
         _grid_comparison(experiment, writable_dir(root), points, [args.method], args.shots,
-                         list(args.steps))
+                         list(args.steps) if args.steps else None)
         return
     out = readable_records(args, args.experiments)
-    name = args.name or f"{args.method}-k{args.shots}"
-    for path in build_comparison(args.experiments, args.method, out, args.shots,
-                                 list(args.steps), name):
+    shots, steps = args.shots or 5, list(args.steps or (1, 5, 10))
+    name = args.name or f"{args.method}-k{shots}"
+    for path in build_comparison(args.experiments, args.method, out, shots, steps, name):
         print(f"wrote {path}")
 
 
@@ -548,26 +551,38 @@ def _field_docs(cls: type) -> dict[str, str]:
 def cmd_run(args: argparse.Namespace) -> None:
     from maml_bench import distributed
     from maml_bench.engines import run_with_engine
-    from maml_bench.grid import GridPoint, grid_points, point_dir, write_index
+    from maml_bench.grid import (
+        GridPoint,
+        canonical,
+        check_points,
+        grid_points,
+        point_dir,
+        write_index,
+    )
     from maml_bench.runner import plan_runs
 
     out = args.out or default_out(args.scale)
+    if distributed.launched() and args.engine != "local":
+        raise UserError(f"--engine {args.engine} under torchrun: torchrun splits one run over "
+                        "its processes; launch the engine's command without torchrun")
     # Every setting, option and the output directory checked before the first run starts:
     # each grid point's settings too.
     points = grid_points(args.grid) if args.grid else [GridPoint("", ())]
     plans = []
     for point in points:
-        root = point_dir(out, point) if point.name else out
-        plans.append((point, root, plan_runs(args.experiment, args.scale,
-                                             args.overrides + list(point.overrides),
-                                             args.methods, args.seeds, root)))
+        runs = plan_runs(args.experiment, args.scale, args.overrides + list(point.overrides),
+                         args.methods, args.seeds, out)
+        if point.name:  # named by the values the config holds, under OUT/grid/
+            point = canonical(point, runs[0].config)
+            runs = [dataclasses.replace(run, out=point_dir(out, point)) for run in runs]
+        plans.append((point, runs[0].out if point.name else out, runs))
+    points = [point for point, _, _ in plans]
+    if args.grid:
+        check_points(points, args.overrides)
     runs = [run for _, _, point_runs in plans for run in point_runs]
     options = engine_options(args)
     # Under torchrun (WORLD_SIZE > 1): refuses what cannot be split, joins the process group.
     distributed.setup_run_command(runs, jobs=args.jobs or 1)
-    if distributed.launched() and args.engine != "local":
-        raise UserError(f"--engine {args.engine} under torchrun: torchrun splits one run over "
-                        "its processes; launch the engine's command without torchrun")
     workers = max((getattr(r.config, "workers", 1) for r in runs), default=1)
     if args.engine == "local" and (args.jobs or 1) > 1 and workers > 1 and len(runs) > 1:
         # pool workers are daemonic and cannot start the sampler's own worker processes
@@ -590,21 +605,38 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def _grid_comparison(experiment: str, out: Path, points: list[typing.Any], methods: list[str],
                      shots: int | None = None, steps: list[int] | None = None) -> None:
-    """One table per (method, K) with a row per grid point, under OUT/grid/comparisons/."""
+    """One table per (method, K) with a row per grid point, under OUT/grid/comparisons/. K and
+    steps default to those every point has (a grid over eval_shots or eval_steps varies them);
+    the steps shown: 0, 1 and the last."""
     from maml_bench.grid import GRID_DIR, point_dir
+    from maml_bench.progress import say
     from maml_bench.reporting import build_grid_comparison, experiment_records
 
     rows = [(p.name, point_dir(out, p)) for p in points]
-    first = experiment_records(experiment, rows[0][1])
+    frames = [experiment_records(experiment, root) for _, root in rows]
     for method in dict.fromkeys(methods):
-        mine = first[first["method"] == method]
-        last = int(mine["step"].max())
-        shown = steps or sorted({0, 1, last} & set(mine["step"].astype(int)))
-        for k in [shots] if shots else sorted(mine["shots"].unique()):
-            for path in build_grid_comparison(experiment, rows, method, int(k), shown,
+        mine = [frame[frame["method"] == method] for frame in frames]
+        if any(frame.empty for frame in mine):
+            missing = next(name for (name, _), f in zip(rows, mine, strict=True) if f.empty)
+            raise UserError(f"no {method} records at grid point {missing}; run the grid with "
+                            f"--method {method} first")
+        common_shots = set.intersection(*(set(f["shots"].astype(int)) for f in mine))
+        common_steps = set.intersection(*(set(f["step"].astype(int)) for f in mine))
+        wanted = [shots] if shots else sorted(common_shots)
+        if shots and shots not in common_shots:
+            raise UserError(f"--shots {shots}: not in every grid point's {method} records "
+                            f"(all have K in {sorted(common_shots) or 'none'})")
+        shown = list(steps) if steps else sorted({0, 1, max(common_steps)} & common_steps)
+        for k in wanted:
+            for path in build_grid_comparison(experiment, rows, method, k, shown,
                                               out / GRID_DIR / "comparisons",
-                                              f"{method}-k{int(k)}"):
+                                              f"{method}-k{k}"):
                 print(f"wrote {path}")
+        left_out = sorted(set().union(*(set(f["shots"].astype(int)) for f in mine))
+                          - common_shots)
+        if left_out and not shots:
+            say(f"note: K = {', '.join(map(str, left_out))} left out of the grid comparison: "
+                "not every point has it")
 
 
 def _report(experiment: str, out: Path, ci: str, level: float) -> None:

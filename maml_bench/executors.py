@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from maml_bench import distributed
+from maml_bench.errors import UserError, one_line
 from maml_bench.progress import duration, say, terminal
 from maml_bench.results import RUN_INFO_FILE
 from maml_bench.runner import RunSpec, execute, is_done
@@ -50,17 +51,38 @@ def run_all(runs: list[RunSpec], jobs: int = 1, progress: bool | None = None) ->
             say(f"finished {run_id} in {duration(seconds)}; {len(done)}/{len(todo)} runs done"
                 + (f", ETA {duration(eta)}" if left else ""))
 
+    failed: dict[str, UserError] = {}
+
+    def failure(run: RunSpec, err: UserError) -> None:
+        # A run's own failure (divergence, bad data, locked by another process) does not stop
+        # the others, as on every engine; the command then ends naming it.
+        failed[str(run.directory)] = err
+        if len(todo) > 1:
+            say(f"failed {run.run_id}: {one_line(str(err))}")
+
     if jobs <= 1 or len(todo) <= 1:
         for run in todo:
-            path, seconds = _run_one(run, "lines" if lines else bars, lines)
+            try:
+                path, seconds = _run_one(run, "lines" if lines else bars, lines)
+            except UserError as err:
+                failure(run, err)
+                continue
             finished(path, seconds, run.run_id)
     else:
-        _pool(todo, jobs, bars, lines, finished)
+        _pool(todo, jobs, bars, lines, finished, failure)
     warn_nonfinite(runs)
+    if failed:
+        first, err = next(iter(failed.items()))
+        if len(todo) == 1:
+            raise err
+        raise UserError(f"{len(failed)} of {len(todo)} runs failed (first: {first}: "
+                        f"{one_line(str(err))}); "
+                        "the others' records are written; fix it and run the same command "
+                        "again: finished runs are skipped")
     return done
 
 
-def _pool(todo: list[RunSpec], jobs: int, bars: bool, lines: bool, finished) -> None:
+def _pool(todo: list[RunSpec], jobs: int, bars: bool, lines: bool, finished, failure) -> None:
     # spawn: forking a process that already ran torch can deadlock its thread pools.
     context = multiprocessing.get_context("spawn")
     bar = None
@@ -76,14 +98,18 @@ def _pool(todo: list[RunSpec], jobs: int, bars: bool, lines: bool, finished) -> 
         while pending:
             for item in [p for p in pending if p[1].ready()]:
                 pending.remove(item)
-                path, seconds = item[1].get()  # re-raises a run's error here, with its message
-                finished(path, seconds, item[0].run_id)
+                try:
+                    path, seconds = item[1].get()  # re-raises a run's error, with its message
+                except UserError as err:
+                    failure(item[0], err)
+                else:
+                    finished(path, seconds, item[0].run_id)
                 if bar is not None:
                     bar.update(1)
             time.sleep(0.2)
         pool.close()
     except BaseException:
-        # Ctrl-C or a failed run: stop every worker now instead of letting the pool take the
+        # Ctrl-C or a bug: stop every worker now instead of letting the pool take the
         # queued runs; checkpoints are written atomically, so a killed worker loses only the
         # iterations since its last one.
         pool.terminate()

@@ -5,11 +5,14 @@ finds them again."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from maml_bench.domains import show_value
 from maml_bench.errors import UserError
 from maml_bench.results import write_json
 
@@ -17,6 +20,8 @@ GRID_DIR = "grid"
 GRID_INDEX = "grid.json"
 #: a setting whose value is itself a comma list (e.g. eval_shots=5,10) takes ';' between points
 LIST_SEPARATOR = ";"
+#: longer point names end in a hash instead (file systems allow 255 bytes per name)
+MAX_NAME = 200
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,35 @@ def grid_points(items: list[str]) -> list[GridPoint]:
         pairs = [f"{key}={value}" for (key, _), value in zip(axes, values, strict=True)]
         points.append(GridPoint(",".join(pairs), tuple(pairs)))
     return points
+
+
+def canonical(point: GridPoint, config: Any) -> GridPoint:
+    """The point named by the values its config holds, keys sorted: `inner_lr=1e-2` and
+    `inner_lr=0.01`, or the axes given in another order, name the same directory, so a
+    resumed sweep finds its runs."""
+    keys = sorted(override.partition("=")[0] for override in point.overrides)
+    name = ",".join(f"{key}={show_value(getattr(config, key))}" for key in keys)
+    if len(name.encode()) > MAX_NAME:
+        name = name[:MAX_NAME - 17] + "-" + hashlib.sha256(name.encode()).hexdigest()[:16]
+    return GridPoint(name, point.overrides)
+
+
+def check_points(points: list[GridPoint], overrides: list[str]) -> None:
+    """Refuse a grid key also given with --set (one would silently win) and two points that
+    are the same settings (they would train twice)."""
+    fixed = {text.partition("=")[0].strip() for text in overrides}
+    for point in points[:1]:
+        for override in point.overrides:
+            key = override.partition("=")[0]
+            if key in fixed:
+                raise UserError(f"{key} is both in --set and in --grid; give it in one")
+    seen: dict[str, GridPoint] = {}
+    for point in points:
+        if point.name in seen:
+            raise UserError(f"--grid points {', '.join(seen[point.name].overrides)} and "
+                            f"{', '.join(point.overrides)} are the same settings "
+                            f"({point.name}); list each value once")
+        seen[point.name] = point
 
 
 def point_dir(out: Path, point: GridPoint) -> Path:

@@ -165,3 +165,57 @@ def test_submitit_local_matches_local_and_survives_a_killed_job(local_long, tmp_
     assert "resubmitting" in err
     assert_same_records(local_long, records(out))
     assert list((out / "logs" / "submitit-local").glob("*/*_log.err"))  # per-job logs kept
+
+
+def test_grid_names_points_by_their_values(tmp_path, capsys):
+    """1e-2 and 0.01 are one point; the axes' order does not change the directory names."""
+    out = tmp_path / "g"
+    code, err = run_cli(capsys, [*TINY, "--out", str(out), "--grid", "inner_lr=0.01,1e-2"])
+    assert code == 2 and "same settings" in err and len(err.strip().splitlines()) == 1, err
+    code, err = run_cli(capsys, [*TINY, "--out", str(out), "--set", "inner_lr=0.1",
+                                 "--grid", "inner_lr=0.01,0.02"])
+    assert code == 2 and "both in --set and in --grid" in err, err
+    code, err = run_cli(capsys, [*TINY, "--out", str(out), "--grid", "meta_batch=5",
+                                 "--grid", "inner_lr=1e-2"])
+    assert code == 0, err
+    assert (out / "grid" / "inner_lr=0.01,meta_batch=5").is_dir()
+    code, err = run_cli(capsys, ["compare", EXPERIMENT, "--grid", str(out), "--method",
+                                 "reptile"])
+    assert code == 2 and "no reptile records" in err, err
+
+
+def test_slurm_refusing_the_jobs_is_one_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("submitit")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, body in (("sbatch", 'echo "sbatch: error: invalid partition specified: nope" >&2'
+                        "\nexit 1"), ("srun", "exit 0"), ("sacct", "exit 0")):
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    code, err = run_cli(capsys, [*TINY, "--out", str(tmp_path / "o"), "--engine", "slurm",
+                                 "--partition", "nope"])
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and "invalid partition" in last, err
+
+
+def test_local_engine_runs_the_others_when_one_fails(tmp_path, capsys, monkeypatch):
+    """A run's own failure (here: injected) does not stop a local sweep; the command names it
+    and exits 2 after the other runs have finished."""
+    from maml_bench import executors
+    from maml_bench.errors import TrainingDiverged
+
+    real = executors._run_one
+
+    def flaky(run, progress, announce):
+        if "inner_lr=0.001" in str(run.directory):
+            raise TrainingDiverged(f"{run.run_id}: non-finite loss (injected)")
+        return real(run, progress, announce)
+
+    monkeypatch.setattr(executors, "_run_one", flaky)
+    out = tmp_path / "g"
+    code, err = run_cli(capsys, [*TINY, "--out", str(out), "--grid", "inner_lr=0.001,0.01"])
+    assert code == 2 and "1 of 2 runs failed" in err and "injected" in err, err
+    assert (out / "grid" / "inner_lr=0.01" / EXPERIMENT / "raw" / "maml" / "seed-0" /
+            RECORDS_FILE).exists()

@@ -9,11 +9,13 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from maml_bench.engines.options import ENGINE_NAMES, EngineOptions, require_module
-from maml_bench.engines.summary import Summary
 from maml_bench.errors import UserError
-from maml_bench.runner import RunSpec, is_done
+
+if TYPE_CHECKING:  # the runner imports torch: not needed for `--help` or option checks
+    from maml_bench.runner import RunSpec
 
 __all__ = ["ENGINE_NAMES", "EngineOptions", "check_options", "run_with_engine"]
 
@@ -38,20 +40,31 @@ def check_options(options: EngineOptions, given: set[str]) -> None:
         require_module("ray", "ray")
     elif options.engine in ("slurm", "submitit-local"):
         require_module("submitit", "submitit")
-    if options.engine == "slurm" and shutil.which("sbatch") is None:
-        raise UserError("--engine slurm needs SLURM's sbatch on PATH (run the command on the "
-                        "cluster's login node); --engine submitit-local runs the same jobs here")
+    if options.engine == "slurm":
+        missing = [tool for tool in ("sbatch", "srun", "sacct") if shutil.which(tool) is None]
+        if missing:  # submitit submits with sbatch, needs srun, and watches jobs with sacct
+            raise UserError(f"--engine slurm needs SLURM's {', '.join(missing)} on PATH (run "
+                            "the command on the cluster's login node); --engine "
+                            "submitit-local runs the same jobs here")
+    if options.engine in ("slurm", "submitit-local") and options.gpus_per_run % 1:
+        raise UserError(f"--gpus-per-run {options.gpus_per_run:g}: SLURM and submitit give "
+                        "whole GPUs; fractions are a Ray option")
 
 
 def run_with_engine(runs: list[RunSpec], options: EngineOptions, out: Path) -> list[Path]:
     """Execute every run not done yet on the chosen engine; raises UserError naming the failed
     runs (the others' records are written, and rerunning the command retries only those)."""
+    from maml_bench.engines.summary import Summary
     from maml_bench.executors import run_all, warn_nonfinite
+    from maml_bench.runner import is_done
 
     if options.engine == "local":
         return run_all(runs, jobs=options.jobs or 1)
     # absolute: workers elsewhere (other nodes, other working directories) write the same files
     todo = [replace(run, out=run.out.absolute()) for run in runs if not is_done(run)]
+    if not todo:
+        warn_nonfinite(runs)
+        return [run.directory for run in runs]
     summary = Summary(todo, options.engine)
     summary.show(force=True)
     if options.engine == "ray":

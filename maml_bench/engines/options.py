@@ -13,10 +13,10 @@ from maml_bench.errors import UserError
 ENGINE_NAMES = ("local", "ray", "slurm", "submitit-local")
 ENGINE = OneOf(ENGINE_NAMES)
 CPUS_PER_RUN = Number(int, 1, 1_024)
-GPUS_PER_RUN = Number(float, 0.0, 64.0)
+GPUS_PER_RUN = Number(float, 0.0, 64.0)  # fractions: Ray only (checked with the engine)
 RETRIES = Number(int, 0, 100)
 TIME_MIN = Number(int, 1, 525_600)
-MEM_GB = Number(float, 0.0, 65_536.0, lo_open=True)
+MEM_GB = Number(float, 0.001, 65_536.0)  # SLURM counts MB: under 1 MB would be --mem=0, all
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,9 @@ class EngineOptions:
     #: SLURM's array parallelism; None: the engine's own (1 locally, all of a cluster)
     jobs: int | None = None
     address: str | None = None  # Ray cluster (`auto`, `ray://host:10001`); None: start one
-    cpus_per_run: int = 1  # also the run's torch threads
+    #: also the run's torch threads: 1 (the local engine's) gives bitwise the local records;
+    #: more threads may reorder float sums (numbers equal within rounding)
+    cpus_per_run: int = 1
     gpus_per_run: float = 0.0
     retries: int = 3  # a run's restarts after a lost worker or killed job
     partition: str | None = None

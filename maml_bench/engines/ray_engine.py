@@ -24,6 +24,7 @@ def run_on_ray(todo: list[RunSpec], options: EngineOptions, summary: Summary) ->
     started = not ray.is_initialized()
     if started:
         _connect(ray, options)
+    _check_resources(ray, options)
     remote = ray.remote(run_job)
     refs: dict[Any, RunSpec] = {}
     try:
@@ -42,7 +43,10 @@ def run_on_ray(todo: list[RunSpec], options: EngineOptions, summary: Summary) ->
             summary.refresh(str(refs[ref].directory) for ref in pending)
     except BaseException:
         for ref in refs:  # Ctrl-C: stop the cluster's work too; checkpoints are kept
-            ray.cancel(ref, force=True)
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - done tasks, a lost connection: go on cancelling
+                continue
         raise
     finally:
         if started:
@@ -65,7 +69,23 @@ def _connect(ray: Any, options: EngineOptions) -> None:
     # Ray starts its workers at nice 15; on a machine doing other work that starved our runs
     # ~10x (measured). The runs are this command's work, as in the local pool: nice 0.
     os.environ.setdefault(WORKER_NICENESS_ENV, "0")
-    ray.init(num_cpus=cpus, include_dashboard=False, **kwargs)
+    try:  # "local": a new cluster, never one a `ray start` or RAY_ADDRESS left on this machine
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise UserError(f"could not start a local Ray cluster ({one_line(str(err))[:200]}); "
+                        "join a running one with --address") from None
+
+
+def _check_resources(ray: Any, options: EngineOptions) -> None:
+    """A run asking for more than any node has would wait forever: refuse it instead."""
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    need = {"CPU": options.cpus_per_run, "GPU": options.gpus_per_run}
+    if any(all(res.get(k, 0) >= v for k, v in need.items() if v) for res in nodes):
+        return
+    most = {k: max((res.get(k, 0) for res in nodes), default=0) for k in need}
+    raise UserError(f"no Ray node has {options.cpus_per_run} CPUs and "
+                    f"{options.gpus_per_run:g} GPUs for a run (largest: {most['CPU']:g} CPUs, "
+                    f"{most['GPU']:g} GPUs); lower --cpus-per-run/--gpus-per-run or add nodes")
 
 
 def _result(ray: Any, ref: Any, run: RunSpec) -> JobResult:
@@ -75,5 +95,10 @@ def _result(ray: Any, ref: Any, run: RunSpec) -> JobResult:
     except ray.exceptions.TaskCancelledError:
         raise KeyboardInterrupt from None
     except ray.exceptions.RayError as err:
-        first = one_line(str(err).strip().splitlines()[0] if str(err).strip() else "")
-        return JobResult(str(run.directory), False, f"{type(err).__name__}: {first[:300]}")
+        cause = getattr(err, "cause", None)  # RayTaskError: the exception raised in the task
+        if cause is not None:
+            text = f"{type(cause).__name__}: {cause}"
+        else:
+            lines = [line for line in str(err).splitlines() if line.strip()]
+            text = f"{type(err).__name__}: {lines[-1] if lines else ''}"
+        return JobResult(str(run.directory), False, one_line(text)[:300])

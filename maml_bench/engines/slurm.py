@@ -7,17 +7,19 @@ from its last checkpoint in the shared output directory."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import submitit
-from submitit.core.utils import FailedJobError, UncompletedJobError
+from submitit.core.utils import FailedJobError
 
 from maml_bench.engines.job import JobResult, run_job
 from maml_bench.engines.options import EngineOptions
 from maml_bench.engines.summary import Summary
-from maml_bench.errors import one_line
+from maml_bench.errors import UserError, one_line
 from maml_bench.progress import say
 from maml_bench.runner import RunSpec
 
@@ -28,9 +30,9 @@ def run_on_submitit(todo: list[RunSpec], options: EngineOptions, summary: Summar
                     logs: Path) -> None:
     executor = _executor(options, logs)
     job_fn = RunJob()
-    limit = options.jobs or len(todo)
-    if options.engine == "slurm":
-        limit = len(todo)  # the array's parallelism does the limiting on the cluster
+    # slurm: the array's parallelism limits on the cluster; locally, one run per CPU slot
+    limit = (len(todo) if options.engine == "slurm" else
+             options.jobs or max(1, (os.cpu_count() or 1) // options.cpus_per_run))
     queue = list(todo)
     live: dict[str, tuple[Any, RunSpec]] = {}  # by run directory
     attempts = dict.fromkeys((str(r.directory) for r in todo), 0)
@@ -38,7 +40,13 @@ def run_on_submitit(todo: list[RunSpec], options: EngineOptions, summary: Summar
         while queue or live:
             batch = queue[:max(0, limit - len(live))]
             queue = queue[len(batch):]
-            for job, run in zip(_submit(executor, job_fn, batch, options), batch, strict=True):
+            try:
+                submitted = _submit(executor, job_fn, batch, options)
+            except (FailedJobError, OSError, subprocess.CalledProcessError) as err:
+                lines = [x for x in str(err).splitlines() if "error" in x.lower()] or [str(err)]
+                raise UserError(f"SLURM refused the jobs: {one_line(lines[-1])[:300]}; check "
+                                "--partition, --time, --gpus-per-run, --mem-gb") from None
+            for job, run in zip(submitted, batch, strict=True):
                 live[str(run.directory)] = (job, run)
             for key, (job, run) in list(live.items()):
                 if not job.done():
@@ -60,7 +68,10 @@ def run_on_submitit(todo: list[RunSpec], options: EngineOptions, summary: Summar
                 time.sleep(POLL_SECONDS)
     except BaseException:
         for job, _ in live.values():  # Ctrl-C: cancel the queued and running jobs
-            job.cancel(check=False)
+            try:
+                job.cancel(check=False)
+            except Exception:  # noqa: BLE001 - an ended job: go on cancelling the others
+                continue
         raise
 
 
@@ -68,13 +79,14 @@ def _executor(options: EngineOptions, logs: Path) -> Any:
     folder = logs / "%j"
     if options.engine == "submitit-local":
         executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=options.time_min, gpus_per_node=int(
-            options.gpus_per_run))
+        executor.update_parameters(timeout_min=options.time_min,
+                                   gpus_per_node=int(options.gpus_per_run))
         return executor
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     params: dict[str, Any] = {"timeout_min": options.time_min, "name": "maml-bench",
-                              "cpus_per_task": options.cpus_per_run,
-                              "gpus_per_node": int(options.gpus_per_run)}
+                              "cpus_per_task": options.cpus_per_run}
+    if options.gpus_per_run:  # left out otherwise: clusters without GPU GRES may refuse it
+        params["gpus_per_node"] = int(options.gpus_per_run)
     if options.partition:
         params["slurm_partition"] = options.partition
     if options.mem_gb:
@@ -102,8 +114,8 @@ def _result(job: Any, run: RunSpec) -> JobResult | None:
         lines = [line for line in str(err).splitlines() if line.strip()]
         last = one_line(lines[-1] if lines else "")[:300]
         return JobResult(str(run.directory), False, f"{last}; log: {job.paths.stderr}")
-    except UncompletedJobError:
-        return None
+    except Exception:  # noqa: BLE001 - UncompletedJobError (killed, node lost), a torn result
+        return None  # file...: no usable result; the retry resumes the run from its checkpoint
     return result if isinstance(result, JobResult) else None
 
 
