@@ -165,6 +165,9 @@ def test_submitit_local_matches_local_and_survives_a_killed_job(local_long, tmp_
     assert "resubmitting" in err
     assert_same_records(local_long, records(out))
     assert list((out / "logs" / "submitit-local").glob("*/*_log.err"))  # per-job logs kept
+    index = (out / "logs" / "submitit-local" / "runs.tsv").read_text().splitlines()
+    assert len(index) == 2 and all(line.startswith(f"{EXPERIMENT}/maml/seed-0\t")
+                                   for line in index)  # the first attempt and the retry
 
 
 def test_grid_names_points_by_their_values(tmp_path, capsys):

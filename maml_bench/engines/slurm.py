@@ -48,6 +48,7 @@ def run_on_submitit(todo: list[RunSpec], options: EngineOptions, summary: Summar
                                 "--partition, --time, --gpus-per-run, --mem-gb") from None
             for job, run in zip(submitted, batch, strict=True):
                 live[str(run.directory)] = (job, run)
+            _index_logs(logs, submitted, batch)
             for key, (job, run) in list(live.items()):
                 if not job.done():
                     continue
@@ -95,6 +96,16 @@ def _executor(options: EngineOptions, logs: Path) -> Any:
         params["slurm_array_parallelism"] = options.jobs
     executor.update_parameters(**params)
     return executor
+
+
+def _index_logs(logs: Path, jobs: list[Any], runs: list[RunSpec]) -> None:
+    """LOGS/runs.tsv: which job (and log folder) ran which run, every attempt appended."""
+    if not jobs:
+        return
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "runs.tsv", "a") as index:
+        for job, run in zip(jobs, runs, strict=True):
+            index.write(f"{run.run_id}\t{run.directory}\t{job.job_id}\t{job.paths.stderr}\n")
 
 
 def _submit(executor: Any, job_fn: Any, runs: list[RunSpec], options: EngineOptions
