@@ -96,11 +96,21 @@ def point_dir(out: Path, point: GridPoint) -> Path:
 
 
 def write_index(out: Path, experiment: str, points: list[GridPoint]) -> Path:
+    """OUT/grid/grid.json: the points of every grid run into OUT (a later grid adds its
+    points to the earlier ones'; another experiment's grid there is refused)."""
     path = out / GRID_DIR / GRID_INDEX
+    known: list[GridPoint] = []
+    if path.exists():
+        earlier, known = read_index(out)
+        if earlier != experiment:
+            raise UserError(f"{path.parent} holds a grid of {earlier}; give {experiment}'s "
+                            "grid another --out")
+    names = {p.name for p in known}
+    merged = known + [p for p in points if p.name not in names]
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {"experiment": experiment,
                       "points": [{"name": p.name, "overrides": list(p.overrides)}
-                                 for p in points]})
+                                 for p in merged]})
     return path
 
 

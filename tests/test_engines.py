@@ -182,6 +182,13 @@ def test_grid_names_points_by_their_values(tmp_path, capsys):
                                  "--grid", "inner_lr=1e-2"])
     assert code == 0, err
     assert (out / "grid" / "inner_lr=0.01,meta_batch=5").is_dir()
+    code, err = run_cli(capsys, [*TINY, "--out", str(out), "--grid", "inner_lr=0.02",
+                                 "--grid", "meta_batch=5"])  # a later grid adds its point
+    assert code == 0, err
+    from maml_bench.grid import read_index
+
+    assert [p.name for p in read_index(out)[1]] == ["inner_lr=0.01,meta_batch=5",
+                                                    "inner_lr=0.02,meta_batch=5"]
     code, err = run_cli(capsys, ["compare", EXPERIMENT, "--grid", str(out), "--method",
                                  "reptile"])
     assert code == 2 and "no reptile records" in err, err
