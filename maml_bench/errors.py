@@ -5,6 +5,10 @@ class UserError(Exception):
     """Bad input (unknown id, bad override, missing data...): the message names the fix."""
 
 
+class RunBusy(UserError):
+    """Another process holds the run's lock (is training it now)."""
+
+
 class TrainingDiverged(UserError):
     """A non-finite loss or parameter appeared during training."""
 

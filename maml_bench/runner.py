@@ -30,7 +30,7 @@ import torch
 from maml_bench import distributed
 from maml_bench.algorithms import ALGORITHMS, Algorithm
 from maml_bench.config import apply_overrides, config_dict, config_hash
-from maml_bench.errors import TrainingDiverged, UserError
+from maml_bench.errors import RunBusy, TrainingDiverged, UserError
 from maml_bench.experiments import EXPERIMENTS, Experiment
 from maml_bench.fits import FITS_FILE, fit_frame
 from maml_bench.memory import keep_freed_memory
@@ -166,7 +166,7 @@ def run_lock(run: RunSpec) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
-            raise UserError(f"{run.run_id} is being run by another process (pid {holder}) in "
+            raise RunBusy(f"{run.run_id} is being run by another process (pid {holder}) in "
                             f"{run.directory}; wait for it or stop it, then run again") from None
         handle.seek(0)
         handle.truncate()

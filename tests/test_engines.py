@@ -229,3 +229,34 @@ def test_local_engine_runs_the_others_when_one_fails(tmp_path, capsys, monkeypat
     assert code == 2 and "1 of 2 runs failed" in err and "injected" in err, err
     assert (out / "grid" / "inner_lr=0.01" / EXPERIMENT / "raw" / "maml" / "seed-0" /
             RECORDS_FILE).exists()
+
+
+def test_a_run_held_by_another_process_is_waited_for_not_failed(tmp_path, capsys):
+    """An earlier sweep's job still training a run (here: this test holding its lock): the new
+    sweep's job is told busy, the engine waits until the lock is released, then runs it."""
+    pytest.importorskip("submitit")
+    import fcntl
+
+    out = tmp_path / "s"
+    run_dir = out / EXPERIMENT / "raw" / "maml" / "seed-0"
+    run_dir.mkdir(parents=True)
+    holder = open(run_dir / ".run.lock", "a+")  # noqa: SIM115 - held across the thread
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    holder.write("424242\n")
+    holder.flush()
+    result: list[int] = []
+    sweep = threading.Thread(target=lambda: result.append(cli.main(
+        [*TINY, "--out", str(out), "--engine", "submitit-local"])))
+    sweep.start()
+    deadline = time.time() + 240
+    logs = out / "logs" / "submitit-local"
+    while not list(logs.glob("*/*_result.pkl")) and time.time() < deadline:
+        time.sleep(0.2)  # the first job has come back: busy
+    holder.truncate(0)
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    holder.close()
+    sweep.join()
+    err = capsys.readouterr().err
+    assert result == [0], err
+    assert "waiting:" in err and "pid 424242" in err, err
+    assert (run_dir / RECORDS_FILE).exists() and check_run(run_dir)[0] is None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from maml_bench.errors import UserError, one_line
+from maml_bench.errors import RunBusy, UserError, one_line
 from maml_bench.runner import RunSpec, execute
 
 
@@ -20,6 +20,7 @@ class JobResult:
     ok: bool
     reason: str = ""
     seconds: float = 0.0
+    busy: bool = False  # another process holds the run (an earlier sweep's job still running)
 
 
 def run_job(run: RunSpec, threads: int = 1) -> JobResult:
@@ -27,6 +28,8 @@ def run_job(run: RunSpec, threads: int = 1) -> JobResult:
     t0 = time.perf_counter()
     try:
         execute(run, progress="lines", threads=threads)
+    except RunBusy as err:
+        return JobResult(str(run.directory), False, one_line(str(err)), busy=True)
     except UserError as err:  # the same input fails the same way on a retry
         return JobResult(str(run.directory), False, one_line(str(err)),
                          time.perf_counter() - t0)

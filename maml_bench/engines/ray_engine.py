@@ -5,11 +5,12 @@ checkpoint in the shared output directory, so a lost worker costs only the work 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from maml_bench.engines.job import JobResult, run_job
 from maml_bench.engines.options import EngineOptions, require_module
-from maml_bench.engines.summary import Summary
+from maml_bench.engines.summary import Summary, Waiting
 from maml_bench.errors import UserError, one_line
 from maml_bench.runner import RunSpec
 
@@ -27,20 +28,35 @@ def run_on_ray(todo: list[RunSpec], options: EngineOptions, summary: Summary) ->
     _check_resources(ray, options)
     remote = ray.remote(run_job)
     refs: dict[Any, RunSpec] = {}
+    waiting = Waiting()
+
+    def submit(run: RunSpec) -> Any:
+        ref = remote.options(
+            num_cpus=options.cpus_per_run, num_gpus=options.gpus_per_run,
+            max_retries=options.retries, retry_exceptions=False,
+            name=run.run_id).remote(run, options.cpus_per_run)
+        refs[ref] = run
+        return ref
+
     try:
-        for run in todo:
-            ref = remote.options(
-                num_cpus=options.cpus_per_run, num_gpus=options.gpus_per_run,
-                max_retries=options.retries, retry_exceptions=False,
-                name=run.run_id).remote(run, options.cpus_per_run)
-            refs[ref] = run
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+        pending = [submit(run) for run in todo]
+        while pending or waiting.runs:
+            if pending:
+                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+            else:
+                ready = []
+                time.sleep(1.0)
             for ref in ready:
                 result = _result(ray, ref, refs[ref])
-                summary.finished(result.directory, result.ok, result.reason)
-            summary.refresh(str(refs[ref].directory) for ref in pending)
+                if result.busy:
+                    waiting.add(refs[ref], result.reason)
+                else:
+                    summary.finished(result.directory, result.ok, result.reason)
+            done, again = waiting.released()
+            for run in done:
+                summary.finished(str(run.directory), True)
+            pending += [submit(run) for run in again]
+            summary.refresh([str(refs[ref].directory) for ref in pending] + list(waiting.runs))
     except BaseException:
         for ref in refs:  # Ctrl-C: stop the cluster's work too; checkpoints are kept
             try:

@@ -18,7 +18,7 @@ from submitit.core.utils import FailedJobError
 
 from maml_bench.engines.job import JobResult, run_job
 from maml_bench.engines.options import EngineOptions
-from maml_bench.engines.summary import Summary
+from maml_bench.engines.summary import Summary, Waiting
 from maml_bench.errors import UserError, one_line
 from maml_bench.progress import say
 from maml_bench.runner import RunSpec
@@ -36,8 +36,9 @@ def run_on_submitit(todo: list[RunSpec], options: EngineOptions, summary: Summar
     queue = list(todo)
     live: dict[str, tuple[Any, RunSpec]] = {}  # by run directory
     attempts = dict.fromkeys((str(r.directory) for r in todo), 0)
+    waiting = Waiting()
     try:
-        while queue or live:
+        while queue or live or waiting.runs:
             batch = queue[:max(0, limit - len(live))]
             queue = queue[len(batch):]
             try:
@@ -63,9 +64,16 @@ def run_on_submitit(todo: list[RunSpec], options: EngineOptions, summary: Summar
                 if result is None:
                     result = JobResult(key, False, f"job {job.job_id} ended without a result "
                                        f"{attempts[key] + 1} times; log: {job.paths.stderr}")
-                summary.finished(result.directory, result.ok, result.reason)
-            summary.refresh(live)
-            if live:
+                if result.busy:
+                    waiting.add(run, result.reason)
+                else:
+                    summary.finished(result.directory, result.ok, result.reason)
+            done, again = waiting.released()
+            for run in done:
+                summary.finished(str(run.directory), True)
+            queue[:0] = again
+            summary.refresh([*live, *waiting.runs])
+            if live or waiting.runs:
                 time.sleep(POLL_SECONDS)
     except BaseException:
         for job, _ in live.values():  # Ctrl-C: cancel the queued and running jobs

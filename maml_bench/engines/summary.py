@@ -4,11 +4,12 @@ per failure with its reason."""
 
 from __future__ import annotations
 
+import fcntl
 import time
 from collections.abc import Iterable
 
 from maml_bench.progress import duration, line_seconds, say
-from maml_bench.runner import LOCK_FILE, RunSpec
+from maml_bench.runner import LOCK_FILE, RunSpec, is_done
 
 STATES = ("done", "running", "failed", "pending")
 
@@ -21,6 +22,43 @@ def holds_lock(run: RunSpec) -> bool:
         return bool((run.directory / LOCK_FILE).read_text().strip())
     except OSError:
         return False
+
+
+def lock_free(run: RunSpec) -> bool:
+    """True if no live process holds the run's lock (the kernel drops a dead holder's): taken
+    and released at once; a worker that tries it in that instant is told busy and waits."""
+    try:
+        with open(run.directory / LOCK_FILE, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+class Waiting:
+    """Runs another process was training when their job started (an earlier, stopped sweep's
+    job still running): waited for, then counted done if that process finished them, else
+    submitted again. Never two processes on one run, and no failure for it."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, RunSpec] = {}
+
+    def add(self, run: RunSpec, reason: str) -> None:
+        if str(run.directory) not in self.runs:
+            say(f"waiting: {reason}")
+        self.runs[str(run.directory)] = run
+
+    def released(self) -> tuple[list[RunSpec], list[RunSpec]]:
+        """(finished by the other process, to run again) among the runs no longer held."""
+        done, again = [], []
+        for key, run in list(self.runs.items()):
+            if lock_free(run):
+                del self.runs[key]
+                (done if is_done(run) else again).append(run)
+        return done, again
 
 
 class Summary:
