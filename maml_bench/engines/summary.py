@@ -48,7 +48,7 @@ class Waiting:
 
     def add(self, run: RunSpec, reason: str) -> None:
         if str(run.directory) not in self.runs:
-            say(f"waiting: {reason}")
+            say(f"waiting: {reason.split('; ')[0]}; this sweep takes it over once released")
         self.runs[str(run.directory)] = run
 
     def released(self) -> tuple[list[RunSpec], list[RunSpec]]:
