@@ -55,7 +55,7 @@ def test_overrides_are_typed():
     ("inner_lr", "expected key=value"),
     ("iterations=-3", r"iterations=-3 is invalid: must be an integer in \[1, "),
     ("eval_shots=0", r"eval_shots=0 is invalid: .* each an integer in \[1, "),
-    ("path=gpu", "path=gpu is invalid: must be one of auto | batched | loop"),
+    ("path=gpu", "path=gpu is invalid: must be one of auto | batched | vmap | loop | higher"),
     ("amplitude_min=9", "amplitude_min <= amplitude_max"),
 ])
 def test_bad_overrides_get_clear_errors(override, message):

@@ -15,9 +15,7 @@ from maml_bench.core.functional import (
     StepSizes,
     SupervisedBatch,
     evaluate_adaptation,
-    make_batched_forward,
 )
-from maml_bench.errors import UserError
 from maml_bench.tasks.base import SupervisedBenchmark
 
 
@@ -114,18 +112,6 @@ def seeded_model(benchmark: SupervisedBenchmark, seed: int, extra_inputs: int = 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return benchmark.make_model(extra_inputs)
-
-
-def choose_forward(model: nn.Module, path: str) -> BatchedForward | None:
-    """The batched forward to use, or None for the per-task reference loop."""
-    if path == "loop":
-        return None
-    try:
-        return make_batched_forward(model)
-    except ValueError as err:
-        if path == "batched":
-            raise UserError(f"{err}; or run with --set path=loop") from None
-        return None  # auto: fall back to the reference loop
 
 
 def adapt_and_measure(

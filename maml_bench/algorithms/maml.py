@@ -12,16 +12,15 @@ from maml_bench.algorithms.base import (
     Algorithm,
     adam,
     adapt_and_measure,
-    choose_forward,
     seeded_model,
 )
+from maml_bench.core.backends import CHECK_TASKS, MetaProblem, forward_of, query_losses
+from maml_bench.core.backends import select as select_backend
 from maml_bench.core.functional import (
     BatchedForward,
     StepSizes,
     SupervisedBatch,
     make_batched_forward,
-    meta_loss,
-    reference_meta_loss,
     restrict,
 )
 from maml_bench.tasks.base import SupervisedBenchmark
@@ -38,10 +37,26 @@ class MAML(Algorithm):
     def __init__(self, benchmark: SupervisedBenchmark, config: Any, seed: int) -> None:
         super().__init__(benchmark, config, seed)
         self.model = self.build_model(benchmark, seed)
-        self.forward = choose_forward(self.model, config.path)
-        self.info["path"] = "batched" if self.forward is not None else "loop"
         self.theta = dict(self.model.named_parameters())
+        self.problem = MetaProblem(self.model, benchmark.loss, config.inner_steps,
+                                   self.step_sizes(), self.first_order,
+                                   None if self.adapted() is None else tuple(self.adapted()))
+        # The gate's check batch: 2 tasks of the benchmark's own training batch, drawn with a
+        # generator of its own, so the run's task stream (self.gen) is untouched.
+        self.backend, skipped = select_backend(config.path, self.problem, lambda: (
+            benchmark.train_batch(torch.Generator().manual_seed(seed), CHECK_TASKS,
+                                  config.train_shots, config.train_query)))
+        self.forward = forward_of(self.backend, self.model)
+        self.backend_info = {"path": self.backend, **({"path_skipped": skipped} if skipped
+                                                      else {})}
+        self.info.update(self.backend_info)
         self.optimizer = adam(self.meta_parameters(), config.meta_lr)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        # info comes back from the checkpoint; the backend is this process's choice
+        self.info.pop("path_skipped", None)
+        self.info.update(self.backend_info)
 
     def build_model(self, benchmark: SupervisedBenchmark, seed: int) -> nn.Module:
         """The network theta belongs to (a hook for methods that wrap it)."""
@@ -62,18 +77,8 @@ class MAML(Algorithm):
         return None
 
     def query_losses(self, batch: Any) -> Tensor:
-        c = self.config
-        names = self.adapted()
-        if names is not None:  # batched forward (own or vmap) over the adapted part only
-            forward, theta = restrict(self.forward or make_batched_forward(self.model),
-                                      self.theta, names)
-            return meta_loss(forward, theta, batch, self.benchmark.loss, c.inner_steps,
-                             self.step_sizes(), self.first_order)
-        if self.forward is None:
-            return reference_meta_loss(self.model, self.theta, batch, self.benchmark.loss,
-                                       c.inner_steps, self.step_sizes(), self.first_order)
-        return meta_loss(self.forward, self.theta, batch, self.benchmark.loss, c.inner_steps,
-                         self.step_sizes(), self.first_order)
+        """Per-task query losses [T] by the chosen backend (`core/backends.py`)."""
+        return query_losses(self.backend, self.problem, self.theta, batch, self.forward)
 
     def train_step(self, iteration: int) -> Tensor:
         c = self.config

@@ -167,19 +167,22 @@ def reference_meta_loss(
     steps: int,
     lrs: StepSizes,
     first_order: bool = False,
+    adapted: Sequence[str] | None = None,
 ) -> Tensor:
-    """The same per-task query losses as `meta_loss`, by a plain loop over tasks."""
+    """The same per-task query losses as `meta_loss`, by a plain loop over tasks. `adapted`:
+    adapt only these parameters (as `restrict`); the rest of theta is used unchanged."""
+    fixed = {} if adapted is None else {k: v for k, v in theta.items() if k not in adapted}
     losses = []
     for i in range(batch.n_tasks):
-        params = dict(theta)
+        params = dict(theta) if adapted is None else {k: theta[k] for k in adapted}
         for step in range(steps):
-            pred = functional_call(module, params, (batch.x_support[i],))
+            pred = functional_call(module, {**fixed, **params}, (batch.x_support[i],))
             loss = loss_fn(pred.unsqueeze(0), batch.y_support[i : i + 1]).sum()
             grads = torch.autograd.grad(
                 loss, list(params.values()), create_graph=not first_order
             )
             params = gradient_step(params, grads, lrs, step)
-        pred = functional_call(module, params, (batch.x_query[i],))
+        pred = functional_call(module, {**fixed, **params}, (batch.x_query[i],))
         losses.append(loss_fn(pred.unsqueeze(0), batch.y_query[i : i + 1]))
     return torch.cat(losses)
 

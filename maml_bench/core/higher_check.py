@@ -50,3 +50,60 @@ def higher_meta_gradient(
             for name, g in zip(names, torch.autograd.grad(query, wrt), strict=True):
                 grads[name] += g
     return grads
+
+
+def higher_unsupported(lrs: object, adapted: Sequence[str] | None) -> str | None:
+    """None if `higher_query_losses` computes this meta-loss; else the reason (one line)."""
+    try:
+        import higher  # noqa: F401  (optional dependency, extra "check")
+    except ImportError:
+        return "the optional package `higher` is not installed (pip install 'maml-bench[check]')"
+    if adapted is not None:
+        return ("it adapts all of theta with one optimizer; this method adapts only "
+                f"{', '.join(adapted)}")
+    steps = lrs if isinstance(lrs, Sequence) and not isinstance(lrs, str) else [lrs]
+    if not all(isinstance(lr, int | float) for lr in steps):
+        return ("it takes plain float step sizes; this method's are tensors or per-parameter "
+                "(learned step sizes, as Meta-SGD)")
+    return None
+
+
+def higher_query_losses(
+    module: nn.Module,
+    batch: SupervisedBatch,
+    loss_fn: TaskLoss,
+    steps: int,
+    lrs: float | Sequence[float],
+    first_order: bool = False,
+) -> Tensor:
+    """Per-task query losses [T] after `steps` SGD steps through `higher`, differentiable with
+    respect to the module's own parameters (theta): the `higher` meta-gradient backend.
+
+    Step sizes: one float, or one per step (a list shorter than `steps` keeps its last entry,
+    as `functional.step_size`). First order: `higher` detaches the fast weights; the query
+    loss is taken at theta + (fast - theta).detach(), whose gradient with respect to theta is
+    the gradient at the adapted weights: the FOMAML approximation, as `meta_loss` computes it.
+    """
+    import higher  # optional dependency (extra "check")
+
+    per_step = [lrs] if isinstance(lrs, int | float) else list(lrs)
+    params = list(module.parameters())
+    opt = torch.optim.SGD(params, lr=float(per_step[0]))
+    losses = []
+    for i in range(batch.n_tasks):
+        with higher.innerloop_ctx(
+            module, opt, copy_initial_weights=False, track_higher_grads=not first_order
+        ) as (fmodel, diffopt):
+            for step in range(steps):
+                pred = fmodel(batch.x_support[i])
+                loss = loss_fn(pred.unsqueeze(0), batch.y_support[i : i + 1]).sum()
+                lr = float(per_step[min(step, len(per_step) - 1)])
+                diffopt.step(loss, override={"lr": [lr]})
+            if first_order:
+                fast = [p + (f - p).detach() for p, f in zip(params, fmodel.parameters(),
+                                                               strict=True)]
+                pred = fmodel(batch.x_query[i], params=fast)
+            else:
+                pred = fmodel(batch.x_query[i])
+            losses.append(loss_fn(pred.unsqueeze(0), batch.y_query[i : i + 1]))
+    return torch.cat(losses)

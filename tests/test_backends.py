@@ -1,0 +1,172 @@
+"""Meta-gradient backends (`--set path=...`): each equals the reference, is gated per model by
+float64 reference and finite-difference checks, and is refused with its reason otherwise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_gradients import assert_close, conv_setup, grads, regression_setup
+from torch import nn
+
+from maml_bench.cli import main
+from maml_bench.core import backends
+from maml_bench.core.backends import MetaProblem, gate, query_losses, select
+from maml_bench.errors import UserError
+from maml_bench.tasks.fewshot.data_root import data_root
+
+OMNIGLOT_ROOT = data_root() / "omniglot"
+needs_omniglot = pytest.mark.skipif(not OMNIGLOT_ROOT.is_dir(),
+                                    reason=f"real Omniglot not found at {OMNIGLOT_ROOT}")
+TINY = ["run", "sinusoid-table2-v1", "--scale", "tiny", "--no-report"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_verdicts(monkeypatch):
+    """Gate verdicts are cached per process: each test starts without any."""
+    monkeypatch.setattr(backends, "_CHECKED", {})
+
+
+def small_conv():
+    return conv_setup(tasks=2, ways=2, channels=3)
+
+
+@pytest.mark.parametrize("setup", [regression_setup, small_conv], ids=["mlp", "conv4"])
+@pytest.mark.parametrize("first_order", [False, True], ids=["so", "fo"])
+@pytest.mark.parametrize("backend", ["batched", "vmap", "higher"])
+def test_every_backend_equals_the_reference(setup, first_order, backend):
+    model, batch, loss_fn = setup()
+    theta = dict(model.named_parameters())
+    problem = MetaProblem(model, loss_fn, 2, [0.05, 0.02], first_order)
+    ours = grads(query_losses(backend, problem, theta, batch).mean(), theta)
+    ref = grads(query_losses("loop", problem, theta, batch).mean(), theta)
+    assert_close(ours, ref)
+
+
+@pytest.mark.parametrize("setup", [regression_setup, small_conv], ids=["mlp", "conv4"])
+def test_auto_picks_the_models_own_batched_forward(setup):
+    model, batch, loss_fn = setup()
+    problem = MetaProblem(model, loss_fn, 1, 0.1)
+    assert select("auto", problem, lambda: batch) == ("batched", {})
+
+
+def test_a_wrong_backend_is_refused_by_the_gate_and_skipped_by_auto(monkeypatch):
+    model, batch, loss_fn = regression_setup(tasks=2, k=4)
+    problem = MetaProblem(model, loss_fn, 1, 0.1)
+    honest = backends.meta_loss
+
+    def off_by_a_little(*args, **kwargs):  # a forward that drops a term of second order
+        return honest(*args, **kwargs) * (1 + 1e-4)
+
+    monkeypatch.setattr(backends, "meta_loss", off_by_a_little)
+    reason = gate("batched", problem, lambda: batch)
+    assert reason is not None and "differs from the reference loop" in reason
+    with pytest.raises(UserError, match=r"path=batched refused for MLP: .*--set path=loop"):
+        select("batched", problem, lambda: batch)
+    used, skipped = select("auto", problem, lambda: batch)
+    assert used == "loop" and set(skipped) == {"batched", "vmap"}
+
+
+def test_finite_differences_catch_a_wrong_reference(monkeypatch):
+    """Backend and reference wrong the same way: only finite differences can tell."""
+    model, batch, loss_fn = regression_setup(tasks=2, k=4)
+    problem = MetaProblem(model, loss_fn, 1, 0.1)
+    monkeypatch.setattr(backends, "FD_RTOL", -1.0)  # nothing agrees: the FD step refuses
+    assert "finite differences" in gate("vmap", problem, lambda: batch)
+
+
+def test_vmap_refuses_batch_norm_with_running_statistics(monkeypatch, tmp_path):
+    from maml_bench.tasks.sinusoid import Sinusoid
+
+    def running_stats_model(self, extra_inputs=0):
+        return nn.Sequential(nn.Linear(1 + extra_inputs, 8), nn.BatchNorm1d(8), nn.ReLU(),
+                             nn.Linear(8, 1))
+
+    monkeypatch.setattr(Sinusoid, "make_model", running_stats_model)
+    out = tmp_path / "out"
+    code = main([*TINY, "--method", "maml", "--out", str(out), "--set", "path=vmap"])
+    assert code == 2
+    assert not out.exists() or not any(p.is_file() and p.name != ".run.lock"
+                                       for p in out.rglob("*"))
+
+
+def error_lines(capsys):
+    """The CLI's error: one line, no traceback (a 'started' progress line may precede it)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("maml-bench: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_the_cli_refusal_is_one_line(monkeypatch, tmp_path, capsys):
+    from maml_bench.tasks.sinusoid import Sinusoid
+
+    monkeypatch.setattr(Sinusoid, "make_model", lambda self, extra_inputs=0: nn.Sequential(
+        nn.Linear(1, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1)))
+    assert main([*TINY, "--method", "maml", "--out", str(tmp_path), "--set", "path=vmap"]) == 2
+    line = error_lines(capsys)
+    assert "path=vmap refused for Sequential" in line
+    assert "running statistics" in line and "--set path=loop" in line
+
+
+def test_higher_refuses_learned_step_sizes(tmp_path, capsys):
+    pytest.importorskip("higher")
+    assert main([*TINY, "--method", "metasgd", "--out", str(tmp_path), "--set",
+                 "path=higher"]) == 2
+    line = error_lines(capsys)
+    assert "path=higher refused for MLP" in line and "per-parameter" in line
+
+
+def test_higher_refuses_partial_adaptation():
+    pytest.importorskip("higher")
+    model, batch, loss_fn = regression_setup(tasks=2, k=4)
+    head = ("net.4.weight", "net.4.bias")
+    with pytest.raises(UserError, match="path=higher refused for MLP: .* adapts only net.4"):
+        select("higher", MetaProblem(model, loss_fn, 1, 0.1, adapted=head), lambda: batch)
+    # the other backends adapt the head alone, as the reference does
+    assert select("auto", MetaProblem(model, loss_fn, 1, 0.1, adapted=head),
+                  lambda: batch) == ("batched", {})
+
+
+@needs_omniglot
+def test_higher_refuses_anil_from_the_cli(tmp_path, capsys):
+    pytest.importorskip("higher")
+    assert main(["run", "omniglot-5w1s-v1", "--scale", "tiny", "--no-report", "--method",
+                 "anil", "--out", str(tmp_path), "--set", "path=higher"]) == 2
+    line = error_lines(capsys)
+    assert "path=higher refused for Conv4" in line and "adapts only classifier" in line
+
+
+def test_higher_honours_per_step_step_sizes():
+    model, batch, loss_fn = regression_setup(tasks=2, k=4)
+    theta = dict(model.named_parameters())
+    problem = MetaProblem(model, loss_fn, 3, [0.05, 0.02])  # the last repeats for step 3
+    pytest.importorskip("higher")
+    assert gate("higher", problem, lambda: batch) is None
+    ours = grads(query_losses("higher", problem, theta, batch).mean(), theta)
+    assert_close(ours, grads(query_losses("loop", problem, theta, batch).mean(), theta))
+
+
+def test_an_algorithm_records_its_backend():
+    from maml_bench.algorithms import ALGORITHMS
+    from maml_bench.runner import plan_runs
+    from maml_bench.tasks.sinusoid import Sinusoid
+
+    (run,) = plan_runs("sinusoid-table2-v1", "tiny", ["path=higher"], ["fomaml"], None, "unused")
+    pytest.importorskip("higher")
+    algorithm = ALGORITHMS.get("fomaml")(Sinusoid(run.config), run.config, run.seed)
+    assert algorithm.info["path"] == "higher"
+    assert torch.isfinite(algorithm.train_step(0))
+
+
+@needs_omniglot
+def test_auto_picks_batched_for_omniglot_conv4(tmp_path):
+    from maml_bench.algorithms import ALGORITHMS
+    from maml_bench.experiments import EXPERIMENTS
+    from maml_bench.runner import plan_runs
+    from maml_bench.tasks import BENCHMARKS
+
+    (run,) = plan_runs("omniglot-5w1s-v1", "tiny", [], ["maml"], None, tmp_path)
+    benchmark = BENCHMARKS.get(EXPERIMENTS.get(run.experiment).benchmark)(run.config)
+    algorithm = ALGORITHMS.get("maml")(benchmark, run.config, run.seed)
+    assert algorithm.info["path"] == "batched" and "path_skipped" not in algorithm.info
