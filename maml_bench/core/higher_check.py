@@ -6,7 +6,8 @@ the module: a different code path from ours, so agreement is evidence, not a tau
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -24,24 +25,16 @@ def higher_meta_gradient(
     first_order: bool = False,
 ) -> dict[str, Tensor]:
     """Gradient of the mean post-adaptation query loss with respect to theta, via `higher`."""
-    import higher  # optional dependency (extra "check")
-
     with torch.no_grad():
         for name, p in module.named_parameters():
             p.copy_(theta[name])
     module.zero_grad()
-    opt = torch.optim.SGD(module.parameters(), lr=lr if isinstance(lr, float) else lr[0])
     lrs = [lr] * steps if isinstance(lr, float) else list(lr)
+    opt = torch.optim.SGD(module.parameters(), lr=lrs[0])
     grads = {name: torch.zeros_like(p) for name, p in module.named_parameters()}
     names = list(grads)
     for i in range(batch.n_tasks):
-        with higher.innerloop_ctx(
-            module, opt, copy_initial_weights=False, track_higher_grads=not first_order
-        ) as (fmodel, diffopt):
-            for step in range(steps):
-                pred = fmodel(batch.x_support[i])
-                loss = loss_fn(pred.unsqueeze(0), batch.y_support[i : i + 1]).sum()
-                diffopt.step(loss, override={"lr": [lrs[step]]})
+        with _adapted(module, opt, batch, i, loss_fn, steps, lrs, first_order) as fmodel:
             pred = fmodel(batch.x_query[i])
             query = loss_fn(pred.unsqueeze(0), batch.y_query[i : i + 1]).sum() / batch.n_tasks
             # First order: higher detaches the fast weights, so the gradient is taken at the
@@ -50,6 +43,24 @@ def higher_meta_gradient(
             for name, g in zip(names, torch.autograd.grad(query, wrt), strict=True):
                 grads[name] += g
     return grads
+
+
+@contextmanager
+def _adapted(module: nn.Module, opt: torch.optim.Optimizer, batch: SupervisedBatch, task: int,
+             loss_fn: TaskLoss, steps: int, lrs: Sequence[float], first_order: bool
+             ) -> Iterator[nn.Module]:
+    """`higher`'s functional copy of `module` after `steps` SGD steps on task `task`'s support
+    set (step size lrs[step]; a shorter list keeps its last entry)."""
+    import higher  # optional dependency (extra "check")
+
+    with higher.innerloop_ctx(
+        module, opt, copy_initial_weights=False, track_higher_grads=not first_order
+    ) as (fmodel, diffopt):
+        for step in range(steps):
+            pred = fmodel(batch.x_support[task])
+            loss = loss_fn(pred.unsqueeze(0), batch.y_support[task : task + 1]).sum()
+            diffopt.step(loss, override={"lr": [float(lrs[min(step, len(lrs) - 1)])]})
+        yield fmodel
 
 
 def higher_unsupported(lrs: object, adapted: Sequence[str] | None) -> str | None:
@@ -84,21 +95,12 @@ def higher_query_losses(
     loss is taken at theta + (fast - theta).detach(), whose gradient with respect to theta is
     the gradient at the adapted weights: the FOMAML approximation, as `meta_loss` computes it.
     """
-    import higher  # optional dependency (extra "check")
-
     per_step = [lrs] if isinstance(lrs, int | float) else list(lrs)
     params = list(module.parameters())
     opt = torch.optim.SGD(params, lr=float(per_step[0]))
     losses = []
     for i in range(batch.n_tasks):
-        with higher.innerloop_ctx(
-            module, opt, copy_initial_weights=False, track_higher_grads=not first_order
-        ) as (fmodel, diffopt):
-            for step in range(steps):
-                pred = fmodel(batch.x_support[i])
-                loss = loss_fn(pred.unsqueeze(0), batch.y_support[i : i + 1]).sum()
-                lr = float(per_step[min(step, len(per_step) - 1)])
-                diffopt.step(loss, override={"lr": [lr]})
+        with _adapted(module, opt, batch, i, loss_fn, steps, per_step, first_order) as fmodel:
             if first_order:
                 fast = [p + (f - p).detach() for p, f in zip(params, fmodel.parameters(),
                                                                strict=True)]

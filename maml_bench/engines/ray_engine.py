@@ -52,10 +52,7 @@ def run_on_ray(todo: list[RunSpec], options: EngineOptions, summary: Summary) ->
                     waiting.add(refs[ref], result.reason)
                 else:
                     summary.finished(result.directory, result.ok, result.reason)
-            done, again = waiting.released()
-            for run in done:
-                summary.finished(str(run.directory), True)
-            pending += [submit(run) for run in again]
+            pending += [submit(run) for run in waiting.released(summary)]
             summary.refresh([str(refs[ref].directory) for ref in pending] + list(waiting.runs))
     except BaseException:
         for ref in refs:  # Ctrl-C: stop the cluster's work too; checkpoints are kept

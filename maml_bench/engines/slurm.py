@@ -68,10 +68,7 @@ def run_on_submitit(todo: list[RunSpec], options: EngineOptions, summary: Summar
                     waiting.add(run, result.reason)
                 else:
                     summary.finished(result.directory, result.ok, result.reason)
-            done, again = waiting.released()
-            for run in done:
-                summary.finished(str(run.directory), True)
-            queue[:0] = again
+            queue[:0] = waiting.released(summary)
             summary.refresh([*live, *waiting.runs])
             if live or waiting.runs:
                 time.sleep(POLL_SECONDS)

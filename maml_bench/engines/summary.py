@@ -51,14 +51,18 @@ class Waiting:
             say(f"waiting: {reason.split('; ')[0]}; this sweep takes it over once released")
         self.runs[str(run.directory)] = run
 
-    def released(self) -> tuple[list[RunSpec], list[RunSpec]]:
-        """(finished by the other process, to run again) among the runs no longer held."""
-        done, again = [], []
+    def released(self, summary: Summary) -> list[RunSpec]:
+        """The runs no longer held that are still to do; those the other process finished are
+        counted done in `summary`."""
+        again = []
         for key, run in list(self.runs.items()):
             if lock_free(run):
                 del self.runs[key]
-                (done if is_done(run) else again).append(run)
-        return done, again
+                if is_done(run):
+                    summary.finished(key, True)
+                else:
+                    again.append(run)
+        return again
 
 
 class Summary:
