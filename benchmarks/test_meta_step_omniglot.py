@@ -1,7 +1,9 @@
 """The Omniglot 5-way 1-shot MAML meta-step (meta-batch 32, second order, one inner step of
-0.4, the paper's Conv4 at 28 x 28), on real Omniglot episodes: our default path (tasks as
-groups of one grouped convolution) against the per-task autograd loop and `higher`, as ratios
-of timings taken in this run; and the cost of drawing an episode batch against a meta-step.
+0.4, the paper's Conv4 at 28 x 28), on real Omniglot episodes: our default path (path=auto:
+`fused`, tasks as groups of one grouped convolution with hand-written second derivatives)
+against the previous default (`batched`, PyTorch's own double backward), the per-task autograd
+loop and `higher`, as ratios of timings taken in this run; and the cost of drawing an episode
+batch against a meta-step.
 
 Written to $MAML_BENCH_OMNIGLOT_RATIOS (default results/benchmarks/omniglot-meta-step-cpu.json).
 """
@@ -26,6 +28,7 @@ pytestmark = pytest.mark.skipif(not (data_root() / "omniglot").is_dir(),
                                 reason="needs the real Omniglot under the data root")
 TIMES: dict[str, float] = {}
 MEDIANS: dict[str, float] = {}
+MAML_PATH: dict[str, str] = {}
 OUT = Path(os.environ.get("MAML_BENCH_OMNIGLOT_RATIOS",
                           "results/benchmarks/omniglot-meta-step-cpu.json"))
 
@@ -60,6 +63,7 @@ def step_with(algo, loss_fn):
 
 
 def test_ours(benchmark, maml):
+    MAML_PATH["path"] = maml.backend
     counter = iter(range(10**9))
     benchmark.pedantic(lambda: maml.train_step(next(counter)), rounds=15, iterations=1,
                        warmup_rounds=2)
@@ -80,6 +84,19 @@ def test_ours_in_task_chunks(benchmark, maml, chunk):
     finally:
         maml.config = full
     record(f"ours_chunk{chunk}", benchmark)
+
+
+def test_batched(benchmark, maml):
+    """The previous default: the same grouped forward through PyTorch's own ops."""
+    c = maml.config
+
+    def grads(batch):
+        loss = meta_loss(maml.model.batched_forward, maml.theta, batch, maml.benchmark.loss,
+                         c.inner_steps, c.inner_lr).mean()
+        return torch.autograd.grad(loss, list(maml.theta.values()))
+
+    benchmark.pedantic(step_with(maml, grads), rounds=10, iterations=1, warmup_rounds=1)
+    record("batched", benchmark)
 
 
 def test_per_task_loop(benchmark, maml):
@@ -111,8 +128,8 @@ def test_first_order(benchmark, maml):
     c = maml.config
 
     def grads(batch):
-        loss = meta_loss(maml.forward, maml.theta, batch, maml.benchmark.loss, c.inner_steps,
-                         c.inner_lr, first_order=True).mean()
+        loss = meta_loss(maml.model.batched_forward, maml.theta, batch, maml.benchmark.loss,
+                         c.inner_steps, c.inner_lr, first_order=True).mean()
         return torch.autograd.grad(loss, list(maml.theta.values()))
 
     benchmark.pedantic(step_with(maml, grads), rounds=15, iterations=1, warmup_rounds=2)
@@ -132,13 +149,16 @@ def test_ratios():
     asserted, the per-task-loop ratio is reported (its 2x goal is not met on this CPU)."""
     if not {"ours", "per_task_loop", "episode_sampling"} <= TIMES.keys():
         pytest.skip("needs the timing benchmarks of this file (run the whole file)")
-    ours = TIMES["ours"]
+    ours, nan = TIMES["ours"], float("nan")
     payload = {
         "case": "omniglot-5w1s-v1 meta-step: meta-batch 32, second order, 1 inner step",
         "threads": torch.get_num_threads(), "torch": torch.__version__, "device": "cpu",
+        "ours_path": MAML_PATH.get("path"),
         "min_ms": {k: v * 1e3 for k, v in TIMES.items()},
         "median_ms": {k: v * 1e3 for k, v in MEDIANS.items()},
         "per_task_loop_over_ours": TIMES["per_task_loop"] / ours,
+        "per_task_loop_over_batched": TIMES["per_task_loop"] / TIMES.get("batched", nan),
+        "batched_over_ours": TIMES.get("batched", nan) / ours,
         "per_task_loop_over_best_chunk": TIMES["per_task_loop"] / min(
             [v for k, v in TIMES.items() if k.startswith("ours")]),
         "higher_over_ours": TIMES.get("higher", float("nan")) / ours,

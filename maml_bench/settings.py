@@ -35,12 +35,13 @@ class MetaConfig:
     """query examples per task during meta-training"""
     grad_clip: float = setting(0.0, Number(float, 0.0, 1e6))
     """clip meta-gradients to [-c, c] (0 = off; the code clips MiniImagenet at 10)"""
-    path: str = setting("auto", OneOf(("auto", "batched", "vmap", "loop", "higher")))
-    """meta-gradient backend (maml_bench/core/backends.py): batched (the model's own batched
+    path: str = setting("auto", OneOf(("auto", "fused", "batched", "vmap", "loop", "higher")))
+    """meta-gradient backend (maml_bench/core/backends.py): fused (the model's own batched
+    forward with hand-written second derivatives, Conv4) | batched (the model's own batched
     forward) | vmap (vmap over functional_call) | loop (the per-task reference loop) | higher
     (the `higher` library, extra "check"); each but loop is used only after its float64
     reference and finite-difference checks pass for the model, else refused with the reason.
-    auto: the first passing of batched, vmap, loop (fastest first, README "Speed")"""
+    auto: the first passing of fused, batched, vmap, loop (fastest first, README "Speed")"""
     task_chunk: int = setting(0, Number(int, 0, 100_000), hashed_at_default=False)
     """tasks per meta-gradient pass, summed (0 = the whole meta-batch at once): bounds memory;
     on CPU a chunk whose activations fit the cache is faster (results/benchmarks)"""

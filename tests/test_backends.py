@@ -32,9 +32,11 @@ def small_conv():
 
 @pytest.mark.parametrize("setup", [regression_setup, small_conv], ids=["mlp", "conv4"])
 @pytest.mark.parametrize("first_order", [False, True], ids=["so", "fo"])
-@pytest.mark.parametrize("backend", ["batched", "vmap", "higher"])
+@pytest.mark.parametrize("backend", ["fused", "batched", "vmap", "higher"])
 def test_every_backend_equals_the_reference(setup, first_order, backend):
     model, batch, loss_fn = setup()
+    if backend == "fused" and not hasattr(model, "fused_forward"):
+        pytest.skip("fused is Conv4's own path")
     theta = dict(model.named_parameters())
     problem = MetaProblem(model, loss_fn, 2, [0.05, 0.02], first_order)
     ours = grads(query_losses(backend, problem, theta, batch).mean(), theta)
@@ -42,11 +44,19 @@ def test_every_backend_equals_the_reference(setup, first_order, backend):
     assert_close(ours, ref)
 
 
-@pytest.mark.parametrize("setup", [regression_setup, small_conv], ids=["mlp", "conv4"])
-def test_auto_picks_the_models_own_batched_forward(setup):
+@pytest.mark.parametrize(("setup", "fastest"), [(regression_setup, "batched"),
+                                                 (small_conv, "fused")], ids=["mlp", "conv4"])
+def test_auto_picks_the_models_own_fastest_forward(setup, fastest):
     model, batch, loss_fn = setup()
     problem = MetaProblem(model, loss_fn, 1, 0.1)
-    assert select("auto", problem, lambda: batch) == ("batched", {})
+    assert select("auto", problem, lambda: batch) == (fastest, {})
+
+
+def test_auto_keeps_batched_for_first_order_conv4():
+    """Fused saves second-derivative work only; first order is faster batched (measured)."""
+    model, batch, loss_fn = small_conv()
+    used, skipped = select("auto", MetaProblem(model, loss_fn, 1, 0.1, True), lambda: batch)
+    assert used == "batched" and "first order" in skipped["fused"]
 
 
 def test_a_wrong_backend_is_refused_by_the_gate_and_skipped_by_auto(monkeypatch):
@@ -160,7 +170,7 @@ def test_an_algorithm_records_its_backend():
 
 
 @needs_omniglot
-def test_auto_picks_batched_for_omniglot_conv4(tmp_path):
+def test_auto_picks_fused_for_omniglot_conv4(tmp_path):
     from maml_bench.algorithms import ALGORITHMS
     from maml_bench.experiments import EXPERIMENTS
     from maml_bench.runner import plan_runs
@@ -169,4 +179,4 @@ def test_auto_picks_batched_for_omniglot_conv4(tmp_path):
     (run,) = plan_runs("omniglot-5w1s-v1", "tiny", [], ["maml"], None, tmp_path)
     benchmark = BENCHMARKS.get(EXPERIMENTS.get(run.experiment).benchmark)(run.config)
     algorithm = ALGORITHMS.get("maml")(benchmark, run.config, run.seed)
-    assert algorithm.info["path"] == "batched" and "path_skipped" not in algorithm.info
+    assert algorithm.info["path"] == "fused" and "path_skipped" not in algorithm.info

@@ -4,6 +4,8 @@ A backend computes the per-task query losses [T] after inner adaptation, differe
 respect to theta (and learned step sizes); the caller differentiates their mean or sum, so
 `task_chunk` and torchrun work unchanged on every backend.
 
+* fused: the model's own `fused_forward` (Conv4: `batched_forward` through `core/fused.py`,
+  convolution and batch norm + ReLU with cheap hand-written second derivatives), `meta_loss`;
 * batched: the model's own `batched_forward` (all tasks at once, `meta_loss`);
 * vmap: `vmap(functional_call)` (`meta_loss`), even where the model has its own;
 * loop: `reference_meta_loss`, the per-task autograd loop (the learn2learn / `higher` way):
@@ -14,8 +16,9 @@ A backend other than loop is used for a model only after `gate` passes: its floa
 meta-gradient on 2 tasks of the benchmark's own training batch agrees with the reference loop
 (rtol 1e-6) and the reference's exact gradient agrees with a central finite difference along
 one seeded random direction (rtol 1e-4). `auto` takes the first passing backend of
-`AUTO_ORDER`, the order of our measurements (README "Speed": own batched forward < vmap <
-loop < higher in time per step, on CPU and H200); nothing is timed at run time.
+`AUTO_ORDER`, the order of our measurements (README "Speed": fused < own batched forward <
+vmap < loop < higher in time per step; fused measured on CPU,
+results/benchmarks/omniglot-meta-step-speed-notes.md); nothing is timed at run time.
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ from maml_bench.core.functional import (
 from maml_bench.core.higher_check import higher_query_losses, higher_unsupported
 from maml_bench.errors import UserError
 
-BACKENDS = ("batched", "vmap", "loop", "higher")
+BACKENDS = ("fused", "batched", "vmap", "loop", "higher")
 #: fastest first (README "Speed"); higher is never picked by auto (slowest; a cross-check)
-AUTO_ORDER = ("batched", "vmap", "loop")
+AUTO_ORDER = ("fused", "batched", "vmap", "loop")
 REFERENCE_RTOL = 1e-6
 FD_RTOL = 1e-4
 #: finite-difference steps along a unit-variance direction, tried in turn (see `_fd_reason`)
@@ -65,8 +68,9 @@ class MetaProblem:
 def unsupported(backend: str, problem: MetaProblem) -> str | None:
     """Why `backend` cannot compute `problem` at all (before any check), or None."""
     model = problem.model
-    if backend == "batched" and getattr(model, "batched_forward", None) is None:
-        return f"{type(model).__name__} has no batched_forward of its own"
+    for own in ("fused", "batched"):
+        if backend == own and getattr(model, f"{own}_forward", None) is None:
+            return f"{type(model).__name__} has no {own}_forward of its own"
     if backend == "vmap":
         return vmap_supported(model)
     if backend == "higher":
@@ -76,8 +80,8 @@ def unsupported(backend: str, problem: MetaProblem) -> str | None:
 
 def forward_of(backend: str, model: nn.Module):  # -> BatchedForward | None
     """The batched forward of `backend`; None for the per-task backends (loop, higher)."""
-    if backend == "batched":
-        return model.batched_forward
+    if backend in ("fused", "batched"):
+        return getattr(model, f"{backend}_forward")
     if backend == "vmap":
         return make_batched_forward(model, prefer_fast=False)
     return None
@@ -243,8 +247,18 @@ def select(path: str, problem: MetaProblem, sample: Callable[[], SupervisedBatch
         return path, {}
     skipped = {}
     for backend in AUTO_ORDER:
-        reason = gate(backend, problem, sample)
+        if backend == "fused" and unsupported(backend, problem) is not None:
+            continue  # a path only some models have: nothing worth recording for the others
+        reason = _auto_skip(backend, problem) or gate(backend, problem, sample)
         if reason is None:
             return backend, skipped
         skipped[backend] = reason
     raise AssertionError("loop is always usable")  # pragma: no cover
+
+
+def _auto_skip(backend: str, problem: MetaProblem) -> str | None:
+    """Why auto passes over a correct `backend` for `problem` (it would be slower), or None."""
+    if backend == "fused" and problem.first_order:
+        return ("first order has no second derivatives to save; batched measured faster "
+                "(results/benchmarks/omniglot-meta-step-speed-notes.md)")
+    return None

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from maml_bench.core import fused as fused_ops
+
 
 class Conv4(nn.Module):
     """4 x [conv 3x3, batch norm, ReLU, downsample] + linear head.
@@ -58,24 +60,29 @@ class Conv4(nn.Module):
         h = h.mean(dim=(-2, -1)) if self.head == "mean" else h.flatten(start_dim=-3)
         return self.classifier(h)
 
-    def batched_features(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+    def batched_features(self, params: Mapping[str, Tensor], x: Tensor,
+                         fused: bool = False) -> Tensor:
         """params [T, ...] and x [T, N, C, H, W] -> features [T, N, F] before the classifier.
 
         Tasks become channel groups of one grouped convolution: x is laid out as
         [N, T * C, H, W] and task t's filters only see task t's channels (groups = T). Batch
         norm over (N, H, W) of each of the T * C channels is then exactly each task's own batch
-        statistics, as in the per-task network.
+        statistics, as in the per-task network. `fused`: the same values through
+        `core.fused` (convolution, batch norm + ReLU with cheap second derivatives).
         """
         t, n = x.shape[:2]
         h = x.transpose(0, 1).reshape(n, t * x.shape[2], *x.shape[3:])
         stride = 2 if self.downsample == "stride" else 1
         for conv, norm in self._blocks:
-            weight = params[f"{conv}.weight"]
-            h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]),
-                         params[f"{conv}.bias"].reshape(-1), stride=stride, padding=1, groups=t)
-            h = F.batch_norm(h, None, None, params[f"{norm}.weight"].reshape(-1),
-                             params[f"{norm}.bias"].reshape(-1), training=True, eps=1e-5)
-            h = torch.relu(h)
+            weight = params[f"{conv}.weight"].reshape(-1, *params[f"{conv}.weight"].shape[2:])
+            bias, gamma, beta = (params[k].reshape(-1) for k in (
+                f"{conv}.bias", f"{norm}.weight", f"{norm}.bias"))
+            if fused:
+                h = fused_ops.conv2d(h, weight, stride, 1, t) + bias.view(1, -1, 1, 1)
+                h = fused_ops.batch_norm_relu(h, gamma, beta, eps=1e-5)
+            else:
+                h = F.conv2d(h, weight, bias, stride=stride, padding=1, groups=t)
+                h = torch.relu(F.batch_norm(h, None, None, gamma, beta, training=True, eps=1e-5))
             if self.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)
         h = h.view(n, t, -1, *h.shape[2:])  # [N, T, C, H', W']
@@ -85,6 +92,13 @@ class Conv4(nn.Module):
     def batched_forward(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
         """params [T, ...] and x [T, N, C, H, W] -> logits [T, N, classes], all tasks at once
         (see `batched_features`)."""
-        h = self.batched_features(params, x)
+        return self._classify(params, self.batched_features(params, x))
+
+    def fused_forward(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """`batched_forward` through `core.fused`: the same values, second derivatives without
+        PyTorch's per-group convolution and batch-norm double backwards (the `fused` backend)."""
+        return self._classify(params, self.batched_features(params, x, fused=True))
+
+    def _classify(self, params: Mapping[str, Tensor], h: Tensor) -> Tensor:
         weight, bias = params["classifier.weight"], params["classifier.bias"]
         return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
