@@ -44,9 +44,12 @@ CASES = {name: replace(CONFIGS[config], name=name, **changes) for name, config, 
 ]}
 
 #: (path, first order); "batched" is the model's own batched forward (MLP: baddbmm; Conv4:
-#: grouped convolution), "vmap" is vmap(functional_call)
-PATHS = [("batched", False), ("batched", True), ("vmap", False), ("loop", False),
-         ("loop", True), ("higher", False)]
+#: grouped convolution), "fused" Conv4's with hand-written second derivatives (core/fused.py;
+#: auto takes it on the CPU only until measured here), "vmap" is vmap(functional_call)
+PATHS = [("batched", False), ("batched", True), ("fused", False), ("vmap", False),
+         ("loop", False), ("loop", True), ("higher", False)]
+#: the models without a fused forward
+NO_FUSED = {"sinusoid-mlp-T25", "sinusoid-mlp-T1000"}
 #: the slow paths on the big cases would take minutes per round for nothing new
 SKIP = {("sinusoid-mlp-T1000", "higher"), ("omniglot-20w1s-conv4", "higher"),
         ("miniimagenet-5w5s-conv4", "higher"), ("omniglot-5w1s-conv4-5steps", "higher")}
@@ -58,9 +61,7 @@ def make_step(case: ProfileConfig, path: str, first_order: bool, device: str):
     theta = dict(model.named_parameters())
     opt = torch.optim.Adam(list(theta.values()), lr=1e-3)
     batch = case.batch(case.meta_batch, device)
-    forward = None
-    if path in ("batched", "vmap"):
-        forward = make_batched_forward(model, prefer_fast=path == "batched")
+    forward = batched_forward(model, path)
 
     def step() -> None:
         if path == "higher":
@@ -88,16 +89,27 @@ def make_step(case: ProfileConfig, path: str, first_order: bool, device: str):
     return step
 
 
+def batched_forward(model: torch.nn.Module, path: str):
+    """The forward of `path`; None for the per-task paths (loop, higher)."""
+    if path == "fused":
+        return model.fused_forward
+    if path in ("batched", "vmap"):
+        return make_batched_forward(model, prefer_fast=path == "batched")
+    return None
+
+
 def device_slug() -> str:
     return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
 
 
 @pytest.mark.parametrize("case", ["sinusoid-mlp-T25", "omniglot-5w1s-conv4",
                                   "miniimagenet-5w1s-conv4"])
-@pytest.mark.parametrize("path", ["batched", "vmap"])
+@pytest.mark.parametrize("path", ["batched", "fused", "vmap"])
 def test_cuda_meta_gradient_matches_cpu(case, path):
     """float64 second-order meta-gradient of the batched path on CUDA == per-task loop on CPU."""
     c = CASES[case]
+    if path == "fused" and case in NO_FUSED:
+        pytest.skip("the MLP has no fused forward")
     c = replace(c, meta_batch=2)
     torch.manual_seed(0)
     model = c.model().double()
@@ -107,7 +119,7 @@ def test_cuda_meta_gradient_matches_cpu(case, path):
     ref_grads = torch.autograd.grad(ref, list(cpu_theta.values()))
     gpu_model = model.to("cuda")
     theta = {k: v.detach().cuda().requires_grad_() for k, v in cpu_theta.items()}
-    forward = make_batched_forward(gpu_model, prefer_fast=path == "batched")
+    forward = batched_forward(gpu_model, path)
     loss = meta_loss(forward, theta, c.batch(2, "cuda", dtype=torch.float64), c.loss, c.inner_steps,
                      c.inner_lr).mean()
     gpu_grads = torch.autograd.grad(loss, list(theta.values()))
@@ -121,7 +133,7 @@ def test_cuda_meta_gradient_matches_cpu(case, path):
                          ids=[f"{p}-{'fo' if fo else 'so'}" for p, fo in PATHS])
 def test_meta_step(benchmark, case, path, first_order):
     c = CASES[case]
-    if (case, path) in SKIP:
+    if (case, path) in SKIP or (path == "fused" and case in NO_FUSED):
         pytest.skip("not measured for this case")
     step = make_step(c, path, first_order, "cuda")
     for _ in range(3):

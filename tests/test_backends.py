@@ -180,3 +180,14 @@ def test_auto_picks_fused_for_omniglot_conv4(tmp_path):
     benchmark = BENCHMARKS.get(EXPERIMENTS.get(run.experiment).benchmark)(run.config)
     algorithm = ALGORITHMS.get("maml")(benchmark, run.config, run.seed)
     assert algorithm.info["path"] == "fused" and "path_skipped" not in algorithm.info
+
+
+def test_auto_forward_is_the_backend_auto_takes_where_its_gates_pass():
+    """The profiler's and benchmarks' "ours": fused for Conv4's second order on the CPU only
+    (measured faster there), batched for its first order, on another device and for the MLP."""
+    conv = conv_setup()[0]
+    mlp = regression_setup()[0]
+    assert backends.auto_forward(conv, first_order=False)[0] == "fused"
+    assert backends.auto_forward(conv, first_order=True)[0] == "batched"
+    assert backends.auto_forward(mlp, first_order=False)[0] == "batched"
+    assert backends.auto_forward(conv.to("meta"), first_order=False)[0] == "batched"

@@ -29,7 +29,7 @@ from maml_bench.profile.sweep import ProfileOptions, _measure_one
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = ["profile", "--config", "sinusoid", "--config", "omniglot-5w1s", "--steps", "1,2",
         "--meta-batch", "2", "--repeats", "1", "--quick", "--device", "cpu"]
-MEASURED = [f"{order}_{path}_{what}" for order in ("so", "fo") for path in ("batched", "loop")
+MEASURED = [f"{order}_{path}_{what}" for order in ("so", "fo") for path in ("ours", "loop")
             for what in ("ms", "median_ms", "peak_mib", "repeats", "skipped")]
 
 
@@ -51,16 +51,16 @@ def test_tiny_run_writes_every_file(tiny_profile):
     for png in ("profile-cpu-time.png", "profile-cpu-memory.png"):
         assert (out / png).read_bytes()[:8] == PNG
     for column in ("config", "meta_batch", "inner_steps", "device", "threads", "flops_so",
-                   "flops_fo", "flops_forward", "so_batched_gflops_s", "so_batched_peak_frac",
-                   "so_over_fo_time", "so_over_fo_memory", "so_loop_over_batched",
-                   "fo_loop_over_batched", *MEASURED):
+                   "flops_fo", "flops_forward", "so_ours_gflops_s", "so_ours_peak_frac",
+                   "so_over_fo_time", "so_over_fo_memory", "so_loop_over_ours",
+                   "fo_loop_over_ours", *MEASURED):
         assert column in frame.columns, column
     assert set(frame["config"]) == {"sinusoid", "omniglot-5w1s"}
     assert sorted(frame["inner_steps"]) == [1, 1, 2, 2] and set(frame["meta_batch"]) == {2}
     assert (frame["threads"] == 1).all()  # as each training run
     report = (out / "profile-cpu.md").read_text()
     for text in ("## sinusoid", "## omniglot-5w1s", "Memory: CPU: growth of the process's "
-                 "resident set", "Measured peak: matmul", "loop/batched SO",
+                 "resident set", "Measured peak: matmul", "loop/ours SO",
                  "`maml-bench profile --config sinusoid --config omniglot-5w1s --device cpu"):
         assert text in report, text
     ops = (out / "profile-cpu-ops.md").read_text()
@@ -71,24 +71,24 @@ def test_tiny_run_writes_every_file(tiny_profile):
 def test_both_paths_and_orders_are_measured(tiny_profile):
     _, frame, _ = tiny_profile
     for order in ("so", "fo"):
-        for path in ("batched", "loop"):
+        for path in ("ours", "loop"):
             assert (frame[f"{order}_{path}_ms"] > 0).all(), (order, path)
             assert (frame[f"{order}_{path}_median_ms"] >= frame[f"{order}_{path}_ms"]).all()
             assert (frame[f"{order}_{path}_repeats"] == 1).all()
             assert frame[f"{order}_{path}_skipped"].isna().all()
             assert (frame[f"{order}_{path}_peak_mib"] >= 0).all()
-        np.testing.assert_allclose(frame[f"{order}_loop_over_batched"],
-                                   frame[f"{order}_loop_ms"] / frame[f"{order}_batched_ms"])
+        np.testing.assert_allclose(frame[f"{order}_loop_over_ours"],
+                                   frame[f"{order}_loop_ms"] / frame[f"{order}_ours_ms"])
 
 
 def test_ratios_are_ratios_of_the_csv_columns(tiny_profile):
     _, frame, _ = tiny_profile
     np.testing.assert_allclose(frame["so_over_fo_time"],
-                               frame["so_batched_ms"] / frame["fo_batched_ms"])
+                               frame["so_ours_ms"] / frame["fo_ours_ms"])
     np.testing.assert_allclose(frame["so_over_fo_memory"],
-                               frame["so_batched_peak_mib"] / frame["fo_batched_peak_mib"])
-    np.testing.assert_allclose(frame["so_batched_gflops_s"],
-                               frame["flops_so"] / (frame["so_batched_ms"] / 1e3) / 1e9)
+                               frame["so_ours_peak_mib"] / frame["fo_ours_peak_mib"])
+    np.testing.assert_allclose(frame["so_ours_gflops_s"],
+                               frame["flops_so"] / (frame["so_ours_ms"] / 1e3) / 1e9)
 
 
 def test_flop_counts_second_order_above_first_above_forward(tiny_profile):
@@ -103,7 +103,7 @@ def test_flop_counts_second_order_above_first_above_forward(tiny_profile):
         assert two["flops_forward"] == one["flops_forward"]
 
 
-def test_flops_per_task_times_tasks_match_the_batched_count():
+def test_flops_per_task_times_tasks_match_the_ours_count():
     """Counted per task (the counter ignores groups in a grouped conv's weight gradient): for
     the MLP, whose batched path has no groups, it equals the count of the batched step."""
     cfg = CONFIGS["sinusoid"]
@@ -143,12 +143,12 @@ def test_over_budget_is_skipped_with_its_reason():
     # predicted from a smaller measurement: skipped without running the step
     predictor = Predictor()
     cfg = CONFIGS["sinusoid"]
-    predictor.record((cfg.name, "so", "batched"), 2, 1, 1.0, 10.0)
+    predictor.record((cfg.name, "so", "ours"), 2, 1, 1.0, 10.0)
 
     def never() -> None:
         raise AssertionError("a step predicted over the budget must not run")
 
-    m = _measure_one(never, cfg, 8, 4, "so", "batched", clock, probe, predictor, 3, 1, 5.0)
+    m = _measure_one(never, cfg, 8, 4, "so", "ours", clock, probe, predictor, 3, 1, 5.0)
     assert isinstance(m, Measurement) and m.skipped.startswith("predicted 10 s per step")
 
 

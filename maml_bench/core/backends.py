@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from maml_bench.core.functional import (
+    BatchedForward,
     StepSizes,
     SupervisedBatch,
     TaskLoss,
@@ -78,7 +79,7 @@ def unsupported(backend: str, problem: MetaProblem) -> str | None:
     return None
 
 
-def forward_of(backend: str, model: nn.Module):  # -> BatchedForward | None
+def forward_of(backend: str, model: nn.Module) -> BatchedForward | None:
     """The batched forward of `backend`; None for the per-task backends (loop, higher)."""
     if backend in ("fused", "batched"):
         return getattr(model, f"{backend}_forward")
@@ -256,9 +257,27 @@ def select(path: str, problem: MetaProblem, sample: Callable[[], SupervisedBatch
     raise AssertionError("loop is always usable")  # pragma: no cover
 
 
+def auto_forward(model: nn.Module, first_order: bool) -> tuple[str, BatchedForward]:
+    """The backend auto takes for `model` when its gates pass, and its batched forward: what
+    the profiler and benchmarks time as "ours" (gated per model in runs, not here)."""
+    problem = MetaProblem(model, None, 1, 0.0, first_order)  # type: ignore[arg-type]
+    for backend in AUTO_ORDER:
+        if unsupported(backend, problem) is None and _auto_skip(backend, problem) is None:
+            forward = forward_of(backend, model)
+            if forward is not None:
+                return backend, forward
+    raise ValueError(f"{type(model).__name__} has no batched forward")
+
+
 def _auto_skip(backend: str, problem: MetaProblem) -> str | None:
     """Why auto passes over a correct `backend` for `problem` (it would be slower), or None."""
-    if backend == "fused" and problem.first_order:
+    if backend != "fused":
+        return None
+    if problem.first_order:
         return ("first order has no second derivatives to save; batched measured faster "
                 "(results/benchmarks/omniglot-meta-step-speed-notes.md)")
+    device = next(problem.model.parameters()).device
+    if device.type != "cpu":
+        # its layouts were chosen for oneDNN; cuDNN unmeasured (benchmarks/test_meta_step_cuda)
+        return f"measured faster on the CPU only, not yet on {device.type} (--set path=fused)"
     return None

@@ -35,10 +35,11 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+from maml_bench.core.backends import auto_forward
 from maml_bench.core.functional import SupervisedBatch, meta_loss, reference_meta_loss
 from maml_bench.profile.configs import ProfileConfig
 
-PATHS = ("batched", "loop")  # our default path; the per-task loop (reference_meta_loss)
+PATHS = ("ours", "loop")  # the default backend (auto); the per-task loop (reference_meta_loss)
 ORDERS = ("so", "fo")  # second order; first order (FOMAML)
 MiB = 2**20
 
@@ -151,10 +152,10 @@ def meta_gradient(cfg: ProfileConfig, model: torch.nn.Module, theta: dict[str, T
                   ) -> Callable[[], list[Tensor]]:
     """One meta-iteration: the meta-gradient of the mean query loss over `batch`."""
     params = list(theta.values())
-    forward = model.batched_forward
+    forward = auto_forward(model, first_order)[1]
 
     def step() -> list[Tensor]:
-        if path == "batched":
+        if path == "ours":
             losses = meta_loss(forward, theta, batch, cfg.loss, steps, cfg.inner_lr, first_order)
         else:
             losses = reference_meta_loss(model, theta, batch, cfg.loss, steps, cfg.inner_lr,
@@ -308,19 +309,20 @@ def profile_ops(cfg: ProfileConfig, model: torch.nn.Module, theta: dict[str, Ten
                 batch: SupervisedBatch, steps: int, device: torch.device, n: int = 10
                 ) -> OpsProfile:
     """torch.profiler key_averages, top `n` by self time (device time on CUDA), of one
-    second-order batched meta-step and, separately, of its outer backward alone (where the
-    double backward runs)."""
+    second-order meta-step on our default path and, separately, of its outer backward alone
+    (where the double backward runs)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
     clock = Clock(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    step = meta_gradient(cfg, model, theta, batch, steps, first_order=False, path="batched")
+    step = meta_gradient(cfg, model, theta, batch, steps, first_order=False, path="ours")
     params = list(theta.values())
     step()  # warm: the profiled step is a steady-state one
 
     def inner() -> Tensor:
-        return meta_loss(model.batched_forward, theta, batch, cfg.loss, steps, cfg.inner_lr)
+        return meta_loss(auto_forward(model, False)[1], theta, batch, cfg.loss, steps,
+                         cfg.inner_lr)
 
     with _without_kineto_lines(), profile(activities=activities) as whole:
         step_ms = clock.time_ms(step)

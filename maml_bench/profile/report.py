@@ -40,11 +40,11 @@ def _ratio(a: pd.Series, b: pd.Series) -> pd.Series:
 
 def build_frame(rows: list[dict[str, Any]], peak: Peak) -> pd.DataFrame:
     """The measured columns plus what follows from them: FLOP/s, fraction of the measured peak,
-    second/first-order and loop/batched ratios (exact ratios of the time and memory columns)."""
+    second/first-order and loop/ours ratios (exact ratios of the time and memory columns)."""
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    # Second order before first, batched before loop (the sweep measures them the other way).
+    # Second order before first, ours before loop (the sweep measures them the other way).
     measured = [f"{o}_{p}_{what}" for o in ORDERS for p in PATHS
                 for what in ("ms", "median_ms", "peak_mib", "repeats", "skipped")]
     frame = frame[[c for c in frame.columns if c not in measured] + measured]
@@ -53,10 +53,10 @@ def build_frame(rows: list[dict[str, Any]], peak: Peak) -> pd.DataFrame:
             seconds = frame[f"{order}_{path}_ms"] / 1e3
             frame[f"{order}_{path}_gflops_s"] = frame[f"flops_{order}"] / seconds / 1e9
             frame[f"{order}_{path}_peak_frac"] = frame[f"flops_{order}"] / seconds / peak.best
-        frame[f"{order}_loop_over_batched"] = _ratio(frame[f"{order}_loop_ms"],
-                                                     frame[f"{order}_batched_ms"])
+        frame[f"{order}_loop_over_ours"] = _ratio(frame[f"{order}_loop_ms"],
+                                                     frame[f"{order}_ours_ms"])
     for path in PATHS:
-        suffix = "" if path == "batched" else "_loop"
+        suffix = "" if path == "ours" else "_loop"
         frame[f"so_over_fo_time{suffix}"] = _ratio(frame[f"so_{path}_ms"], frame[f"fo_{path}_ms"])
         frame[f"so_over_fo_memory{suffix}"] = _ratio(frame[f"so_{path}_peak_mib"],
                                                      frame[f"fo_{path}_peak_mib"])
@@ -102,8 +102,9 @@ def render_markdown(report: Report, frame: pd.DataFrame) -> str:
         *([f"**{report.note}**", ""] if report.note else []),
         "A meta-iteration is the meta-gradient of one meta-batch: forward, inner steps and "
         "outer backward (no optimizer step), on random inputs of the paper's shapes with the "
-        "real networks. *batched*: our default path (all tasks at once: one baddbmm per layer "
-        "for the MLP, tasks as groups of one grouped convolution for Conv4); *loop*: the "
+        "real networks. *ours*: the default backend (`--set path=auto`: all tasks at once, one "
+        "baddbmm per layer for the MLP, tasks as groups of one grouped convolution for Conv4, "
+        "with hand-written second derivatives (`fused`) for Conv4's second order); *loop*: the "
         "per-task autograd loop (`reference_meta_loss`, the learn2learn / `higher` way). SO / "
         "FO: second / first order (FOMAML).", "",
         f"* Time: the minimum over up to {report.repeats} timed steps after {report.warmup} "
@@ -124,7 +125,7 @@ def render_markdown(report: Report, frame: pd.DataFrame) -> str:
     if frame.empty:
         return "\n".join([*lines, "Nothing was measured.", ""])
     head = ("| meta-batch | steps | SO ms | FO ms | SO/FO time | SO MiB | FO MiB | SO/FO memory "
-            "| loop SO ms | loop FO ms | loop/batched SO | loop/batched FO | SO GFLOP | FO GFLOP "
+            "| loop SO ms | loop FO ms | loop/ours SO | loop/ours FO | SO GFLOP | FO GFLOP "
             "| forward GFLOP | SO GFLOP/s (% peak) |")
     for name, part in frame.groupby("config", sort=False):
         first = part.iloc[0]
@@ -135,17 +136,17 @@ def render_markdown(report: Report, frame: pd.DataFrame) -> str:
         for _, r in part.iterrows():
             mark = "**" if r["is_paper"] else ""
             cells = [f"{mark}{r['meta_batch']}{mark}", f"{mark}{r['inner_steps']}{mark}",
-                     _ms(r["so_batched_ms"]), _ms(r["fo_batched_ms"]),
+                     _ms(r["so_ours_ms"]), _ms(r["fo_ours_ms"]),
                      _num(r["so_over_fo_time"], ".2f", "x"),
-                     _ms(r["so_batched_peak_mib"]), _ms(r["fo_batched_peak_mib"]),
+                     _ms(r["so_ours_peak_mib"]), _ms(r["fo_ours_peak_mib"]),
                      _num(r["so_over_fo_memory"], ".2f", "x"),
                      _ms(r["so_loop_ms"]), _ms(r["fo_loop_ms"]),
-                     _num(r["so_loop_over_batched"], ".2f", "x"),
-                     _num(r["fo_loop_over_batched"], ".2f", "x"),
+                     _num(r["so_loop_over_ours"], ".2f", "x"),
+                     _num(r["fo_loop_over_ours"], ".2f", "x"),
                      _num(r["flops_so"] / 1e9, ".3g"), _num(r["flops_fo"] / 1e9, ".3g"),
                      _num(r["flops_forward"] / 1e9, ".3g"),
-                     _num(r["so_batched_gflops_s"], ".3g") + " ("
-                     + _num(100 * r["so_batched_peak_frac"], ".1f", "%") + ")"]
+                     _num(r["so_ours_gflops_s"], ".3g") + " ("
+                     + _num(100 * r["so_ours_peak_frac"], ".1f", "%") + ")"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     skipped = [f"* {r['config']}, meta-batch {r['meta_batch']}, {r['inner_steps']} inner step(s), "
@@ -162,7 +163,7 @@ def render_ops(report: Report) -> str:
     what = "self device (CUDA) time" if cuda else "self CPU time"
     lines = [f"# Operators of the second-order meta-step, {report.slug}", "",
              f"{report.device}. torch.profiler `key_averages()`, top 10 by {what}, of one "
-             "second-order meta-step on the batched path at the measured setting nearest the "
+             "second-order meta-step on our default path at the measured setting nearest the "
              "paper's, and of its outer backward alone (the backward through the inner "
              "gradients: the double backward). Share: of the profiled region's total self time. "
              "Times are under the profiler (its overhead included).", ""]
@@ -185,7 +186,7 @@ def render_ops(report: Report) -> str:
 
 def plot(frame: pd.DataFrame, column: str, ylabel: str, out_path: Path, report: Report,
          note: str) -> Path:
-    """One panel per configuration: `column` of the batched path against inner steps, second
+    """One panel per configuration: `column` of our default path against inner steps, second
     order solid and first order dashed, one colour per meta-batch."""
     import matplotlib.pyplot as plt
 
@@ -203,7 +204,7 @@ def plot(frame: pd.DataFrame, column: str, ylabel: str, out_path: Path, report: 
             sel = part[part["meta_batch"] == meta_batch].sort_values("inner_steps")
             color = colors(i / max(1, len(batches) - 1) * 0.85)
             for order, style, marker in (("so", "-", "o"), ("fo", "--", "s")):
-                ax.plot(sel["inner_steps"], sel[f"{order}_batched_{column}"], style,
+                ax.plot(sel["inner_steps"], sel[f"{order}_ours_{column}"], style,
                         marker=marker, color=color, markerfacecolor="none",
                         label=f"T={meta_batch} {order.upper()}")
         ax.set_title(f"{name} (paper T={part['paper_meta_batch'].iloc[0]})", fontsize="medium")
@@ -214,6 +215,6 @@ def plot(frame: pd.DataFrame, column: str, ylabel: str, out_path: Path, report: 
         ax.legend(fontsize="x-small")
     for ax in list(axes.flat)[len(configs):]:
         ax.axis("off")
-    fig.suptitle(f"{report.slug}: batched path, second order (solid) vs first order (dashed); "
+    fig.suptitle(f"{report.slug}: default path, second order (solid) vs first order (dashed); "
                  f"missing points were skipped\n{note}", fontsize="medium")
     return save_png(fig, out_path)

@@ -1,5 +1,5 @@
 """The profile run: every chosen configuration over the sweeps of meta-batch and inner steps,
-second and first order, batched path and per-task loop; then the report files."""
+second and first order, our default path and the per-task loop; then the report files."""
 
 from __future__ import annotations
 
@@ -174,7 +174,8 @@ def _run(options: ProfileOptions, device: torch.device) -> list[Path]:
                 del batch
             target = _ops_target(cfg, rows[before:])
             if target is None:
-                skipped_ops.append(f"{cfg.name}: no second-order batched step was measured")
+                skipped_ops.append(f"{cfg.name}: no second-order step of our default path "
+                                   "was measured")
             else:
                 try:
                     ops.append(profile_ops(cfg, model, theta, cfg.batch(target[0], device),
@@ -259,7 +260,7 @@ def _measure_one(step: Callable[[], object], cfg: ProfileConfig, meta_batch: int
 
 def _ops_target(cfg: ProfileConfig, rows: list[dict[str, Any]]) -> tuple[int, int] | None:
     """The measured (meta-batch, steps) nearest the paper's, for the operator profile."""
-    measured = [r for r in rows if not r["so_batched_skipped"]]
+    measured = [r for r in rows if not r["so_ours_skipped"]]
     if not measured:
         return None
     best = min(measured, key=lambda r: (abs(r["meta_batch"] - cfg.meta_batch) / cfg.meta_batch
