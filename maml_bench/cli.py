@@ -293,8 +293,8 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                    help=f"ray/slurm: CPUs (and torch threads) per run (default 1; "
                    f"{CPUS_PER_RUN.describe()})")
     g.add_argument("--gpus-per-run", type=option(GPUS_PER_RUN, float), default=None,
-                   metavar="N", help=f"ray/slurm: GPUs per run (default 0; "
-                   f"{GPUS_PER_RUN.describe()})")
+                   metavar="N", help="ray/slurm: GPUs per run, each run training on its own "
+                   f"(implies --device cuda; default 0; {GPUS_PER_RUN.describe()})")
     g.add_argument("--retries", type=option(RETRIES), default=None, metavar="N",
                    help="ray/slurm: restarts of a run whose worker or job was lost; it resumes "
                    f"from its checkpoint (default 3; {RETRIES.describe()})")
