@@ -116,13 +116,15 @@ def here(device: str) -> str:
 
 def torch_device(device: str) -> torch.device:
     """The torch device of a run asking for `device`, in the process that trains it: auto is
-    CUDA where this process sees a GPU; cuda is cuda:LOCAL_RANK (0 without torchrun, i.e. the
-    first GPU the engine made visible)."""
+    CUDA where this process sees a GPU; cuda is cuda:LOCAL_RANK under torchrun, else cuda:0
+    (on Ray or SLURM the GPU the engine made visible)."""
+    from maml_bench import distributed
+
     device = here(device)
     if device == "cpu":
         return torch.device("cpu")
     if device == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
+        return torch.device("cuda", distributed.local_rank() if distributed.launched() else 0)
     return torch.device(device)
 
 

@@ -268,7 +268,6 @@ def _execute(run: RunSpec, mode: str, threads: int) -> Path:
         "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
         "nonfinite_test_values": nonfinite, "info": algorithm.info,
         "world_size": distributed.world_size(),  # processes that split each meta-batch
-        "device_requested": run.device,
         **seal(run.directory / RECORDS_FILE), **prov,
     })
     return run.directory
