@@ -35,9 +35,11 @@ examples:
   maml-bench compare sinusoid-table2-v1 sinusoid-table2-codelr-v1 --method maml --shots 5
   maml-bench data check omniglot                  # is the dataset on disk the real release?
   maml-bench run sinusoid-table2-v1 --grid inner_lr=0.01,0.001 --grid meta_batch=5,25
+  maml-bench run omniglot-5w1s-v1 --device cuda     # train on this machine's GPU
   maml-bench run omniglot-5w1s-v1 --engine ray --address auto --gpus-per-run 1
   maml-bench run omniglot-5w1s-v1 --engine slurm --partition gpu --gpus-per-run 1 --time 720
   torchrun --nproc-per-node 2 -m maml_bench.cli run omniglot-5w1s-v1 --method maml
+  torchrun --nproc-per-node 8 -m maml_bench.cli run omniglot-5w1s-v1 --method maml --device cuda
 An interrupted run resumes from its last checkpoint when the same command is run again.
 """
 
@@ -59,6 +61,7 @@ PROFILE_CONFIG = OneOf(PROFILE_CONFIG_NAMES)
 PROFILE_STEPS = Items(Number(int, 1, 100), 1, 16)
 PROFILE_META_BATCH = Items(Number(int, 1, 1_024), 1, 16)
 PROFILE_DEVICE = OneOf(("cpu", "cuda"))
+DEVICE = Pattern(r"auto|cpu|cuda(:[0-9]{1,2})?", "auto, cpu, cuda or cuda:N (N = 0 to 99)")
 PROFILE_REPEATS = Number(int, 1, 1_000)
 PROFILE_BUDGET = Number(float, 0.0, 86_400.0, lo_open=True)
 PROFILE_THREADS = Number(int, 1, 1_024)
@@ -230,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "each point runs into OUT/grid/KEY=V1,.../ and a comparison table across "
                    "the points is written to OUT/grid/comparisons/ (a list-valued setting "
                    "separates its points with ';')")
+    p.add_argument("--device", type=option(DEVICE, str), default=None,
+                   help="where runs train: cpu (default: reproducible numbers; the small "
+                   "networks gain little from a GPU), auto (CUDA where there is one), cuda, "
+                   "cuda:N; with --gpus-per-run, cuda (each run's assigned GPU). Sampling stays "
+                   "on the CPU, so a seed gives the same tasks anywhere; not part of the config "
+                   "hash. RL runs train on the CPU only")
     _add_engine_options(p)
 
     out_help = ("root holding the experiment's records (default: where `run` writes at --scale: "
@@ -284,8 +293,8 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                    help=f"ray/slurm: CPUs (and torch threads) per run (default 1; "
                    f"{CPUS_PER_RUN.describe()})")
     g.add_argument("--gpus-per-run", type=option(GPUS_PER_RUN, float), default=None,
-                   metavar="N", help=f"ray/slurm: GPUs per run (default 0; "
-                   f"{GPUS_PER_RUN.describe()})")
+                   metavar="N", help="ray/slurm: GPUs per run, each run training on its own "
+                   f"(implies --device cuda; default 0; {GPUS_PER_RUN.describe()})")
     g.add_argument("--retries", type=option(RETRIES), default=None, metavar="N",
                    help="ray/slurm: restarts of a run whose worker or job was lost; it resumes "
                    f"from its checkpoint (default 3; {RETRIES.describe()})")
@@ -311,14 +320,23 @@ def engine_options(args: argparse.Namespace) -> typing.Any:
     given = {name: getattr(args, name) for name in ENGINE_FLAGS if getattr(args, name) is not None}
     options = EngineOptions(engine=args.engine, jobs=args.jobs, **given)
     check_options(options, set(given))
-    if options.gpus_per_run:
-        from maml_bench.progress import say
-
-        say("note: --gpus-per-run reserves GPUs for each run, but runs train on the CPU in this "
-            "version (see README 'Running at scale')")
     if options.logs is not None:
         writable_dir(options.logs, "--logs")
     return options
+
+
+def run_devices(runs: list[typing.Any], device: str | None, options: typing.Any
+                ) -> list[typing.Any]:
+    """The runs with the device each trains on (`maml_bench/devices.py`); contradictory
+    options, a CPU-only method asked onto a GPU and a CUDA device this machine lacks are all
+    refused here, before any work. Runs on a cluster's nodes check their GPU themselves."""
+    from maml_bench import devices, distributed
+
+    wanted = devices.command_device(device, options, distributed.launched())
+    runs = devices.assign(runs, wanted, options.gpus_per_run)
+    if options.engine in ("local", "submitit-local"):  # the runs train on this machine
+        runs = [dataclasses.replace(run, device=devices.here(run.device)) for run in runs]
+    return runs
 
 
 def _add_profile_parser(sub: typing.Any) -> None:
@@ -581,6 +599,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         check_points(points, args.overrides)
     runs = [run for _, _, point_runs in plans for run in point_runs]
     options = engine_options(args)
+    runs = run_devices(runs, args.device, options)
     # Under torchrun (WORLD_SIZE > 1): refuses what cannot be split, joins the process group.
     distributed.setup_run_command(runs, jobs=args.jobs or 1)
     workers = max((getattr(r.config, "workers", 1) for r in runs), default=1)

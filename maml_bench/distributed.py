@@ -8,6 +8,9 @@ step then runs identically everywhere, so parameters stay identical without a br
 meta-test's tasks are split the same way and gathered back in task order. Rank 0 alone holds
 the run's lock and writes its files (`runner.execute`).
 
+Runs on CUDA (`--device cuda`): each process takes cuda:LOCAL_RANK and the group uses nccl;
+on the CPU it uses gloo.
+
 Without a process group (one process, or a world of one) every function here is the identity
 or a no-op, so callers need no branches of their own.
 """
@@ -47,8 +50,14 @@ def launched() -> bool:
         return False
 
 
-def init_from_env() -> None:
-    """Join the launcher's process group (gloo: runs train on CPU); idempotent."""
+def local_rank() -> int:
+    """This process's index on its node (LOCAL_RANK): its GPU under --device cuda."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0)
+
+
+def init_from_env(device: str = "cpu") -> None:
+    """Join the launcher's process group: nccl on cuda:LOCAL_RANK for a CUDA `device`, else
+    gloo; idempotent."""
     if dist.is_initialized():
         return
     text = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_SECONDS))
@@ -58,7 +67,12 @@ def init_from_env() -> None:
         seconds = -1.0
     if not 0 < seconds < float("inf"):
         raise UserError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {text!r}")
-    dist.init_process_group("gloo", timeout=timedelta(seconds=seconds))
+    backend = "gloo"
+    if device.startswith("cuda"):
+        # nccl's collectives (and object broadcasts) run on the current device: this rank's
+        torch.cuda.set_device(local_rank())
+        backend = "nccl"
+    dist.init_process_group(backend, timeout=timedelta(seconds=seconds))
     atexit.register(_destroy)
 
 
@@ -107,7 +121,7 @@ def setup_run_command(runs: Sequence[Any], jobs: int) -> None:
     if small:
         raise UserError(f"meta_batch {small[0]} is smaller than torchrun's {world} processes; "
                         f"--set meta_batch={world} or more, or launch fewer processes")
-    init_from_env()
+    init_from_env(runs[0].device if runs else "cpu")  # a command's runs share one device
 
 
 def bounds(n_tasks: int, part: int | None = None, parts: int | None = None

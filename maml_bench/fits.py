@@ -48,6 +48,7 @@ def fit_frame(algorithm: Algorithm, benchmark: SupervisedBenchmark, steps: int
 def _rows(kind: str, shots: int, x: Tensor, y: Tensor, steps: Tensor | None = None
           ) -> pd.DataFrame:
     """x, y: [tasks, points] (or [tasks, steps, points] with `steps`) -> long rows."""
+    x, y = x.detach().cpu(), y.detach().cpu()  # a run on a GPU: its predictions come back
     index = torch.nonzero(torch.ones_like(y, dtype=torch.bool))
     frame = pd.DataFrame({"kind": kind, "shots": shots, "task": index[:, 0].numpy(),
                           "x": x.reshape(-1).double().numpy(),

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from maml_bench import distributed
+from maml_bench import devices, distributed
 from maml_bench.algorithms import ALGORITHMS, Algorithm
 from maml_bench.config import apply_overrides, config_dict, config_hash
 from maml_bench.errors import RunBusy, TrainingDiverged, UserError
@@ -69,6 +69,9 @@ class RunSpec:
     repetition: int
     config: Any
     out: Path
+    #: where it trains (`devices.py`): cpu, auto, cuda, cuda:N. Not part of the config or its
+    #: hash: the same run continues on another device, and run.json says which trained it.
+    device: str = "cpu"
 
     @property
     def run_id(self) -> str:
@@ -209,8 +212,12 @@ def execute(run: RunSpec, progress: bool | str | None = None, threads: int = 1) 
 def _execute(run: RunSpec, mode: str, threads: int) -> Path:
     torch.set_num_threads(threads)
     keep_freed_memory()
+    device = devices.torch_device(run.device)  # a worker without the GPU: one line, exit 2
+    devices.use(device)
     experiment = EXPERIMENTS.get(run.experiment)
     benchmark = BENCHMARKS.get(experiment.benchmark)(run.config)
+    if device.type != "cpu":  # drawn on the CPU as always, then moved: the same tasks
+        benchmark = devices.OnDevice(benchmark, device)
     algorithm = ALGORITHMS.get(run.method)(benchmark, run.config, run.seed)
     chash = config_hash(run.config)
     ckpt_path = run.directory / CHECKPOINT_FILE
@@ -230,17 +237,17 @@ def _execute(run: RunSpec, mode: str, threads: int) -> Path:
     gc.freeze()
     try:
         train_seconds = _train(run, algorithm, start, train_log, ckpt_path, chash, mode,
-                               train_seconds)
+                               train_seconds, device)
     finally:
         gc.unfreeze()
     t0 = time.perf_counter()
     with torch.no_grad():
-        curves = algorithm.evaluate()
+        curves = {k: v.cpu() for k, v in algorithm.evaluate().items()}
         fits = fit_frame(algorithm, benchmark, run.config.eval_steps)
     eval_seconds = time.perf_counter() - t0
     if not distributed.is_main():
         return run.directory  # rank 0 writes the run's files
-    prov = provenance("cpu")
+    prov = provenance(devices.describe(device))
     frame = records_frame(run, curves, benchmark.metric_name, {**prov, "config_hash": chash})
     write_records(run.directory / RECORDS_FILE, frame)
     if fits is not None:
@@ -267,7 +274,8 @@ def _execute(run: RunSpec, mode: str, threads: int) -> Path:
 
 
 def _train(run: RunSpec, algorithm: Algorithm, start: int, train_log: list[dict[str, float]],
-           ckpt_path: Path, chash: str, mode: str, seconds_before: float) -> float:
+           ckpt_path: Path, chash: str, mode: str, seconds_before: float,
+           device: torch.device) -> float:
     """Train from iteration `start`; returns the training seconds of all sessions so far.
 
     Loss and parameters are checked finite every `check_every` iterations and also before every
@@ -278,7 +286,7 @@ def _train(run: RunSpec, algorithm: Algorithm, start: int, train_log: list[dict[
     every_ckpt = getattr(algorithm, "checkpoint_interval", c.checkpoint_every)
     every_val = getattr(c, "val_every", 0)  # few-shot: a validation curve while training
     bar = IterationProgress(run.run_id, total, start, mode)
-    loss_sum = torch.zeros(())
+    loss_sum = torch.zeros((), device=device)
     since_log = 0
     last_good = start if ckpt_path.exists() else None
     t0 = time.perf_counter()
@@ -304,7 +312,7 @@ def _train(run: RunSpec, algorithm: Algorithm, start: int, train_log: list[dict[
                 # Fixed validation tasks, no randomness drawn: resuming gives the same curve.
                 row["val_metric"] = algorithm.validation_score()
             train_log.append(row)
-            loss_sum, since_log = torch.zeros(()), 0
+            loss_sum, since_log = torch.zeros((), device=device), 0
         if ckpt_due:
             distributed.check_identical(algorithm.tensors())  # torchrun: one state, one file
             elapsed = seconds_before + time.perf_counter() - t0
@@ -325,7 +333,8 @@ def _save_checkpoint(path: Path, algorithm: Algorithm, iteration: int,
     import io
 
     buffer = io.BytesIO()
-    torch.save({"algorithm": algorithm.state_dict(), "iteration": iteration,
+    # CPU tensors: the checkpoint loads on any device (a run may resume on another one)
+    torch.save({"algorithm": devices.to_cpu(algorithm.state_dict()), "iteration": iteration,
                 "train_log": list(train_log), "config_hash": chash,
                 "train_seconds": seconds}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -343,7 +352,7 @@ def _resume_state(path: Path, chash: str) -> dict[str, Any] | None:
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        return torch.load(path, weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing
         raise UserError(f"checkpoint {path} is unreadable ({type(err).__name__}); "
                         "delete it to restart that run") from None

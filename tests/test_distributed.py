@@ -184,6 +184,9 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     (2, ["--method", "maml", "--jobs", "2"], "--jobs 2 under torchrun"),
     (2, ["--method", "reptile"], "reptile: no data-parallel meta-batch under torchrun"),
     (30, ["--method", "maml"], "meta_batch 25 is smaller than torchrun's 30 processes"),
+    (2, ["--method", "maml", "--device", "cuda:1"], "each process takes cuda:LOCAL_RANK"),
+    pytest.param(2, ["--method", "maml", "--device", "cuda"], "sees no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA")),
 ])
 def test_what_cannot_be_split_is_refused_before_any_work(monkeypatch, capsys, tmp_path, world,
                                                          args, expected):

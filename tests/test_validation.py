@@ -103,6 +103,7 @@ SYNTH = ["data", "synth", "miniimagenet", "{out}"]
 OPTIONS = [
     (["run", "--scale", "tiny", "--no-report", "--out", "{out}"], "--jobs", cli.JOBS),
     (["run", "--scale", "tiny", "--no-report", "--out", "{out}"], "--seeds", cli.SEEDS),
+    (["run", "--scale", "tiny", "--no-report", "--out", "{out}"], "--device", cli.DEVICE),
     (["report", "--scale", "tiny", "--out", "{out}"], "--level", cli.LEVEL),
     (["compare", "sinusoid-table2-v1", "--out", "{out}"], "--shots", cli.SHOTS),
     (["compare", "sinusoid-table2-v1", "--out", "{out}"], "--steps", cli.STEPS),

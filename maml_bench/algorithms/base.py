@@ -29,12 +29,17 @@ class Algorithm(ABC):
     #: splits its meta-batch over torchrun's processes (`maml_bench.distributed`): train_step
     #: all-reduces its meta-gradient and evaluation goes through `evaluate_adaptation`
     data_parallel: bool = False
+    #: why this method trains on the CPU only (`maml_bench/devices.py`), or None
+    cpu_only: str | None = None
 
     def __init__(self, benchmark: SupervisedBenchmark, config: Any, seed: int) -> None:
         self.benchmark = benchmark
         self.config = config
         self.seed = seed
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed)  # on the CPU on every device
+        #: where the run's tensors live: the benchmark's (`devices.OnDevice`), else the CPU.
+        #: Models made by the benchmark are there already; an algorithm's own go there too.
+        self.device = getattr(benchmark, "device", torch.device("cpu"))
         #: extra facts for run.json (tuned step sizes, fractions...)
         self.info: dict[str, Any] = {}
 

@@ -22,7 +22,8 @@ class ContextVector(MAML):
         size = self.config.context_size
         image = getattr(benchmark, "image_shape", None)  # (C, H, W) for images
         shape = (size, *image[1:]) if image is not None else (size,)
-        return ContextInput(seeded_model(benchmark, seed, extra_inputs=size), shape)
+        model = ContextInput(seeded_model(benchmark, seed, extra_inputs=size), shape)
+        return model.to(self.device)  # z is made on the CPU
 
     def adapted(self) -> list[str]:
         return [CONTEXT]

@@ -39,7 +39,7 @@ class FineTuning(Algorithm):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
             self.model.classifier = nn.Linear(self.model.classifier.in_features,
-                                              benchmark.n_train_classes)
+                                              benchmark.n_train_classes).to(self.device)
         self.optimizer = adam(list(self.model.parameters()), config.meta_lr)
         c = config
         # The images MAML sees per meta-iteration, as plain labelled examples.
@@ -61,8 +61,8 @@ class FineTuning(Algorithm):
         theta = {k: v.detach() for k, v in self.model.named_parameters()
                  if not k.startswith("classifier.")}
         width = self.model.classifier.in_features
-        theta["classifier.weight"] = torch.zeros(self.config.ways, width)
-        theta["classifier.bias"] = torch.zeros(self.config.ways)
+        theta["classifier.weight"] = torch.zeros(self.config.ways, width, device=self.device)
+        theta["classifier.bias"] = torch.zeros(self.config.ways, device=self.device)
         return theta
 
     def episode_forward(self) -> BatchedForward:

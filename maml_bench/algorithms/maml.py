@@ -111,7 +111,7 @@ class MAML(Algorithm):
         """The summed query losses of `batch` / n_tasks (default: its own task count) and their
         gradient, one graph per `chunk` tasks; n_tasks > batch.n_tasks: a share of a larger
         batch (torchrun)."""
-        total = torch.zeros(())
+        total = torch.zeros((), device=params[0].device)
         grads = [torch.zeros_like(p) for p in params]
         for part in batch.chunks(chunk):
             loss = self.query_losses(part).sum() / (n_tasks or batch.n_tasks)

@@ -83,7 +83,8 @@ class MatchingNets(MetricLearner):
         if config.matching_fce_steps > 0:
             with torch.random.fork_rng(devices=[]):  # seeded apart from the trunk's init
                 torch.manual_seed(seed + 1)
-                self.fce = FullContextEmbedding(self.embedding_size, config.matching_fce_steps)
+                self.fce = FullContextEmbedding(self.embedding_size,
+                                                config.matching_fce_steps).to(self.device)
             self.optimizer.add_param_group({"params": list(self.fce.parameters())})
 
     def modules(self) -> dict[str, Any]:

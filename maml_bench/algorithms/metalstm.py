@@ -189,7 +189,7 @@ class MetaLSTM(Algorithm):
         self.layout = ParamLayout(self.theta)
         with torch.random.fork_rng(devices=[]):  # seeded alone, independent of global RNG state
             torch.manual_seed(seed)
-            self.meta = MetaLearnerLSTM(config.metalstm_hidden)
+            self.meta = MetaLearnerLSTM(config.metalstm_hidden).to(self.device)
         self.optimizer = adam(self.meta_parameters(), config.meta_lr)
         self.info["train_updates"] = self.train_updates
 
@@ -221,7 +221,7 @@ class MetaLSTM(Algorithm):
         batch = self.benchmark.train_batch(self.gen, c.meta_batch, c.train_shots, c.train_query)
         params = self.meta_parameters()
         chunk = c.task_chunk if 0 < c.task_chunk < c.meta_batch else c.meta_batch
-        total = torch.zeros((), dtype=params[0].dtype)
+        total = torch.zeros((), dtype=params[0].dtype, device=params[0].device)
         grads = [torch.zeros_like(p) for p in params]
         for part in batch.chunks(chunk):  # one graph per chunk, freed before the next
             loss = self.query_losses(part).sum() / batch.n_tasks

@@ -32,8 +32,9 @@ class MultiTaskAverage(Algorithm):
         names = [n for n, _ in self.model.named_parameters()]
         # Sum of finished regressors' parameters and their count: the running mean.
         self.param_sum = {n: torch.zeros_like(p) for n, p in self.model.named_parameters()}
-        self.count = torch.zeros(())
-        self.final_mse = torch.full((config.multitask_networks,), float("nan"))
+        self.count = torch.zeros((), device=self.device)
+        self.final_mse = torch.full((config.multitask_networks,), float("nan"),
+                                    device=self.device)
         self._names = names
 
     @property
@@ -76,7 +77,7 @@ class MultiTaskAverage(Algorithm):
         return mse.mean()
 
     def penalty(self, params: dict[str, Tensor], mean: dict[str, Tensor] | None) -> Tensor:
-        return torch.zeros(())
+        return torch.zeros((), device=self.device)
 
     def tensors(self) -> list[Tensor]:
         return list(self.param_sum.values())  # final_mse starts as NaN on purpose (not yet run)
@@ -106,6 +107,6 @@ class MultiTaskMean(MultiTaskAverage):
 
     def penalty(self, params: dict[str, Tensor], mean: dict[str, Tensor] | None) -> Tensor:
         if mean is None:
-            return torch.zeros(())
+            return torch.zeros((), device=self.device)
         return self.config.multitask_mean_pull * sum(
             (p - mean[n]).pow(2).sum() for n, p in params.items())

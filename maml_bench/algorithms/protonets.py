@@ -132,8 +132,9 @@ class ProtoNets(MetricLearner):
             return super().train_episodes()
         # Wider episodes from the same training classes, rotations and generator.
         bench = self.benchmark
-        return episodes(bench.pools["train"], self.gen, c.meta_batch, self.train_ways,
-                        c.train_shots, c.train_query, bench.rotate), self.train_ways
+        batch = episodes(bench.pools["train"], self.gen, c.meta_batch, self.train_ways,
+                         c.train_shots, c.train_query, bench.rotate)
+        return batch.to_device(self.device), self.train_ways
 
     def train_step(self, iteration: int) -> Tensor:
         # The step size follows from the iteration alone, so a resumed run gets the same one.

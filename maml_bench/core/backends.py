@@ -210,7 +210,9 @@ def _fd_reason(problem: MetaProblem, theta: dict[str, Tensor], batch: Supervised
     first_order=True (the same value, cheaper).
     """
     gen = torch.Generator().manual_seed(0)
-    direction = {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in theta.items()}
+    # drawn on the CPU (the same direction on every device), then put where theta is
+    direction = {k: torch.randn(v.shape, generator=gen, dtype=v.dtype).to(v.device)
+                 for k, v in theta.items()}
     projected = sum((exact[k] * direction[k]).sum() for k in theta).item()
     value = replace(problem, first_order=True)
 

@@ -69,6 +69,11 @@ class SupervisedBatch:
         return SupervisedBatch(*(cast(t) for t in (
             self.x_support, self.y_support, self.x_query, self.y_query, self.task_info)))
 
+    def to_device(self, device: torch.device | str) -> SupervisedBatch:
+        """Every tensor (labels too) on `device`; the same batch where they already are."""
+        return SupervisedBatch(*(t.to(device) if t is not None else None for t in (
+            self.x_support, self.y_support, self.x_query, self.y_query, self.task_info)))
+
 
 def task_mse(pred: Tensor, target: Tensor) -> Tensor:
     """Per-task mean squared error: [T, N, ...] -> [T] (the sinusoid benchmark's loss)."""

@@ -18,6 +18,8 @@ class SupervisedBenchmark(ABC):
     metric_name: str
     #: True when a larger metric is better
     higher_is_better: bool
+    #: why its runs train on the CPU only (`maml_bench/devices.py`), or None
+    cpu_only: str | None = None
 
     def __init__(self, config: Any) -> None:
         self.config = config

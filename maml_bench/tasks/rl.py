@@ -72,6 +72,10 @@ class MetaRL:
     config_class = RLConfig
     #: the training log's train_loss is minus this: (title, axis label) for training-curves.png
     training_curve = ("return", "average return (each update's episodes)")
+    #: why its runs train on the CPU (`maml_bench/devices.py`): auto keeps them there, an
+    #: explicit --device cuda is refused with this reason
+    cpu_only = ("its sampler steps gymnasium environments on the CPU every time step, and its "
+                "policies are small MLPs: a GPU would only add copies")
 
     def __init__(self, config: RLConfig) -> None:
         self.config = config
