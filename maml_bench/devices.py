@@ -109,7 +109,9 @@ def check_here(device: str) -> None:
 def here(device: str) -> str:
     """`device` for runs in this process's machine: auto made concrete, CUDA checked."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        device = "cuda"  # checked as if asked for: enough GPUs for torchrun's processes
     check_here(device)
     return device
 

@@ -102,3 +102,27 @@ def test_fused_passes_the_gate_at_omniglot_scale():
     """The run-time gate (float64 reference and finite differences) on Conv4-64, 28 x 28."""
     model, batch, loss_fn = conv_setup(tasks=2, ways=5, channels=64)
     assert gate("fused", MetaProblem(model.float(), loss_fn, 1, 0.4), lambda: batch) is None
+
+
+@pytest.mark.parametrize("forward", ["fused_forward", "batched_forward"])
+def test_meta_steps_leave_no_graph_alive(forward):
+    """After each second-order meta-step (2 inner steps) the same tensors are alive: no graph
+    survives its step (a ctx holding its own outputs once kept every step's, OOM in runs)."""
+    import gc
+
+    from maml_bench.core.functional import meta_loss
+
+    model, batch, loss = conv_setup(tasks=2)
+    theta = dict(model.named_parameters())
+
+    def live() -> int:
+        gc.collect()
+        return sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
+
+    counts = []
+    for _ in range(3):
+        total = meta_loss(getattr(model, forward), theta, batch, loss, 2, 0.4).mean()
+        torch.autograd.grad(total, list(theta.values()))
+        del total
+        counts.append(live())
+    assert counts[1] == counts[2], counts

@@ -278,7 +278,7 @@ def _auto_skip(backend: str, problem: MetaProblem) -> str | None:
     if problem.first_order:
         return ("first order has no second derivatives to save; batched measured faster "
                 "(results/benchmarks/omniglot-meta-step-speed-notes.md)")
-    device = next(problem.model.parameters()).device
+    device = next(problem.model.parameters(), torch.empty(0)).device
     if device.type != "cpu":
         # its layouts were chosen for oneDNN; cuDNN unmeasured (benchmarks/test_meta_step_cuda)
         return f"measured faster on the CPU only, not yet on {device.type} (--set path=fused)"

@@ -181,7 +181,10 @@ class _BatchNormReLUBackward(torch.autograd.Function):
         grad, x, gamma, cache = inputs
         _, ggamma, gbeta = output
         ctx.cache = cache
-        ctx.sums = (ggamma, gbeta)
+        # Detached: an output kept on ctx as itself is a reference cycle through C++ (output ->
+        # grad_fn -> ctx -> output) that the garbage collector cannot free, so every graph of
+        # every meta-step (with its full-size cache) would stay alive. Their values suffice.
+        ctx.sums = (ggamma.detach(), gbeta.detach())
         ctx.save_for_backward(grad, gamma)
 
     @staticmethod
