@@ -111,7 +111,8 @@ def build_tables(experiment_id: str, out: Path, ci: str = "normal", level: float
             log.warning("table %s: no rows for K=%d", spec.name, spec.shots)
             continue
         wide = format_table(rows, spec.shots, list(spec.steps), experiment.labels(),
-                            metric=experiment.metric, experiment=experiment_id)
+                            metric=experiment.metric, experiment=experiment_id,
+                            method_steps=dict(spec.method_steps) or None)
         paths = write_table(rows, wide, table_dir, spec.name, spec.caption, level=level)
         written.extend(paths.values())
     # Every method, K and step in one long CSV, for scripts and CI checks.

@@ -40,6 +40,9 @@ class TableSpec:
     steps: tuple[int, ...]
     methods: tuple[str, ...] | None = None
     """None: every method of the experiment"""
+    method_steps: tuple[tuple[str, int], ...] = ()
+    """(method, step): each row after its own protocol's last step instead of `steps`' one
+    (a "steps" column says which); empty: every row at every step of `steps`"""
 
 
 @dataclass(frozen=True)

@@ -60,23 +60,73 @@ def matching_settings(dataset: str) -> dict[str, Any]:
     return {"matching_fce_steps": 2} if dataset == "miniimagenet" else {}
 
 
+def reptile_settings(dataset: str, ways: int, shots: int) -> dict[str, Any]:
+    """Nichol et al. 2018 as their code runs it (openai/supervised-reptile: the README's
+    commands for the paper, args.py, models.py, reptile.py, train.py). Every setting: an inner
+    Adam (beta1 = 0, beta2 TF's 0.999; models.py) at --learning-rate on the minibatch's summed
+    loss (TF's minimize of the per-example loss vector), --meta-batch 5 tasks of --train-shots
+    images per class, --inner-iters steps on minibatches of --inner-batch, theta interpolated
+    with a step annealed from --meta-step 1 to --meta-step-final 0 over --meta-iters; meta-test:
+    --eval-iters 50 steps of the same Adam on minibatches of --eval-batch support images, then
+    every query at once (--transductive). Omniglot 20-way: 10 inner steps of 20 at 0.0005,
+    200,000 iterations, eval batch 10; MiniImagenet: 8 inner steps, 15 train shots, eval batch
+    5 (1-shot) or 15 (5-shot)."""
+    common = {"reptile_inner_optimizer": "adam", "reptile_adam_betas": (0.0, 0.999),
+              "reptile_inner_loss": "sum", "reptile_outer": "interpolate",
+              "reptile_meta_step": 1.0, "reptile_meta_step_final": 0.0, "meta_batch": 5,
+              "inner_lr": 0.001, "eval_steps": REPTILE_EVAL_ITERS, "iterations": 100_000,
+              # their tasks have no query set; ours only give the logged training loss, and
+              # 5 per class keep train_shots + queries within 20 images per class
+              "train_query": 5}
+    if dataset == "omniglot" and ways == 20:
+        return common | {"train_shots": 10, "reptile_inner_batch": 20, "reptile_inner_steps": 10,
+                         "inner_lr": 0.0005, "iterations": 200_000, "reptile_eval_batch": 10}
+    if dataset == "omniglot":
+        return common | {"train_shots": 10, "reptile_inner_batch": 10, "reptile_inner_steps": 5,
+                         "reptile_eval_batch": 5}
+    return common | {"train_shots": 15, "reptile_inner_batch": 10, "reptile_inner_steps": 8,
+                     "reptile_eval_batch": 5 if shots == 1 else 15}
+
+
+#: Reptile's fine-tuning steps at meta-test (--eval-iters): its rows' step in "methods" tables
+REPTILE_EVAL_ITERS = 50
+
+
+def method_settings(method: str, dataset: str, ways: int, shots: int) -> dict[str, Any]:
+    """A later method's own hyperparameters (its paper's), over the experiment's config."""
+    if method == "protonets":
+        return protonet_settings(dataset, shots)
+    if method == "metalstm":
+        return {"meta_batch": 1}  # its paper's episodes
+    if method == "matchingnets":
+        return matching_settings(dataset)
+    if method == "reptile":
+        return reptile_settings(dataset, ways, shots)
+    return {}
+
+
 def later_methods(dataset: str, ways: int, shots: int) -> tuple[MethodSpec, ...]:
     """Every later method of the setting, labelled with the source of its published number."""
     published = PUBLISHED.get((dataset, ways, shots), {})
     specs = []
     for method, name in NAMES.items():
-        overrides = (protonet_settings(dataset, shots) if method == "protonets" else
-                     {"meta_batch": 1} if method == "metalstm" else  # its paper's episodes
-                     matching_settings(dataset) if method == "matchingnets" else {})
+        overrides = method_settings(method, dataset, ways, shots)
         name += " (FCE)" if overrides.get("matching_fce_steps") else ""
         label = f"{name} ({SOURCES[method]})" if method in published else name
         specs.append(MethodSpec(method, label, seeds=1, overrides=overrides))
     return tuple(specs)
 
 
+def final_steps(methods: tuple[MethodSpec, ...], steps: int) -> dict[str, int]:
+    """Method -> the fine-tuning step its own protocol ends at: its eval_steps override, else
+    the experiment's `steps` (the metric learners' curves are flat, so any step holds theirs)."""
+    return {m.algorithm: m.overrides.get("eval_steps", steps) for m in methods}
+
+
 def published_rows(dataset: str, ways: int, shots: int, steps: int
                    ) -> tuple[tuple[str, int, int, float], ...]:
-    """The published numbers as paper rows (method, shots, steps, value) after `steps` steps
-    (the metric learners' curves are flat, so any step holds their number)."""
-    return tuple((m, shots, steps, v)
+    """The published numbers as paper rows (method, shots, step, value), each at the last step
+    of its method's own protocol (`final_steps`; `steps` for the others)."""
+    own = final_steps(later_methods(dataset, ways, shots), steps)
+    return tuple((m, shots, own.get(m, steps), v)
                  for m, v in PUBLISHED.get((dataset, ways, shots), {}).items())

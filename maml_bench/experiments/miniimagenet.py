@@ -4,7 +4,7 @@ of the same protocol on data generated in MiniImagenet's formats (`maml-bench da
 from __future__ import annotations
 
 from maml_bench.experiments.base import Experiment, FigureSpec, MethodSpec, Scale, TableSpec
-from maml_bench.experiments.fewshot_methods import later_methods, published_rows
+from maml_bench.experiments.fewshot_methods import final_steps, later_methods, published_rows
 from maml_bench.tasks.fewshot.episodes import FewShotConfig
 
 #: paper Table 1, MiniImagenet 5-way: shots -> method -> accuracy in percent (the baselines are
@@ -42,6 +42,7 @@ def miniimagenet(shots: int, demo: bool = False) -> Experiment:
                       seeds=1),
     }
     steps = config.eval_steps
+    later = later_methods(config.dataset, 5, shots)
     paper = tuple((m, shots, steps, v) for m, v in PAPER[shots].items())
     paper += published_rows(config.dataset, 5, shots, steps)
     return Experiment(
@@ -49,7 +50,7 @@ def miniimagenet(shots: int, demo: bool = False) -> Experiment:
         title=f"MiniImagenet 5-way {shots}-shot ({what})",
         benchmark="fewshot",
         config=config,
-        methods=METHODS + later_methods(config.dataset, 5, shots),
+        methods=METHODS + later,
         paper=() if demo else paper,
         metric="accuracy",
         scales=scales,
@@ -58,8 +59,10 @@ def miniimagenet(shots: int, demo: bool = False) -> Experiment:
                           methods=("maml", "fomaml", "finetune", "nearest-neighbour",
                                    "matchingnets", "metalstm")),
                 TableSpec("methods", f"MiniImagenet 5-way {shots}-shot ({what}): every method "
-                          "on the same test episodes, each next to its own published number "
-                          "(source in its label)", shots=shots, steps=(steps,))),
+                          "on the same test episodes after its own protocol's last fine-tuning "
+                          "step (steps), each next to its own published number (source in its "
+                          "label)", shots=shots, steps=(steps,),
+                          method_steps=tuple(final_steps(later, steps).items()))),
         figures=(FigureSpec("curves", f"MiniImagenet 5-way {shots}-shot ({what})",
                             methods=tuple(m.algorithm for m in METHODS), shots=(shots,),
                             ylabel="query accuracy (%)"),),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from maml_bench.experiments.base import Experiment, FigureSpec, MethodSpec, Scale, TableSpec
-from maml_bench.experiments.fewshot_methods import later_methods, published_rows
+from maml_bench.experiments.fewshot_methods import final_steps, later_methods, published_rows
 from maml_bench.tasks.fewshot.episodes import FewShotConfig
 
 #: paper Table 1, MAML rows: (ways, shots, network) -> accuracy in percent
@@ -59,8 +59,10 @@ def omniglot(ways: int, shots: int, network: str = "conv") -> Experiment:
                                     shots=shots, steps=table_steps,
                                     methods=("maml", "context-vector")))
         tables.append(TableSpec("methods", f"Omniglot {ways}-way {shots}-shot: every method on "
-                                "the same test episodes, each next to its own published number "
-                                "(source in its label)", shots=shots, steps=(steps,)))
+                                "the same test episodes after its own protocol's last "
+                                "fine-tuning step (steps), each next to its own published "
+                                "number (source in its label)", shots=shots, steps=(steps,),
+                                method_steps=tuple(final_steps(later, steps).items())))
     return Experiment(
         id=f"omniglot-{ways}w{shots}s{kind}-v1",
         title=f"Omniglot {ways}-way {shots}-shot{label} (paper Table 1)",

@@ -226,12 +226,17 @@ def format_table(
     *,
     metric: str | None = None,
     experiment: str | None = None,
+    method_steps: dict[str, int] | None = None,
 ) -> pd.DataFrame:
     """Wide table for one shot setting: a `method` column, then per step "<N step(s)> ours",
     "<N step(s)> seeds: min-max" and "<N step(s)> paper". Ours reads "0.67 ± 0.05 ✓" (± = CI
     half width over test tasks; ✓ / ✗ = paper value inside / outside our CI, paper-scale rows
     only); seeds reads "0.55–0.80 (3 seeds)", the range of the per-seed means, or "1 seed";
     missing values read "–". Rows keep the summary's order.
+
+    `method_steps` (with one step in `steps`): each method at its own protocol's last step,
+    method -> step, the others at steps[0]; the table then has a "steps" column saying which
+    step each row is, and "ours", "seeds: min-max" and "paper" columns.
     """
     sub = summary[summary["shots"] == shots]
     if metric is not None:
@@ -242,36 +247,47 @@ def format_table(
         if sub[col].nunique() > 1:
             raise ValueError(f"summary mixes several {col}s {sorted(sub[col].unique())}; pick one")
     labels = method_labels or {}
+    methods = list(dict.fromkeys(sub["method"]))
+    if method_steps is not None:
+        if len(steps) != 1:
+            raise ValueError(f"method_steps needs exactly one default step, got {steps}")
+        rows = [{"method": labels.get(m, m), "steps": str(method_steps.get(m, steps[0])),
+                 **_cells(sub, m, method_steps.get(m, steps[0]), metric_fmt, "")}
+                for m in methods]
+        return pd.DataFrame(rows, columns=["method", "steps", "ours", SEEDS_HEADER, "paper"])
     columns = ["method"]
     for s in steps:
         columns += [f"{_steps_name(s)} ours", f"{_steps_name(s)} {SEEDS_HEADER}",
                     f"{_steps_name(s)} paper"]
-
     rows = []
-    for method in dict.fromkeys(sub["method"]):
+    for method in methods:
         row = {"method": labels.get(method, method)}
         for s in steps:
-            hit = sub[(sub["method"] == method) & (sub["steps"] == s)]
-            ours = seeds = paper = _DASH
-            if len(hit):
-                r = hit.iloc[0]
-                if r["n"] > 0:
-                    half = (r["ci_high"] - r["ci_low"]) / 2
-                    ours = f"{_fmt(metric_fmt, r['mean'])} ± {_fmt(metric_fmt, half)}"
-                    if not pd.isna(r["paper_in_ci"]):
-                        ours += " ✓" if r["paper_in_ci"] else " ✗"
-                    if r["nonfinite"] > 0:  # diverged tasks: say how many, not just "nan"
-                        ours += f" ({int(r['nonfinite'])}/{int(r['n'])} non-finite)"
-                    seeds = _seeds_cell(r, metric_fmt)
-                if not pd.isna(r["paper"]):
-                    paper = _fmt(metric_fmt, r["paper"])
-                    if not pd.isna(r["paper_ci"]):
-                        paper += f" ± {_fmt(metric_fmt, r['paper_ci'])}"
-            row[f"{_steps_name(s)} ours"] = ours
-            row[f"{_steps_name(s)} {SEEDS_HEADER}"] = seeds
-            row[f"{_steps_name(s)} paper"] = paper
+            row |= _cells(sub, method, s, metric_fmt, f"{_steps_name(s)} ")
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
+
+
+def _cells(sub: pd.DataFrame, method: str, step: int, metric_fmt: str, prefix: str
+           ) -> dict[str, str]:
+    """The ours, seeds and paper cells of `method` after `step` steps, keyed prefix + name."""
+    hit = sub[(sub["method"] == method) & (sub["steps"] == step)]
+    ours = seeds = paper = _DASH
+    if len(hit):
+        r = hit.iloc[0]
+        if r["n"] > 0:
+            half = (r["ci_high"] - r["ci_low"]) / 2
+            ours = f"{_fmt(metric_fmt, r['mean'])} ± {_fmt(metric_fmt, half)}"
+            if not pd.isna(r["paper_in_ci"]):
+                ours += " ✓" if r["paper_in_ci"] else " ✗"
+            if r["nonfinite"] > 0:  # diverged tasks: say how many, not just "nan"
+                ours += f" ({int(r['nonfinite'])}/{int(r['n'])} non-finite)"
+            seeds = _seeds_cell(r, metric_fmt)
+        if not pd.isna(r["paper"]):
+            paper = _fmt(metric_fmt, r["paper"])
+            if not pd.isna(r["paper_ci"]):
+                paper += f" ± {_fmt(metric_fmt, r['paper_ci'])}"
+    return {f"{prefix}ours": ours, f"{prefix}{SEEDS_HEADER}": seeds, f"{prefix}paper": paper}
 
 
 def _seeds_cell(row: pd.Series, metric_fmt: str) -> str:
