@@ -57,22 +57,21 @@ class SupervisedBatch:
         return [SupervisedBatch(*(p[i] if p is not None else None for p in parts))
                 for i in range(len(parts[0]))]
 
+    def map(self, fn: Callable[[Tensor], Tensor]) -> SupervisedBatch:
+        """`fn` applied to every tensor (task_info too, where there is one)."""
+        return SupervisedBatch(*(fn(t) if t is not None else None for t in (
+            self.x_support, self.y_support, self.x_query, self.y_query, self.task_info)))
+
     def select(self, start: int, stop: int) -> SupervisedBatch:
         """Tasks start..stop-1 (views, no copy): one process's share under torchrun."""
-        return SupervisedBatch(*(t[start:stop] if t is not None else None for t in (
-            self.x_support, self.y_support, self.x_query, self.y_query, self.task_info)))
+        return self.map(lambda t: t[start:stop])
 
     def to(self, dtype: torch.dtype) -> SupervisedBatch:
-        def cast(t: Tensor | None) -> Tensor | None:
-            return t.to(dtype) if t is not None and t.is_floating_point() else t
-
-        return SupervisedBatch(*(cast(t) for t in (
-            self.x_support, self.y_support, self.x_query, self.y_query, self.task_info)))
+        return self.map(lambda t: t.to(dtype) if t.is_floating_point() else t)
 
     def to_device(self, device: torch.device | str) -> SupervisedBatch:
         """Every tensor (labels too) on `device`; the same batch where they already are."""
-        return SupervisedBatch(*(t.to(device) if t is not None else None for t in (
-            self.x_support, self.y_support, self.x_query, self.y_query, self.task_info)))
+        return self.map(lambda t: t.to(device))
 
 
 def task_mse(pred: Tensor, target: Tensor) -> Tensor:

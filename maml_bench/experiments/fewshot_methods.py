@@ -123,10 +123,9 @@ def final_steps(methods: tuple[MethodSpec, ...], steps: int) -> dict[str, int]:
     return {m.algorithm: m.overrides.get("eval_steps", steps) for m in methods}
 
 
-def published_rows(dataset: str, ways: int, shots: int, steps: int
+def published_rows(dataset: str, ways: int, shots: int, own_steps: dict[str, int]
                    ) -> tuple[tuple[str, int, int, float], ...]:
     """The published numbers as paper rows (method, shots, step, value), each at the last step
-    of its method's own protocol (`final_steps`; `steps` for the others)."""
-    own = final_steps(later_methods(dataset, ways, shots), steps)
-    return tuple((m, shots, own.get(m, steps), v)
+    of its method's own protocol (`own_steps`, from `final_steps`)."""
+    return tuple((m, shots, own_steps[m], v)
                  for m, v in PUBLISHED.get((dataset, ways, shots), {}).items())

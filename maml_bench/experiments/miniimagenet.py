@@ -43,8 +43,9 @@ def miniimagenet(shots: int, demo: bool = False) -> Experiment:
     }
     steps = config.eval_steps
     later = later_methods(config.dataset, 5, shots)
+    own_steps = final_steps(later, steps)
     paper = tuple((m, shots, steps, v) for m, v in PAPER[shots].items())
-    paper += published_rows(config.dataset, 5, shots, steps)
+    paper += published_rows(config.dataset, 5, shots, own_steps)
     return Experiment(
         id=f"miniimagenet-5w{shots}s{'-demo' if demo else ''}-v1",
         title=f"MiniImagenet 5-way {shots}-shot ({what})",
@@ -62,7 +63,7 @@ def miniimagenet(shots: int, demo: bool = False) -> Experiment:
                           "on the same test episodes after its own protocol's last fine-tuning "
                           "step (steps), each next to its own published number (source in its "
                           "label)", shots=shots, steps=(steps,),
-                          method_steps=tuple(final_steps(later, steps).items()))),
+                          method_steps=tuple(own_steps.items()))),
         figures=(FigureSpec("curves", f"MiniImagenet 5-way {shots}-shot ({what})",
                             methods=tuple(m.algorithm for m in METHODS), shots=(shots,),
                             ylabel="query accuracy (%)"),),
