@@ -50,7 +50,7 @@ SEEDS = Number(int, 1, 1_000)
 LEVEL = Number(float, 0.0, 1.0, lo_open=True, hi_open=True)
 SHOTS = Number(int, 1, 10_000)
 STEPS = Items(Number(int, 0, 1_000), 1, 32)
-SCALES = ("quick", "paper", "tiny")
+SCALES = ("quick", "long", "paper", "tiny")
 SCALE = OneOf(SCALES)
 CI = OneOf(("normal", "t"))
 NAME = Pattern(r"[A-Za-z0-9._-]{1,100}", "a name of 1 to 100 letters, digits, '.', '_', '-'")
@@ -217,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{SEEDS.describe()})")
     p.add_argument("--scale", default="quick", type=option(SCALE, str),
                    help="quick: minutes on a laptop (default); paper: the paper's protocol; "
-                   "tiny: seconds, for smoke tests")
+                   "long: the largest this 2-core machine allows where the paper's would take "
+                   "days (Omniglot 5-way 5-shot and 20-way); tiny: seconds, for smoke tests; "
+                   "`maml-bench show EXPERIMENT` lists an experiment's")
     p.add_argument("--out", type=Path, default=None,
                    help="output root (default: results/ for --scale paper, runs/SCALE otherwise)")
     p.add_argument("--jobs", type=option(JOBS), default=None,

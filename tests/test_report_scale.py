@@ -182,3 +182,22 @@ def test_a_methods_own_settings_apply_to_it_alone_and_keep_its_scale(monkeypatch
     assert user.config.meta_lr == 0.002  # and --set over both
     assert scale_of(patched, config_hash(runs["fomaml"].config), "fomaml") == "quick"
     assert scale_of(patched, config_hash(runs["fomaml"].config)) == "custom"
+
+
+@pytest.mark.parametrize("experiment_id,iterations", [
+    ("omniglot-5w5s-v1", 10_000), ("omniglot-20w1s-v1", 4_000), ("omniglot-20w5s-v1", 1_500)])
+def test_long_scale_is_planned_and_labelled_as_such(experiment_id, iterations) -> None:
+    """The Omniglot cells whose paper scale would take days here have a `long` scale; the
+    others refuse it with the scales they do have."""
+    from maml_bench.config import config_hash
+    from maml_bench.errors import UserError
+    from maml_bench.reporting import scale_of
+    from maml_bench.runner import plan_runs
+
+    runs = plan_runs(experiment_id, "long", [], ["maml"])
+    assert [r.config.iterations for r in runs] == [iterations]
+    assert runs[0].config.test_tasks == 600 and runs[0].config.val_every == iterations // 10
+    experiment = EXPERIMENTS.get(experiment_id)
+    assert scale_of(experiment, config_hash(runs[0].config), "maml") == "long"
+    with pytest.raises(UserError, match="unknown scale 'long'; choose one of paper, quick"):
+        plan_runs("omniglot-5w1s-v1", "long", [], ["maml"])

@@ -27,6 +27,12 @@ BASELINES = {(5, "conv"): (MethodSpec("finetune", "fine-tuning baseline", seeds=
 #: before the setting existed (chunk 4 measured 1.32x faster there, same gradient to rounding).
 TASK_CHUNK = {(5, 1, "conv"): 0, (5, 5, "conv"): 4, (20, 1, "conv"): 2, (20, 5, "conv"): 1}
 
+#: the `long` scale: the meta-iterations one run of second-order MAML gets in about 4 hours on
+#: one core of this 2-core machine (measured 1.2-1.8, 3.4 and 9-14 s per meta-iteration), for
+#: the cells whose 60,000 iterations would take days here (5-way 1-shot and the no-conv cells
+#: run at the paper's scale)
+LONG_ITERATIONS = {(5, 5): 10_000, (20, 1): 4_000, (20, 5): 1_500}
+
 
 def omniglot(ways: int, shots: int, network: str = "conv") -> Experiment:
     """One Table 1 cell: the paper's protocol (paper-protocol.md, section 3) as defaults."""
@@ -80,6 +86,13 @@ def omniglot(ways: int, shots: int, network: str = "conv") -> Experiment:
             "quick": Scale("minutes on 2 CPU cores: 1,000 meta-iterations, 200 test episodes",
                            overrides={"iterations": 1_000, "test_tasks": 200, "val_every": 250,
                                       "checkpoint_every": 250}, seeds=1),
+            **({"long": Scale(
+                f"the largest this machine allows (about 4 h of one core per MAML run): "
+                f"{long_its:,} meta-iterations, 600 test episodes",
+                overrides={"iterations": long_its, "val_every": long_its // 10,
+                           "checkpoint_every": min(500, long_its // 10)}, seeds=1)}
+               if (long_its := LONG_ITERATIONS.get((ways, shots))) and network == "conv"
+               else {}),
             "tiny": Scale("seconds, for tests: 4 meta-iterations of 2 tasks, 8 filters",
                           overrides={"iterations": 4, "meta_batch": 2, "test_tasks": 4,
                                      "val_tasks": 2, "filters": 8, "eval_chunk": 2,
