@@ -218,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default="quick", type=option(SCALE, str),
                    help="quick: minutes on a laptop (default); paper: the paper's protocol; "
                    "long: the largest this 2-core machine allows where the paper's would take "
-                   "days (Omniglot 5-way 5-shot and 20-way); tiny: seconds, for smoke tests; "
-                   "`maml-bench show EXPERIMENT` lists an experiment's")
+                   "days (Omniglot 5-way 5-shot and 20-way, half-cheetah and ant); tiny: "
+                   "seconds, for smoke tests; `maml-bench show EXPERIMENT` lists an experiment's")
     p.add_argument("--out", type=Path, default=None,
                    help="output root (default: results/ for --scale paper, runs/SCALE otherwise)")
     p.add_argument("--jobs", type=option(JOBS), default=None,

@@ -201,3 +201,13 @@ def test_long_scale_is_planned_and_labelled_as_such(experiment_id, iterations) -
     assert scale_of(experiment, config_hash(runs[0].config), "maml") == "long"
     with pytest.raises(UserError, match="unknown scale 'long'; choose one of paper, quick"):
         plan_runs("omniglot-5w1s-v1", "long", [], ["maml"])
+
+
+@pytest.mark.parametrize("experiment_id", ["cheetah-dir-v1", "cheetah-vel-v1", "ant-dir-v1"])
+def test_locomotion_long_scale_keeps_the_paper_protocol_but_its_length(experiment_id) -> None:
+    from maml_bench.runner import plan_runs
+
+    long, paper = (plan_runs(experiment_id, scale, [], ["maml-trpo"])[0].config
+                   for scale in ("long", "paper"))
+    assert long.iterations == 100 and paper.iterations == 500
+    assert dataclasses.replace(long, iterations=500) == paper
