@@ -107,7 +107,9 @@ def locomotion(name: str, env: str, title: str, episodes: int,
                 "test_tasks": 2, "horizon": 5, "hidden": (8, 8), "checkpoint_every": 1,
                 "render": False}, seeds=1),
         },
-        tables=(TableSpec("returns", f"{title}: average return after 0-3 policy-gradient steps "
+        tables=(TableSpec("table5" if paper else "returns",
+                          ("Paper Table 5: " if paper else "") + f"{title}: average return "
+                          "after 0-3 policy-gradient steps "
                           "(gymnasium v5 dynamics: the paper's numbers are rllab's)",
                           shots=episodes, steps=(0, 1, 2, 3)),),
         figures=(FigureSpec("curves", f"{title}: return against policy-gradient steps",
