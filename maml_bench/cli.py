@@ -75,7 +75,10 @@ Writes OUT/profile-DEVICE.md (tables and how each number was measured), .csv (ev
 -time.png and -memory.png (against inner steps, second vs first order) and -ops.md (the
 operators that dominate the second-order step and its double backward). DEVICE is "cpu" or the
 GPU's name (e.g. nvidia-h200). A measurement over --budget or the free memory is skipped and
-listed with its reason.
+listed with its reason. Each configuration is saved under OUT/parts/DEVICE/ as soon as it is
+done: the same command, run again after a stop, measures only what is missing (a part measured
+with other options is measured again; delete a part to re-measure it). Each row records when it
+was measured and the machine's load average, so a reader sees whether anything shared it.
 """
 
 DATA_EPILOG = """\

@@ -46,11 +46,14 @@ def tiny_profile(tmp_path_factory):
 def test_tiny_run_writes_every_file(tiny_profile):
     out, frame, _ = tiny_profile
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["profile-cpu-memory.png", "profile-cpu-ops.md", "profile-cpu-time.png",
-                     "profile-cpu.csv", "profile-cpu.md"]
+    assert names == ["parts", "profile-cpu-memory.png", "profile-cpu-ops.md",
+                     "profile-cpu-time.png", "profile-cpu.csv", "profile-cpu.md"]
+    assert sorted(p.name for p in (out / "parts" / "cpu").iterdir()) == [
+        "omniglot-5w1s.json", "sinusoid.json"]  # one saved part per configuration
     for png in ("profile-cpu-time.png", "profile-cpu-memory.png"):
         assert (out / png).read_bytes()[:8] == PNG
-    for column in ("config", "meta_batch", "inner_steps", "device", "threads", "flops_so",
+    for column in ("config", "meta_batch", "inner_steps", "device", "threads", "measured_at",
+                   "load_1min", "flops_so",
                    "flops_fo", "flops_forward", "so_ours_gflops_s", "so_ours_peak_frac",
                    "so_over_fo_time", "so_over_fo_memory", "so_loop_over_ours",
                    "fo_loop_over_ours", *MEASURED):
@@ -61,7 +64,8 @@ def test_tiny_run_writes_every_file(tiny_profile):
     report = (out / "profile-cpu.md").read_text()
     for text in ("## sinusoid", "## omniglot-5w1s", "Memory: CPU: growth of the process's "
                  "resident set", "Measured peak: matmul", "loop/ours SO",
-                 "`maml-bench profile --config sinusoid --config omniglot-5w1s --device cpu"):
+                 "`maml-bench profile --config sinusoid --config omniglot-5w1s --device cpu",
+                 "1-minute load average"):
         assert text in report, text
     ops = (out / "profile-cpu-ops.md").read_text()
     assert ops.count("### Outer backward (double backward)") == 2
@@ -209,3 +213,42 @@ def test_cuda_without_a_device_is_refused(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--device cuda" in err[0] and "use --device cpu" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stopped_profile_resumes_from_its_saved_parts(tiny_profile, tmp_path, monkeypatch,
+                                                        caplog):
+    """Configurations saved with the same settings are read back, not measured again; one
+    measured with other settings, or whose file is damaged, is measured again."""
+    import shutil
+
+    from maml_bench.profile import sweep
+
+    out, frame, _ = tiny_profile
+    copy = tmp_path / "profile"
+    shutil.copytree(out, copy)
+    measured: list[str] = []
+    real_measure = sweep.measure
+
+    def counting(*args, **kwargs):
+        measured.append("x")
+        return real_measure(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "measure", counting)
+    assert cli.main([*TINY, "--out", str(copy)]) == 0
+    assert measured == []  # everything read back
+    again = pd.read_csv(copy / "profile-cpu.csv", keep_default_na=False, na_values=[""])
+    # The same rows; only "% of peak" may move (this session's peak is measured again and
+    # the best one seen is used).
+    same = [c for c in frame.columns if not c.endswith("_peak_frac")]
+    pd.testing.assert_frame_equal(again[same], frame[same])
+
+    sinusoid = copy / "parts" / "cpu" / "sinusoid.json"
+    sinusoid.write_text(sinusoid.read_text()[:100])  # a torn or damaged file
+    only = [*TINY[:3], *TINY[5:]]  # sinusoid alone
+    with caplog.at_level("WARNING"):
+        assert cli.main([*only, "--out", str(copy)]) == 0
+    assert len(measured) == 8 and "unreadable" in caplog.text  # 2 steps x 2 orders x 2 paths
+    measured.clear()
+    assert cli.main([*only, "--out", str(copy), "--repeats", "2"]) == 0
+    assert len(measured) == 8  # other settings: measured again
+    assert set(pd.read_csv(copy / "profile-cpu.csv")["config"]) == {"sinusoid"}

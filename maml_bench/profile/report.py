@@ -94,6 +94,17 @@ def _ms(value: float) -> str:
     return format(value, "#.3g" if value < 100 else ",.0f")
 
 
+def _when(part: pd.DataFrame) -> str:
+    """When a configuration was measured and how busy the machine was meanwhile."""
+    if "measured_at" not in part or "load_1min" not in part:
+        return ""
+    dates = sorted(set(part["measured_at"].astype(str)))
+    low, high = part["load_1min"].min(), part["load_1min"].max()
+    return (f"Measured {dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else "")
+            + f"; 1-minute load average {low:.2f}-{high:.2f} (the profile itself counts about "
+            "1 on a CPU: higher means other work shared the machine).")
+
+
 def render_markdown(report: Report, frame: pd.DataFrame) -> str:
     peak = report.peak
     lines = [
@@ -131,7 +142,8 @@ def render_markdown(report: Report, frame: pd.DataFrame) -> str:
         first = part.iloc[0]
         lines += [f"## {name}: {first['title']}, {first['model']}", "",
                   f"Paper: meta-batch {first['paper_meta_batch']}, {first['paper_inner_steps']} "
-                  f"inner step(s) of {first['inner_lr']:g} (**bold**: the paper's setting).", "",
+                  f"inner step(s) of {first['inner_lr']:g} (**bold**: the paper's setting). "
+                  + _when(part), "",
                   head, "|" + "---|" * head.count(" | ") + "---|"]
         for _, r in part.iterrows():
             mark = "**" if r["is_paper"] else ""

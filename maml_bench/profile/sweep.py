@@ -4,6 +4,7 @@ second and first order, our default path and the per-task loop; then the report 
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from maml_bench.profile.measure import (
     profile_ops,
     release,
 )
+from maml_bench.profile.parts import Part, load_part, part_path, save_part
 from maml_bench.profile.peak import measure_peak
 from maml_bench.profile.report import Report, write_report
 from maml_bench.progress import duration, say, terminal
@@ -92,27 +94,35 @@ class _Progress:
 
     def __init__(self, total: int, n_configs: int) -> None:
         self.bar: Any = None
-        self.n_configs, self.done_configs = n_configs, 0
+        self.n_configs, self.done_configs, self.measured_configs = n_configs, 0, 0
         self.t0 = time.perf_counter()
         if terminal():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc="profile", unit="measurement", dynamic_ncols=True)
 
-    def measured(self, what: str) -> None:
+    def measured(self, what: str, n: int = 1) -> None:
         if self.bar is not None:
             self.bar.set_postfix_str(what, refresh=False)
-            self.bar.update(1)
+            self.bar.update(n)
 
     def config_done(self, name: str, seconds: float, measured: int, skipped: int) -> None:
         self.done_configs += 1
+        self.measured_configs += 1
         if self.bar is not None:
             return
         elapsed = time.perf_counter() - self.t0
         left = self.n_configs - self.done_configs
-        eta = f", ETA ~{duration(elapsed / self.done_configs * left)}" if left else ""
+        eta = f", ETA ~{duration(elapsed / self.measured_configs * left)}" if left else ""
         say(f"profile: {name} done in {duration(seconds)} ({measured} measured, {skipped} "
             f"skipped; {self.done_configs}/{self.n_configs} configurations{eta})")
+
+    def config_resumed(self, name: str, path: Path, n: int) -> None:
+        self.done_configs += 1
+        self.measured(f"{name} (saved)", n)
+        if self.bar is None:
+            say(f"profile: {name} read from {path} (measured earlier with the same settings; "
+                f"delete it to measure again)")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -144,14 +154,27 @@ def _run(options: ProfileOptions, device: torch.device) -> list[Path]:
         say(f"profile: {len(configs)} configuration(s), {total} measurements on "
             f"{device_slug(device)} (budget {budget:g} s each)")
     peak = measure_peak(device, options.quick)
+    peaks = [peak]
     progress = _Progress(total, len(configs))
     rows: list[dict[str, Any]] = []
     ops: list[OpsProfile] = []
     skipped_ops: list[str] = []
     interrupted = False
+    slug = device_slug(device)
     try:
         for cfg in configs:
+            settings = _settings(options, cfg, device, warmup)
+            saved_at = part_path(options.out, slug, cfg.name)
+            saved = load_part(saved_at, settings)
+            if saved is not None:
+                rows += saved.rows
+                ops += saved.ops
+                skipped_ops += saved.skipped_ops
+                peaks.append(saved.peak)
+                progress.config_resumed(cfg.name, saved_at, 4 * len(saved.rows))
+                continue
             started, before = time.perf_counter(), len(rows)
+            ops_before, skipped_ops_before = len(ops), len(skipped_ops)
             torch.manual_seed(0)
             model = cfg.model().to(device)
             theta = dict(model.named_parameters())
@@ -170,6 +193,7 @@ def _run(options: ProfileOptions, device: torch.device) -> list[Path]:
                                               f"{order} {path}")
                             del step
                             release()
+                    row["load_1min"] = max(row["load_1min"], os.getloadavg()[0])
                     rows.append(row)
                 del batch
             target = _ops_target(cfg, rows[before:])
@@ -187,6 +211,8 @@ def _run(options: ProfileOptions, device: torch.device) -> list[Path]:
             del model, theta
             release(collect=True)
             new = rows[before:]
+            save_part(saved_at, Part(cfg.name, settings, new, ops[ops_before:],
+                                     skipped_ops[skipped_ops_before:], peak))
             n_skipped = sum(bool(r[f"{o}_{p}_skipped"]) for r in new for o in ORDERS
                             for p in PATHS)
             progress.config_done(cfg.name, time.perf_counter() - started,
@@ -195,8 +221,10 @@ def _run(options: ProfileOptions, device: torch.device) -> list[Path]:
         interrupted = True
     finally:
         progress.close()
-    report = Report(rows=rows, ops=ops, skipped_ops=skipped_ops, peak=peak,
-                    device=device_description(device), slug=device_slug(device),
+    # Parts measured in other sessions saw their own peak: the best one seen is the device's.
+    report = Report(rows=rows, ops=ops, skipped_ops=skipped_ops,
+                    peak=max(peaks, key=lambda p: p.best),
+                    device=device_description(device), slug=slug,
                     memory_measure=getattr(memory, "reason", None) or memory.description,
                     repeats=repeats, budget_s=budget, warmup=warmup,
                     command=options.command(),
@@ -209,6 +237,16 @@ def _run(options: ProfileOptions, device: torch.device) -> list[Path]:
     return paths
 
 
+def _settings(options: ProfileOptions, cfg: ProfileConfig, device: torch.device, warmup: int
+              ) -> dict[str, Any]:
+    """What a saved part must have been measured with to be used instead of measuring."""
+    return {"steps": list(options.resolved_steps()),
+            "meta_batches": list(options.meta_batches_of(cfg)),
+            "repeats": options.resolved_repeats(), "budget_s": options.resolved_budget(),
+            "warmup": warmup, "quick": options.quick, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "device": device_description(device)}
+
+
 def _row(cfg: ProfileConfig, meta_batch: int, steps: int, device: torch.device
          ) -> dict[str, Any]:
     flops = count_flops(cfg, meta_batch, steps)
@@ -218,6 +256,8 @@ def _row(cfg: ProfileConfig, meta_batch: int, steps: int, device: torch.device
             "meta_batch": meta_batch, "inner_steps": steps,
             "is_paper": meta_batch == cfg.meta_batch and steps == cfg.inner_steps,
             "device": device_slug(device), "threads": torch.get_num_threads(),
+            # when, and how busy the machine was (the profile itself counts 1 on a CPU)
+            "measured_at": time.strftime("%Y-%m-%d %H:%M"), "load_1min": os.getloadavg()[0],
             "flops_so": flops["so"], "flops_fo": flops["fo"], "flops_forward": flops["forward"]}
 
 
