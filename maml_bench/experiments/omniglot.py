@@ -81,7 +81,7 @@ def omniglot(ways: int, shots: int, network: str = "conv") -> Experiment:
         paper=paper,
         metric="accuracy",
         scales={
-            "paper": Scale("the paper's protocol: 60,000 meta-iterations (about 6 hours per "
+            "paper": Scale("the paper's protocol: 60,000 meta-iterations (about 8 hours per "
                            "run on one core of this machine for 5-way 1-shot)"),
             "quick": Scale("minutes on 2 CPU cores: 1,000 meta-iterations, 200 test episodes",
                            overrides={"iterations": 1_000, "test_tasks": 200, "val_every": 250,
