@@ -34,6 +34,18 @@ TASK_CHUNK = {(5, 1, "conv"): 0, (5, 5, "conv"): 4, (20, 1, "conv"): 2, (20, 5, 
 LONG_ITERATIONS = {(5, 5): 10_000, (20, 1): 4_000, (20, 5): 1_500}
 
 
+def _long_scale(ways: int, shots: int, network: str) -> dict[str, Scale]:
+    """{"long": ...} for the cells in LONG_ITERATIONS, else nothing."""
+    iterations = LONG_ITERATIONS.get((ways, shots)) if network == "conv" else None
+    if iterations is None:
+        return {}
+    return {"long": Scale(
+        f"the largest this machine allows (about 4 h of one core per MAML run): "
+        f"{iterations:,} meta-iterations, 600 test episodes",
+        overrides={"iterations": iterations, "val_every": iterations // 10,
+                   "checkpoint_every": min(500, iterations // 10)}, seeds=1)}
+
+
 def omniglot(ways: int, shots: int, network: str = "conv") -> Experiment:
     """One Table 1 cell: the paper's protocol (paper-protocol.md, section 3) as defaults."""
     five = ways == 5
@@ -86,13 +98,7 @@ def omniglot(ways: int, shots: int, network: str = "conv") -> Experiment:
             "quick": Scale("minutes on 2 CPU cores: 1,000 meta-iterations, 200 test episodes",
                            overrides={"iterations": 1_000, "test_tasks": 200, "val_every": 250,
                                       "checkpoint_every": 250}, seeds=1),
-            **({"long": Scale(
-                f"the largest this machine allows (about 4 h of one core per MAML run): "
-                f"{long_its:,} meta-iterations, 600 test episodes",
-                overrides={"iterations": long_its, "val_every": long_its // 10,
-                           "checkpoint_every": min(500, long_its // 10)}, seeds=1)}
-               if (long_its := LONG_ITERATIONS.get((ways, shots))) and network == "conv"
-               else {}),
+            **_long_scale(ways, shots, network),
             "tiny": Scale("seconds, for tests: 4 meta-iterations of 2 tasks, 8 filters",
                           overrides={"iterations": 4, "meta_batch": 2, "test_tasks": 4,
                                      "val_tasks": 2, "filters": 8, "eval_chunk": 2,
