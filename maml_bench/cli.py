@@ -244,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "cuda:N; with --gpus-per-run, cuda (each run's assigned GPU). Sampling stays "
                    "on the CPU, so a seed gives the same tasks anywhere; not part of the config "
                    "hash. RL runs train on the CPU only")
+    p.add_argument("--evaluate-from", type=existing_dir, default=None, metavar="DIR",
+                   help="train nothing: meta-test the finished runs under DIR (trained with this "
+                   "command's scale and --set) again under this command's evaluation-only "
+                   "settings (test_query, test_seed, test_tasks, eval_shots, eval_chunk; RL: "
+                   "evaluate_checkpoint, render), "
+                   "e.g. --set test_query=15 or --grid test_seed=1,2,3, writing records, "
+                   "tables and figures under --out")
     _add_engine_options(p)
 
     out_help = ("root holding the experiment's records (default: where `run` writes at --scale: "
@@ -573,16 +580,14 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from maml_bench import distributed
-    from maml_bench.engines import run_with_engine
     from maml_bench.grid import (
         GridPoint,
         canonical,
         check_points,
         grid_points,
         point_dir,
-        write_index,
     )
-    from maml_bench.runner import plan_runs
+    from maml_bench.runner import plan_runs, trained_source
 
     out = args.out or default_out(args.scale)
     if distributed.launched() and args.engine != "local":
@@ -598,11 +603,62 @@ def cmd_run(args: argparse.Namespace) -> None:
         if point.name:  # named by the values the config holds, under OUT/grid/
             point = canonical(point, runs[0].config)
             runs = [dataclasses.replace(run, out=point_dir(out, point)) for run in runs]
-        plans.append((point, runs[0].out if point.name else out, runs))
+        root = runs[0].out if point.name else out
+        if args.evaluate_from:
+            overrides = args.overrides + list(point.overrides)
+            runs = [(run, trained_source(run, args.scale, overrides, args.evaluate_from))
+                    for run in runs]
+        plans.append((point, root, runs))
     points = [point for point, _, _ in plans]
     if args.grid:
         check_points(points, args.overrides)
     runs = [run for _, _, point_runs in plans for run in point_runs]
+    if args.evaluate_from:
+        _evaluate_again(args, out, runs, points)
+        runs = [run for run, _ in runs]
+    else:
+        _train_and_evaluate(args, out, runs, points)
+    if args.no_report or not distributed.is_main():
+        return
+    for _, root, _ in plans:
+        _report(args.experiment, root, "normal", 0.95)
+        _plot(args.experiment, root)
+    if args.grid:
+        _grid_comparison(args.experiment, out, points, [run.method for run in runs])
+
+
+def _evaluate_again(args: argparse.Namespace, out: Path, pairs: list[typing.Any],
+                    points: list[typing.Any]) -> None:
+    """--evaluate-from: each (run, trained source) pair meta-tested here, one after another."""
+    from maml_bench import distributed
+    from maml_bench.grid import write_index
+    from maml_bench.progress import say
+    from maml_bench.runner import check_evaluable, evaluate_trained
+
+    if args.engine != "local" or (args.jobs or 1) > 1 or distributed.launched():
+        raise UserError("--evaluate-from runs here, one evaluation at a time: drop --engine, "
+                        "--jobs and torchrun")
+    if args.out is None or args.out.resolve() == args.evaluate_from.resolve():
+        raise UserError("--evaluate-from needs its own --out (e.g. results/variants): the "
+                        "trained runs' records stay as they are")
+    if args.device not in (None, "cpu"):
+        pairs = [(dataclasses.replace(run, device=args.device), src) for run, src in pairs]
+    for run, source in pairs:  # every source checked before the first evaluation
+        check_evaluable(run, source)
+    writable_dir(out)
+    if args.grid:
+        write_index(out, args.experiment, points)
+    for i, (run, source) in enumerate(pairs, 1):
+        say(f"[{i}/{len(pairs)}] {run.run_id}: evaluating the parameters of {source.directory}")
+        evaluate_trained(run, source)
+
+
+def _train_and_evaluate(args: argparse.Namespace, out: Path, runs: list[typing.Any],
+                        points: list[typing.Any]) -> None:
+    from maml_bench import distributed
+    from maml_bench.engines import run_with_engine
+    from maml_bench.grid import write_index
+
     options = engine_options(args)
     runs = run_devices(runs, args.device, options)
     # Under torchrun (WORLD_SIZE > 1): refuses what cannot be split, joins the process group.
@@ -618,13 +674,6 @@ def cmd_run(args: argparse.Namespace) -> None:
     logging.getLogger(__name__).info("%d runs of %s at %s scale into %s", len(runs),
                                      args.experiment, args.scale, out)
     run_with_engine(runs, options, out)
-    if args.no_report or not distributed.is_main():
-        return
-    for _, root, _ in plans:
-        _report(args.experiment, root, "normal", 0.95)
-        _plot(args.experiment, root)
-    if args.grid:
-        _grid_comparison(args.experiment, out, points, [run.method for run in runs])
 
 
 def _grid_comparison(experiment: str, out: Path, points: list[typing.Any], methods: list[str],

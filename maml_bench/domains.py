@@ -142,15 +142,25 @@ class Items(Domain):
             ",".join([good] * (self.max_len + 1))]
 
 
-def setting(default: Any, domain: Domain, hashed_at_default: bool = True) -> Any:
+def setting(default: Any, domain: Domain, hashed_at_default: bool = True,
+            evaluation_only: bool = False) -> Any:
     """A dataclass field with its valid domain (shown by `maml-bench show`, checked by
     `check_fields`).
 
     `hashed_at_default=False` is for a setting added after runs exist: at its default it is
     left out of the config hash, so those runs keep their hash and still resume.
+    `evaluation_only=True` marks a meta-test setting that never changes the trained
+    parameters, so a finished run can be evaluated again under another value
+    (`maml-bench run --evaluate-from`).
     """
-    return dataclasses.field(default=default, metadata={"domain": domain,
-                                                        "hashed_at_default": hashed_at_default})
+    return dataclasses.field(default=default, metadata={
+        "domain": domain, "hashed_at_default": hashed_at_default,
+        "evaluation_only": evaluation_only})
+
+
+def evaluation_only(config: Any) -> set[str]:
+    """The settings of `config` that only the meta-test reads."""
+    return {f.name for f in dataclasses.fields(config) if f.metadata.get("evaluation_only")}
 
 
 def domain_of(field: dataclasses.Field) -> Domain:

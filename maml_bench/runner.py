@@ -8,6 +8,7 @@ with the same config is done and is skipped, so rerunning a command never duplic
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import gc
 import gzip
@@ -30,6 +31,7 @@ import torch
 from maml_bench import devices, distributed
 from maml_bench.algorithms import ALGORITHMS, Algorithm
 from maml_bench.config import apply_overrides, config_dict, config_hash
+from maml_bench.domains import evaluation_only
 from maml_bench.errors import RunBusy, TrainingDiverged, UserError
 from maml_bench.experiments import EXPERIMENTS, Experiment
 from maml_bench.fits import FITS_FILE, fit_frame
@@ -240,6 +242,14 @@ def _execute(run: RunSpec, mode: str, threads: int) -> Path:
                                train_seconds, device)
     finally:
         gc.unfreeze()
+    return _evaluate_and_write(run, algorithm, benchmark, device, train_log, train_seconds)
+
+
+def _evaluate_and_write(run: RunSpec, algorithm: Algorithm, benchmark: Any,
+                        device: torch.device, train_log: list[dict[str, float]],
+                        train_seconds: float, extra_info: dict[str, Any] | None = None) -> Path:
+    """Meta-test a trained algorithm and write the run's records, fits, log and run.json."""
+    chash = config_hash(run.config)
     t0 = time.perf_counter()
     with torch.no_grad():
         curves = {k: v.cpu() for k, v in algorithm.evaluate().items()}
@@ -268,9 +278,70 @@ def _execute(run: RunSpec, mode: str, threads: int) -> Path:
         "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
         "nonfinite_test_values": nonfinite, "info": algorithm.info,
         "world_size": distributed.world_size(),  # processes that split each meta-batch
-        **seal(run.directory / RECORDS_FILE), **prov,
+        **(extra_info or {}), **seal(run.directory / RECORDS_FILE), **prov,
     })
     return run.directory
+
+
+def trained_source(run: RunSpec, scale: str, overrides: list[str], source_out: Path) -> RunSpec:
+    """The run under `source_out` that trained `run`'s parameters: the same experiment, method,
+    repetition, scale and settings, apart from the evaluation-only ones among `overrides`."""
+    eval_keys = evaluation_only(run.config)
+    training = [o for o in overrides if o.partition("=")[0].strip() not in eval_keys]
+    config = resolve_config(EXPERIMENTS.get(run.experiment), scale, training, run.method)
+    return dataclasses.replace(run, config=config, out=source_out)
+
+
+def check_evaluable(run: RunSpec, source: RunSpec) -> list[str]:
+    """The settings in which `run` differs from the finished run `source`, after checking
+    that they are evaluation-only and that `source` is done with its checkpoint kept."""
+    differing = [f.name for f in dataclasses.fields(run.config)
+                 if getattr(run.config, f.name) != getattr(source.config, f.name)]
+    allowed = evaluation_only(run.config)
+    training = sorted(set(differing) - allowed)
+    if training:
+        raise UserError(f"--evaluate-from may change evaluation-only settings alone "
+                        f"({', '.join(sorted(allowed))}); {', '.join(training)} change what is "
+                        "trained: train those runs with `run` instead")
+    try:
+        done = (source.directory / CHECKPOINT_FILE).exists() and is_done(source)
+    except UserError:  # finished with another config
+        raise UserError(f"{source.directory} was trained with other settings than this "
+                        "command's --scale and --set (apart from evaluation-only ones): give "
+                        "the ones it was trained with") from None
+    if not done:
+        raise UserError(
+            f"no finished {source.run_id} with its checkpoint in {source.directory}: train it "
+            f"first (maml-bench run {source.experiment} --method {source.method} --out "
+            f"{source.out}, at the same --scale and --set)")
+    return differing
+
+
+def evaluate_trained(run: RunSpec, source: RunSpec) -> Path:
+    """Meta-test the finished run `source` again under `run`'s config, which differs from the
+    source's in evaluation-only settings alone (test episodes, their queries, seed, K), and
+    write the records as `run`'s, with no training: the trained parameters are the source's."""
+    differing = check_evaluable(run, source)
+    with run_lock(run):
+        remove_stray_temp_files(run.directory)
+        if is_done(run):
+            log.info("%s: already evaluated, skipped", run.run_id)
+            return run.directory
+        state = _resume_state(source.directory / CHECKPOINT_FILE, config_hash(source.config))
+        torch.set_num_threads(1)
+        device = devices.torch_device(run.device)
+        devices.use(device)
+        benchmark = BENCHMARKS.get(EXPERIMENTS.get(run.experiment).benchmark)(run.config)
+        if device.type != "cpu":
+            benchmark = devices.OnDevice(benchmark, device)
+        algorithm = ALGORITHMS.get(run.method)(benchmark, run.config, run.seed)
+        algorithm.load_state_dict(state["algorithm"])
+        log.info("%s: evaluating the parameters trained in %s", run.run_id, source.directory)
+        return _evaluate_and_write(
+            run, algorithm, benchmark, device, state["train_log"],
+            state.get("train_seconds", 0.0),
+            {"evaluated_from": str(source.directory),
+             "trained_config_hash": config_hash(source.config), "changed": differing})
 
 
 def _train(run: RunSpec, algorithm: Algorithm, start: int, train_log: list[dict[str, float]],

@@ -84,20 +84,21 @@ class MetaConfig:
     loop: features for vectors, image channels (free per pixel) for images; the paper's
     App. C.2 does not state it"""
     # --- meta-test ---
-    eval_shots: tuple[int, ...] = setting((5, 10, 20), Items(Number(int, 1, 10_000), 1, 16))
+    eval_shots: tuple[int, ...] = setting((5, 10, 20), Items(Number(int, 1, 10_000), 1, 16),
+                                          evaluation_only=True)
     """K at meta-test"""
     eval_steps: int = setting(10, Number(int, 0, 1_000))
     """gradient steps at meta-test (records after 0..eval_steps)"""
-    test_tasks: int = setting(600, Number(int, 2, 100_000))
+    test_tasks: int = setting(600, Number(int, 2, 100_000), evaluation_only=True)
     """fixed, seeded meta-test tasks (at least 2: a confidence interval needs a spread)"""
-    test_seed: int = setting(20170309, Number(int, 0, 2**62))
+    test_seed: int = setting(20170309, Number(int, 0, 2**62), evaluation_only=True)
     """seed of the meta-test tasks (the same for every method and repetition)"""
     val_tasks: int = setting(200, SIZE)
     """validation tasks (separate seed) for tuning the fine-tuning step size of baselines"""
     finetune_lrs: tuple[float, ...] = setting(
         (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2), Items(STEP, 1, 64))
     """grid searched on the validation tasks for 'tuned step size' baselines"""
-    eval_chunk: int = setting(200, SIZE)
+    eval_chunk: int = setting(200, SIZE, evaluation_only=True)
     """tasks adapted at once during meta-test (memory vs speed)"""
     # --- bookkeeping ---
     checkpoint_every: int = setting(5_000, Number(int, 1, COUNT))

@@ -26,6 +26,19 @@ def test_every_rl_method_runs_end_to_end(experiment, method, tmp_path):
         assert (records["value"] <= 0).all()  # navigation rewards are minus distances
 
 
+def test_the_oracle_is_not_adapted_at_meta_test(tmp_path):
+    """Given the task, the oracle is the upper reference (a flat line in Figure 4); the other
+    methods' curves move with each step."""
+    curves = {}
+    for method in ("rl-oracle", "rl-pretrained"):
+        (run,) = plan_runs("navigation2d-v1", "tiny", [], [method], 1, tmp_path)
+        records = pd.read_csv(execute(run, progress=False) / "records.csv.gz")
+        curves[method] = records.pivot_table(index="task", columns="step", values="value")
+    oracle, pretrained = curves["rl-oracle"], curves["rl-pretrained"]
+    assert oracle.shape[1] > 1 and oracle.nunique(axis=1).eq(1).all()
+    assert not pretrained.nunique(axis=1).eq(1).all()
+
+
 def test_the_same_seed_gives_the_same_records(tmp_path):
     frames = []
     for out in ("a", "b"):

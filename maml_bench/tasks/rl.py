@@ -50,10 +50,10 @@ class RLConfig(MetaConfig):
     kl_product: str = setting("gauss-newton", OneOf(("gauss-newton", "exact")))
     """how TRPO's KL Hessian-vector products are computed: both exact at the old policy;
     gauss-newton (one inner step) avoids third derivatives, measured ~2x faster"""
-    evaluate_checkpoint: str = setting("best", OneOf(("best", "last")))
+    evaluate_checkpoint: str = setting("best", OneOf(("best", "last")), evaluation_only=True)
     """which policy meta-test evaluates: the meta-iteration with the best training return (the
     paper's protocol) or the last"""
-    render: bool = setting(True, Flag(), hashed_at_default=False)
+    render: bool = setting(True, Flag(), hashed_at_default=False, evaluation_only=True)
     """draw a GIF of the evaluated policy after one step on two test tasks (run folder)"""
     workers: int = setting(1, Number(int, 1, 64))
     """sampler processes (1: sampled in the run's process)"""

@@ -37,7 +37,7 @@ class SinusoidConfig(MetaConfig):
     """see x_min"""
     hidden: tuple[int, ...] = setting((40, 40), Items(Number(int, 1, 4096), 1, 16))
     """hidden layer widths of the ReLU MLP (paper: 40, 40)"""
-    test_query: int = setting(0, Number(int, 0, 10_000))
+    test_query: int = setting(0, Number(int, 0, 10_000), evaluation_only=True)
     """held-out points per test task; 0 = K points, as the reference code"""
     # --- multi-task parameter-averaging baselines (paper App. C.1) ---
     multitask_networks: int = setting(500, SIZE)

@@ -44,7 +44,7 @@ class FewShotConfig(MetaConfig):
     """conv: the paper's Conv4; mlp: the non-convolutional 256-128-64-64 net with batch norm"""
     filters: int = setting(64, Number(int, 1, 1024))
     """Conv4 channels (paper: 64 Omniglot, 32 MiniImagenet)"""
-    test_query: int = setting(0, Number(int, 0, 1_000))
+    test_query: int = setting(0, Number(int, 0, 1_000), evaluation_only=True)
     """query images per class in test and validation episodes; 0 = K, as the reference code
     (later suites use 15)"""
     batch_norm: str = setting("transductive", OneOf(("transductive",)))
