@@ -79,3 +79,48 @@ def test_omniglot_with_more_test_queries(tmp_path):
     correct = records["value"] / 100 * 15
     assert ((correct - correct.round()).abs() < 1e-4).all()
     assert not (((correct / 3) - (correct / 3).round()).abs() < 1e-4).all()
+
+
+CHANGED = {"test_seed": 5, "test_tasks": 3, "eval_chunk": 1, "test_query": 2,
+           "eval_shots": (1, 2), "evaluate_checkpoint": "last", "render": False}
+
+
+@pytest.mark.parametrize(("experiment", "method"), [
+    ("sinusoid-table2-v1", "maml"), ("sinusoid-table2-v1", "pretrain"),
+    ("omniglot-5w1s-v1", "maml"), ("omniglot-5w1s-v1", "protonets"),
+    ("omniglot-5w1s-v1", "metalstm"), ("navigation2d-v1", "maml-trpo")])
+def test_evaluation_only_settings_do_not_change_what_is_trained(experiment, method, tmp_path):
+    """The claim `--evaluate-from` rests on: every setting declared evaluation-only, changed
+    all at once, leaves the trained parameters bit for bit as they were."""
+    import torch
+
+    from maml_bench.domains import evaluation_only
+    from maml_bench.runner import execute, plan_runs
+
+    if experiment.startswith("omniglot") and not (data_root() / "omniglot").is_dir():
+        pytest.skip("real Omniglot not found: put the two zips under ../shared/data/omniglot/")
+    if experiment.startswith("navigation"):
+        pytest.importorskip("gymnasium")
+    (base,) = plan_runs(experiment, "tiny", [], [method], 1, tmp_path / "a")
+    keys = evaluation_only(base.config)
+    assert keys <= set(CHANGED), f"give {sorted(keys - set(CHANGED))} a value in CHANGED"
+    overrides = [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                 for k, v in CHANGED.items() if k in keys]
+    (other,) = plan_runs(experiment, "tiny", overrides, [method], 1, tmp_path / "b")
+    states = [torch.load(execute(run, progress=False) / "checkpoint.pt",
+                         weights_only=False)["algorithm"] for run in (base, other)]
+
+    def tensors(state, prefix=""):
+        if isinstance(state, torch.Tensor):
+            yield prefix, state
+        elif isinstance(state, dict):
+            for k, v in state.items():
+                yield from tensors(v, f"{prefix}.{k}")
+        elif isinstance(state, list | tuple):
+            for i, v in enumerate(state):
+                yield from tensors(v, f"{prefix}.{i}")
+
+    a, b = dict(tensors(states[0])), dict(tensors(states[1]))
+    assert a.keys() == b.keys() and a
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
