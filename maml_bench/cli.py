@@ -35,6 +35,7 @@ examples:
   maml-bench compare sinusoid-table2-v1 sinusoid-table2-codelr-v1 --method maml --shots 5
   maml-bench data check omniglot                  # is the dataset on disk the real release?
   maml-bench run sinusoid-table2-v1 --grid inner_lr=0.01,0.001 --grid meta_batch=5,25
+  maml-bench run omniglot-5w1s-v1 --scale paper --evaluate-from results --out v --set test_query=15
   maml-bench run omniglot-5w1s-v1 --device cuda     # train on this machine's GPU
   maml-bench run omniglot-5w1s-v1 --engine ray --address auto --gpus-per-run 1
   maml-bench run omniglot-5w1s-v1 --engine slurm --partition gpu --gpus-per-run 1 --time 720
