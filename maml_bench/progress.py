@@ -80,3 +80,5 @@ class IterationProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.mode != "off":  # meta-test can take long (Reptile: 50 steps per episode)
+            say(f"{self.name}: trained ({self.total:,} iterations); meta-testing")
