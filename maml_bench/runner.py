@@ -214,13 +214,7 @@ def execute(run: RunSpec, progress: bool | str | None = None, threads: int = 1) 
 def _execute(run: RunSpec, mode: str, threads: int) -> Path:
     torch.set_num_threads(threads)
     keep_freed_memory()
-    device = devices.torch_device(run.device)  # a worker without the GPU: one line, exit 2
-    devices.use(device)
-    experiment = EXPERIMENTS.get(run.experiment)
-    benchmark = BENCHMARKS.get(experiment.benchmark)(run.config)
-    if device.type != "cpu":  # drawn on the CPU as always, then moved: the same tasks
-        benchmark = devices.OnDevice(benchmark, device)
-    algorithm = ALGORITHMS.get(run.method)(benchmark, run.config, run.seed)
+    device, benchmark, algorithm = _build(run)
     chash = config_hash(run.config)
     ckpt_path = run.directory / CHECKPOINT_FILE
     start, train_log, train_seconds = 0, [], 0.0
@@ -243,6 +237,16 @@ def _execute(run: RunSpec, mode: str, threads: int) -> Path:
     finally:
         gc.unfreeze()
     return _evaluate_and_write(run, algorithm, benchmark, device, train_log, train_seconds)
+
+
+def _build(run: RunSpec) -> tuple[torch.device, Any, Algorithm]:
+    """The run's device, benchmark and freshly initialised algorithm."""
+    device = devices.torch_device(run.device)  # a worker without the GPU: one line, exit 2
+    devices.use(device)
+    benchmark = BENCHMARKS.get(EXPERIMENTS.get(run.experiment).benchmark)(run.config)
+    if device.type != "cpu":  # drawn on the CPU as always, then moved: the same tasks
+        benchmark = devices.OnDevice(benchmark, device)
+    return device, benchmark, ALGORITHMS.get(run.method)(benchmark, run.config, run.seed)
 
 
 def _evaluate_and_write(run: RunSpec, algorithm: Algorithm, benchmark: Any,
@@ -329,12 +333,7 @@ def evaluate_trained(run: RunSpec, source: RunSpec) -> Path:
             return run.directory
         state = _resume_state(source.directory / CHECKPOINT_FILE, config_hash(source.config))
         torch.set_num_threads(1)
-        device = devices.torch_device(run.device)
-        devices.use(device)
-        benchmark = BENCHMARKS.get(EXPERIMENTS.get(run.experiment).benchmark)(run.config)
-        if device.type != "cpu":
-            benchmark = devices.OnDevice(benchmark, device)
-        algorithm = ALGORITHMS.get(run.method)(benchmark, run.config, run.seed)
+        device, benchmark, algorithm = _build(run)
         algorithm.load_state_dict(state["algorithm"])
         log.info("%s: evaluating the parameters trained in %s", run.run_id, source.directory)
         return _evaluate_and_write(
