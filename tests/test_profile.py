@@ -252,3 +252,16 @@ def test_a_stopped_profile_resumes_from_its_saved_parts(tiny_profile, tmp_path, 
     assert cli.main([*only, "--out", str(copy), "--repeats", "2"]) == 0
     assert len(measured) == 8  # other settings: measured again
     assert set(pd.read_csv(copy / "profile-cpu.csv")["config"]) == {"sinusoid"}
+
+
+def test_progress_lines_within_a_configuration_when_output_is_a_file(tmp_path, monkeypatch,
+                                                                      capsys):
+    """A MiniImagenet configuration takes about an hour on a CPU: a log shows measurements
+    going by (every MAML_BENCH_PROGRESS_SECONDS), not only a line per configuration."""
+    monkeypatch.setenv("MAML_BENCH_PROGRESS_SECONDS", "0")
+    only = [*TINY[:3], *TINY[5:]]  # sinusoid alone: 2 steps x 2 orders x 2 paths
+    assert cli.main([*only, "--out", str(tmp_path / "p")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "measurements (" in line]
+    assert [line.split("profile: ")[1].split(" ")[0] for line in lines] == [
+        f"{i}/8" for i in range(1, 9)]
+    assert "sinusoid T=2 steps=2 so loop" in lines[-1]

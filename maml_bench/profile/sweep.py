@@ -38,7 +38,7 @@ from maml_bench.profile.measure import (
 from maml_bench.profile.parts import Part, load_part, part_path, save_part
 from maml_bench.profile.peak import measure_peak
 from maml_bench.profile.report import Report, write_report
-from maml_bench.progress import duration, say, terminal
+from maml_bench.progress import duration, line_seconds, say, terminal
 
 log = logging.getLogger(__name__)
 
@@ -90,27 +90,37 @@ class ProfileOptions:
 
 
 class _Progress:
-    """A tqdm bar over measurements on a terminal; elsewhere one line per configuration."""
+    """A tqdm bar over measurements on a terminal; elsewhere a line per configuration and,
+    within one (the MiniImagenet ones take an hour on a CPU), one every line_seconds()."""
 
     def __init__(self, total: int, n_configs: int) -> None:
         self.bar: Any = None
         self.n_configs, self.done_configs, self.measured_configs = n_configs, 0, 0
-        self.t0 = time.perf_counter()
+        self.total, self.done = total, 0
+        self.t0 = self.last_line = time.perf_counter()
         if terminal():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc="profile", unit="measurement", dynamic_ncols=True)
 
     def measured(self, what: str, n: int = 1) -> None:
+        self.done += n
         if self.bar is not None:
             self.bar.set_postfix_str(what, refresh=False)
             self.bar.update(n)
+            return
+        now = time.perf_counter()
+        if n == 1 and now - self.last_line >= line_seconds():
+            self.last_line = now
+            say(f"profile: {self.done}/{self.total} measurements (last: {what}; "
+                f"{duration(now - self.t0)} so far)")
 
     def config_done(self, name: str, seconds: float, measured: int, skipped: int) -> None:
         self.done_configs += 1
         self.measured_configs += 1
         if self.bar is not None:
             return
+        self.last_line = time.perf_counter()
         elapsed = time.perf_counter() - self.t0
         left = self.n_configs - self.done_configs
         eta = f", ETA ~{duration(elapsed / self.measured_configs * left)}" if left else ""
