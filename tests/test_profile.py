@@ -265,3 +265,34 @@ def test_progress_lines_within_a_configuration_when_output_is_a_file(tmp_path, m
     assert [line.split("profile: ")[1].split(" ")[0] for line in lines] == [
         f"{i}/8" for i in range(1, 9)]
     assert "sinusoid T=2 steps=2 so loop" in lines[-1]
+
+
+def test_summary_at_the_paper_setting_quotes_the_csv(tmp_path):
+    """The report opens with each configuration's paper setting, second against first order,
+    next to the paper's 33%: the numbers are those of the CSV's paper row."""
+    out = tmp_path / "p"
+    assert cli.main(["profile", "--config", "sinusoid", "--steps", "1,2", "--meta-batch", "25",
+                     "--repeats", "1", "--quick", "--device", "cpu", "--out", str(out)]) == 0
+    frame = pd.read_csv(out / "profile-cpu.csv")
+    paper = frame[frame["is_paper"]]
+    assert list(zip(paper["meta_batch"], paper["inner_steps"], strict=True)) == [(25, 1)]
+    r = paper.iloc[0]
+    text = (out / "profile-cpu.md").read_text()
+    summary = text.split("## Second against first order at the paper's settings")[1]
+    summary = summary.split("\n## ")[0]
+    assert "33%" in summary
+    row = [line for line in summary.splitlines() if line.startswith("| sinusoid |")]
+    assert len(row) == 1
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    assert cells[1:3] == ["25", "1"]
+    assert cells[5] == f"{r['so_over_fo_time']:.2f}x"
+    assert cells[6] == f"{r['so_over_fo_memory']:.2f}x"
+    assert cells[7] == f"{r['flops_so'] / r['flops_fo']:.2f}x"
+    assert cells[8] == f"{r['so_loop_over_ours']:.2f}x"
+
+
+def test_summary_without_a_paper_row_says_so(tiny_profile):
+    out, frame, _ = tiny_profile
+    assert not frame["is_paper"].any()
+    assert "No configuration was measured at its paper setting" in (
+        out / "profile-cpu.md").read_text()

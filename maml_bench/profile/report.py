@@ -135,6 +135,7 @@ def render_markdown(report: Report, frame: pd.DataFrame) -> str:
     ]
     if frame.empty:
         return "\n".join([*lines, "Nothing was measured.", ""])
+    lines += paper_summary(frame)
     head = ("| meta-batch | steps | SO ms | FO ms | SO/FO time | SO MiB | FO MiB | SO/FO memory "
             "| loop SO ms | loop FO ms | loop/ours SO | loop/ours FO | SO GFLOP | FO GFLOP "
             "| forward GFLOP | SO GFLOP/s (% peak) |")
@@ -168,6 +169,35 @@ def render_markdown(report: Report, frame: pd.DataFrame) -> str:
     if skipped:
         lines += ["## Skipped", "", *skipped, ""]
     return "\n".join(lines)
+
+
+PAPER_SPEEDUP = ("The paper (MiniImagenet): first-order MAML gave \"roughly 33% "
+                 "speed-up in network computation\", i.e. second / first order time about 1.33x "
+                 "(1.5x if read as a third less time).")
+
+
+def paper_summary(frame: pd.DataFrame) -> list[str]:
+    """What second order costs at each configuration's paper setting (meta-batch and inner
+    steps): the table the README quotes next to the paper's 33%."""
+    paper = frame[frame["is_paper"].astype(bool)]
+    lines = ["## Second against first order at the paper's settings", "", PAPER_SPEEDUP, ""]
+    if paper.empty:
+        return [*lines, "No configuration was measured at its paper setting (meta-batch and "
+                "inner steps); see the tables below.", ""]
+    head = ("| configuration | meta-batch | steps | SO ms | FO ms | SO/FO time | SO/FO memory "
+            "| SO/FO FLOPs | loop/ours SO | SO % peak |")
+    lines += [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for _, r in paper.iterrows():
+        lines.append("| " + " | ".join([
+            str(r["config"]), str(r["meta_batch"]), str(r["inner_steps"]),
+            _ms(r["so_ours_ms"]), _ms(r["fo_ours_ms"]), _num(r["so_over_fo_time"], ".2f", "x"),
+            _num(r["so_over_fo_memory"], ".2f", "x"),
+            _num(r["flops_so"] / r["flops_fo"] if r["flops_fo"] > 0 else math.nan, ".2f", "x"),
+            _num(r["so_loop_over_ours"], ".2f", "x"),
+            _num(100 * r["so_ours_peak_frac"], ".1f", "%")]) + " |")
+    return [*lines, "", "SO/FO FLOPs is the arithmetic second order adds (matmuls and "
+            "convolutions); where SO/FO time exceeds it, the extra time is spent outside them "
+            "(batch norm's double backward, memory traffic; see the operator tables).", ""]
 
 
 def render_ops(report: Report) -> str:
