@@ -109,6 +109,7 @@ def test_meta_steps_leave_no_graph_alive(forward):
     """After each second-order meta-step (2 inner steps) the same tensors are alive: no graph
     survives its step (a ctx holding its own outputs once kept every step's, OOM in runs)."""
     import gc
+    import warnings
 
     from maml_bench.core.functional import meta_loss
 
@@ -117,7 +118,9 @@ def test_meta_steps_leave_no_graph_alive(forward):
 
     def live() -> int:
         gc.collect()
-        return sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
+        with warnings.catch_warnings():  # isinstance on torch.distributed's deprecated alias
+            warnings.simplefilter("ignore", FutureWarning)
+            return sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
 
     counts = []
     for _ in range(3):
