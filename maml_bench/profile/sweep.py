@@ -121,7 +121,7 @@ class _Progress:
         if self.bar is not None:
             return
         self.last_line = time.perf_counter()
-        elapsed = time.perf_counter() - self.t0
+        elapsed = self.last_line - self.t0
         left = self.n_configs - self.done_configs
         eta = f", ETA ~{duration(elapsed / self.measured_configs * left)}" if left else ""
         say(f"profile: {name} done in {duration(seconds)} ({measured} measured, {skipped} "
