@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import tempfile
 import textwrap
@@ -405,8 +406,16 @@ def cmd_profile(args: argparse.Namespace) -> None:
     options = ProfileOptions(configs=configs, device=device, out=out, steps=args.steps,
                              meta_batches=args.meta_batch, repeats=args.repeats,
                              budget_s=args.budget, quick=args.quick, threads=args.threads)
-    for path in run_profile(options):
-        print(f"wrote {path}")
+    # Started in the background (`nohup ... &`), it inherits an ignored SIGINT: restore Ctrl-C,
+    # and let SIGTERM stop it the same way, so either writes the report of what was measured.
+    before = {sig: signal.signal(sig, signal.default_int_handler)
+              for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for path in run_profile(options):
+            print(f"wrote {path}")
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _add_data_parser(sub: typing.Any) -> None:

@@ -254,6 +254,37 @@ def test_a_stopped_profile_resumes_from_its_saved_parts(tiny_profile, tmp_path, 
     assert set(pd.read_csv(copy / "profile-cpu.csv")["config"]) == {"sinusoid"}
 
 
+def test_sigterm_or_a_background_sigint_stops_the_profile_with_its_report(tmp_path,
+                                                                          monkeypatch):
+    """A profile started with `nohup ... &` (SIGINT ignored) and stopped with SIGTERM still
+    writes the report of what it measured; the process's handlers are restored afterwards."""
+    import os
+    import signal
+
+    from maml_bench.profile import sweep
+
+    real_measure, calls = sweep.measure, []
+
+    def stopped_on_second(*args, **kwargs):
+        calls.append("x")
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_measure(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "measure", stopped_on_second)
+    before_term = signal.getsignal(signal.SIGTERM)
+    before_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        only = [*TINY[:3], *TINY[5:]]  # sinusoid alone
+        assert cli.main([*only, "--out", str(tmp_path)]) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is before_term
+    finally:
+        signal.signal(signal.SIGINT, before_int)
+    assert len(calls) == 2
+    assert "Interrupted" in (tmp_path / "profile-cpu.md").read_text()
+
+
 def test_progress_lines_within_a_configuration_when_output_is_a_file(tmp_path, monkeypatch,
                                                                       capsys):
     """A MiniImagenet configuration takes about an hour on a CPU: a log shows measurements
