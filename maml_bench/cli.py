@@ -14,7 +14,7 @@ import textwrap
 import typing
 from pathlib import Path
 
-from maml_bench.domains import Domain, Items, Number, OneOf, Pattern, domain_of, show_value
+from maml_bench.domains import Domain, Items, Number, OneOf, Pattern, domain_of, readers, show_value
 from maml_bench.engines.options import (
     CPUS_PER_RUN,
     ENGINE,
@@ -560,7 +560,10 @@ def cmd_show(args: argparse.Namespace) -> None:
         print(f"  {name:<6} {scale.description}")
     print("\nsettings (--set KEY=VALUE; default, then meaning and valid values):")
     docs = _field_docs(type(exp.config))
+    methods = {m.algorithm for m in exp.methods}
     for f in dataclasses.fields(exp.config):
+        if readers(exp.config, f.name) and not methods & set(readers(exp.config, f.name)):
+            continue  # another method's own setting: it would change nothing here
         value = show_value(getattr(exp.config, f.name))
         doc = " ".join(docs.get(f.name, "").split())
         print(f"  {f.name:<22} {value:<24} {doc}\n  {'':<22} {'':<24} valid: "
@@ -597,7 +600,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         grid_points,
         point_dir,
     )
-    from maml_bench.runner import plan_runs, trained_source
+    from maml_bench.runner import check_readers, plan_runs, trained_source
 
     out = args.out or default_out(args.scale)
     if distributed.launched() and args.engine != "local":
@@ -610,6 +613,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     for point in points:
         runs = plan_runs(args.experiment, args.scale, args.overrides + list(point.overrides),
                          args.methods, args.seeds, out)
+        check_readers(runs, args.overrides + list(point.overrides))
         if point.name:  # named by the values the config holds, under OUT/grid/
             point = canonical(point, runs[0].config)
             runs = [dataclasses.replace(run, out=point_dir(out, point)) for run in runs]

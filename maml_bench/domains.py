@@ -143,7 +143,7 @@ class Items(Domain):
 
 
 def setting(default: Any, domain: Domain, hashed_at_default: bool = True,
-            evaluation_only: bool = False) -> Any:
+            evaluation_only: bool = False, used_by: tuple[str, ...] = ()) -> Any:
     """A dataclass field with its valid domain (shown by `maml-bench show`, checked by
     `check_fields`).
 
@@ -152,10 +152,18 @@ def setting(default: Any, domain: Domain, hashed_at_default: bool = True,
     `evaluation_only=True` marks a meta-test setting that never changes the trained
     parameters, so a finished run can be evaluated again under another value
     (`maml-bench run --evaluate-from`).
+    `used_by` names the algorithms that read a method's own setting (empty: every method), so
+    that `show` lists it only where one of them runs and `run --set` refuses it elsewhere.
     """
     return dataclasses.field(default=default, metadata={
         "domain": domain, "hashed_at_default": hashed_at_default,
-        "evaluation_only": evaluation_only})
+        "evaluation_only": evaluation_only, "used_by": used_by})
+
+
+def readers(config: Any, name: str) -> tuple[str, ...]:
+    """The algorithms that read setting `name` of `config` (empty: every method)."""
+    field = {f.name: f for f in dataclasses.fields(config)}.get(name)
+    return () if field is None else tuple(field.metadata.get("used_by", ()))
 
 
 def evaluation_only(config: Any) -> set[str]:

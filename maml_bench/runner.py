@@ -31,7 +31,7 @@ import torch
 from maml_bench import devices, distributed
 from maml_bench.algorithms import ALGORITHMS, Algorithm
 from maml_bench.config import apply_overrides, config_dict, config_hash
-from maml_bench.domains import evaluation_only
+from maml_bench.domains import evaluation_only, readers
 from maml_bench.errors import RunBusy, TrainingDiverged, UserError
 from maml_bench.experiments import EXPERIMENTS, Experiment
 from maml_bench.fits import FITS_FILE, fit_frame
@@ -125,6 +125,22 @@ def plan_runs(
         for spec in chosen
         for rep in range(seeds or scale_seeds or spec.seeds)
     ]
+
+
+def check_readers(runs: list[RunSpec], overrides: list[str]) -> None:
+    """Refuse a --set of a method's own setting (`used_by`) when none of `runs` is that method:
+    it would change nothing, silently."""
+    methods = {run.method for run in runs}
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        users = readers(runs[0].config, key) if runs else ()
+        if users and not methods & set(users):
+            offered = [m.algorithm for m in EXPERIMENTS.get(runs[0].experiment).methods
+                       if m.algorithm in users]
+            fix = (f"drop it, or add --method {offered[0]}" if offered else
+                   f"drop it ({runs[0].experiment} has no such method)")
+            raise UserError(f"{key} (--set, --grid): only {', '.join(users)} reads it, and this "
+                            f"command runs {', '.join(sorted(methods))}; {fix}")
 
 
 def is_done(run: RunSpec) -> bool:

@@ -14,6 +14,7 @@ from maml_bench.domains import Items, Number, OneOf, check_fields, require, sett
 COUNT = 10_000_000  # iterations and intervals: 140x the paper's 70,000 meta-iterations
 STEP = Number(float, 0.0, 10.0, lo_open=True)  # a step size
 SIZE = Number(int, 1, 100_000)  # tasks, networks, chunk sizes
+REPTILE = ("reptile",)  # the algorithms that read the reptile_* settings
 
 
 @dataclass(frozen=True)
@@ -46,40 +47,47 @@ class MetaConfig:
     """tasks per meta-gradient pass, summed (0 = the whole meta-batch at once): bounds memory;
     on CPU a chunk whose activations fit the cache is faster (results/benchmarks)"""
     # --- Reptile, Meta-SGD ---
-    reptile_inner_steps: int = setting(5, Number(int, 1, 1_000))
+    reptile_inner_steps: int = setting(5, Number(int, 1, 1_000), used_by=REPTILE)
     """Reptile: inner steps per task before the outer update"""
     # Reptile's own protocol (Nichol et al. 2018, openai/supervised-reptile), added after runs
     # existed: left out of the hash at the defaults, which are the sinusoid Reptile's behaviour.
-    reptile_inner_optimizer: str = setting("sgd", OneOf(("sgd", "adam")), hashed_at_default=False)
+    reptile_inner_optimizer: str = setting("sgd", OneOf(("sgd", "adam")), hashed_at_default=False,
+                                           used_by=REPTILE)
     """Reptile: inner optimizer with step size inner_lr: sgd | adam (their code: Adam with
     beta1 = 0, TF's update; its moments are not trainable variables, so they carry over from
     task to task and into every meta-test task, which starts from a copy)"""
     reptile_adam_betas: tuple[float, ...] = setting(
-        (0.0, 0.999), Items(Number(float, 0.0, 1.0, hi_open=True), 2, 2), hashed_at_default=False)
+        (0.0, 0.999), Items(Number(float, 0.0, 1.0, hi_open=True), 2, 2), hashed_at_default=False,
+        used_by=REPTILE)
     """Reptile's inner Adam: beta1,beta2 (their code: 0 and TF's default 0.999)"""
-    reptile_inner_loss: str = setting("mean", OneOf(("mean", "sum")), hashed_at_default=False)
+    reptile_inner_loss: str = setting("mean", OneOf(("mean", "sum")), hashed_at_default=False,
+                                      used_by=REPTILE)
     """Reptile: the inner loss of a minibatch, mean | sum over its examples (their code
     minimizes TF's per-example loss vector, whose gradient is that of its sum)"""
-    reptile_inner_batch: int = setting(0, Number(int, 0, 100_000), hashed_at_default=False)
+    reptile_inner_batch: int = setting(0, Number(int, 0, 100_000), hashed_at_default=False,
+                                       used_by=REPTILE)
     """Reptile: examples per inner step during meta-training, drawn without replacement from the
     task's train_shots per class, reshuffled at each pass (a batch may straddle two passes, as
     their code); 0 = the whole set every step"""
-    reptile_eval_batch: int = setting(0, Number(int, 0, 100_000), hashed_at_default=False)
+    reptile_eval_batch: int = setting(0, Number(int, 0, 100_000), hashed_at_default=False,
+                                      used_by=REPTILE)
     """Reptile: examples per fine-tuning step at meta-test, drawn from the support set the same
     way; 0 = the whole support set every step"""
-    reptile_outer: str = setting("adam", OneOf(("adam", "interpolate")), hashed_at_default=False)
+    reptile_outer: str = setting("adam", OneOf(("adam", "interpolate")), hashed_at_default=False,
+                                 used_by=REPTILE)
     """Reptile's outer update: adam (theta - mean adapted weights as Adam's gradient at meta_lr)
     | interpolate (theta += eps * (mean adapted - theta), eps annealed linearly from
     reptile_meta_step to reptile_meta_step_final over the iterations: their code)"""
-    reptile_meta_step: float = setting(0.1, STEP, hashed_at_default=False)
+    reptile_meta_step: float = setting(0.1, STEP, hashed_at_default=False, used_by=REPTILE)
     """Reptile, interpolate: eps at the first iteration (their flag's default 0.1; paper 1)"""
     reptile_meta_step_final: float = setting(0.1, Number(float, 0.0, 10.0),
-                                             hashed_at_default=False)
+                                             hashed_at_default=False, used_by=REPTILE)
     """Reptile, interpolate: eps reached at the end of the run (their flag's default 0.1;
     paper 0)"""
-    metasgd_init_lr: float = setting(0.01, STEP)
+    metasgd_init_lr: float = setting(0.01, STEP, used_by=("metasgd",))
     """Meta-SGD: initial value of every learned per-parameter step size"""
-    context_size: int = setting(10, Number(int, 1, 10_000), hashed_at_default=False)
+    context_size: int = setting(10, Number(int, 1, 10_000), hashed_at_default=False,
+                                used_by=("context-vector", "rl-context-vector"))
     """context vector: size of the free input parameters z, the only ones adapted in the inner
     loop: features for vectors, image channels (free per pixel) for images; the paper's
     App. C.2 does not state it"""

@@ -28,6 +28,23 @@ def test_show_lists_settings_with_docs(capsys):
     assert main(["show", "sinusoid-table2-v1"]) == 0
     out = capsys.readouterr().out
     assert "inner_lr" in out and "alpha: inner gradient step size" in out
+    assert "reptile_inner_steps" in out  # Reptile is one of its methods
+
+
+def test_show_leaves_out_the_settings_of_methods_the_experiment_lacks(capsys):
+    assert main(["show", "navigation2d-v1"]) == 0
+    out = capsys.readouterr().out
+    assert "max_kl" in out and "context_size" in out  # rl-context-vector reads it
+    assert "reptile_" not in out and "metasgd_init_lr" not in out
+
+
+def test_a_method_setting_is_accepted_where_that_method_runs(tmp_path):
+    from maml_bench.runner import check_readers, plan_runs
+
+    runs = plan_runs("sinusoid-table2-v1", "tiny", ["reptile_inner_steps=3"],
+                     ["maml", "reptile"], None, tmp_path)
+    check_readers(runs, ["reptile_inner_steps=3"])  # no error: reptile reads it
+    assert {r.method: r.config.reptile_inner_steps for r in runs}["reptile"] == 3
 
 
 @pytest.mark.parametrize("args, message", [
@@ -37,6 +54,14 @@ def test_show_lists_settings_with_docs(capsys):
     (["run", "--seeds", "0", "--scale", "tiny"], "argument --seeds: '0' is not an integer in [1, "),
     (["report", "--out", "/nonexistent-dir"], "no directory /nonexistent-dir with records of "
                                               "sinusoid-table2-v1"),
+    # a method's own setting where that method does not run: it would change nothing
+    (["run", "--method", "maml", "--set", "reptile_inner_steps=3", "--scale", "tiny"],
+     "reptile_inner_steps (--set, --grid): only reptile reads it, and this command runs maml; "
+     "drop it, or add --method reptile"),
+    (["run", "--method", "maml", "--grid", "reptile_inner_steps=2,3", "--scale", "tiny"],
+     "only reptile reads it"),
+    (["run", "omniglot-5w1s-v1", "--method", "maml", "--set", "metalstm_steps=3", "--scale",
+      "tiny"], "only metalstm reads it"),
 ])
 def test_bad_input_is_one_line_without_traceback(args, message):
     result = cli(*args)

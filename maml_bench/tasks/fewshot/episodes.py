@@ -53,23 +53,29 @@ class FewShotConfig(MetaConfig):
     val_every: int = setting(1_000, Number(int, 0, 10_000_000))
     """meta-iterations between validation accuracies on val_tasks held-out episodes (0 = off)"""
     # --- metric learners; added after runs existed, so left out of the hash at their defaults
-    protonet_train_ways: int = setting(0, Number(int, 0, 1_000), hashed_at_default=False)
+    protonet_train_ways: int = setting(0, Number(int, 0, 1_000), hashed_at_default=False,
+                                       used_by=("protonets",))
     """Prototypical Networks: classes per training episode, 0 = the experiment's ways (Snell
     et al. 2017 train with more: 60 for Omniglot, 30 / 20 for MiniImagenet 1 / 5-shot)"""
-    protonet_lr_halving: int = setting(2_000, Number(int, 0, COUNT), hashed_at_default=False)
+    protonet_lr_halving: int = setting(2_000, Number(int, 0, COUNT), hashed_at_default=False,
+                                       used_by=("protonets",))
     """Prototypical Networks: iterations between halvings of the Adam step size, 0 = never
     (Snell et al. 2017: every 2,000 episodes, one episode per step)"""
-    matching_fce_steps: int = setting(0, Number(int, 0, 100), hashed_at_default=False)
+    matching_fce_steps: int = setting(0, Number(int, 0, 100), hashed_at_default=False,
+                                      used_by=("matchingnets",))
     """Matching Networks: processing steps K of the attention LSTM of full context embeddings,
     0 = no full context embeddings (Vinyals et al. 2016 use none for Omniglot)"""
-    metalstm_hidden: int = setting(20, Number(int, 1, 1024), hashed_at_default=False)
+    metalstm_hidden: int = setting(20, Number(int, 1, 1024), hashed_at_default=False,
+                                   used_by=("metalstm",))
     """meta-learner LSTM (Ravi & Larochelle 2017): hidden units of its first, ordinary LSTM
     layer, shared across coordinates (paper: 20)"""
-    metalstm_steps: int = setting(0, Number(int, 0, 100), hashed_at_default=False)
+    metalstm_steps: int = setting(0, Number(int, 0, 100), hashed_at_default=False,
+                                  used_by=("metalstm",))
     """meta-learner LSTM: learner updates per training episode, each on the whole support set
     (paper: 12 for 1-shot, 5 for 5-shot MiniImagenet); 0 = eval_steps, so the meta-test's last
     column is the step count it was trained for"""
-    metalstm_clip_norm: float = setting(0.25, Number(float, 0.0, 1e6), hashed_at_default=False)
+    metalstm_clip_norm: float = setting(0.25, Number(float, 0.0, 1e6), hashed_at_default=False,
+                                        used_by=("metalstm",))
     """meta-learner LSTM: clip the meta-gradient's global norm to this (0 = off; the paper's
     code: 0.25)"""
 
