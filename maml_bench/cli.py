@@ -4,6 +4,7 @@ datasets."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -11,6 +12,7 @@ import signal
 import sys
 import tempfile
 import textwrap
+import threading
 import typing
 from pathlib import Path
 
@@ -406,13 +408,24 @@ def cmd_profile(args: argparse.Namespace) -> None:
     options = ProfileOptions(configs=configs, device=device, out=out, steps=args.steps,
                              meta_batches=args.meta_batch, repeats=args.repeats,
                              budget_s=args.budget, quick=args.quick, threads=args.threads)
-    # Started in the background (`nohup ... &`), it inherits an ignored SIGINT: restore Ctrl-C,
-    # and let SIGTERM stop it the same way, so either writes the report of what was measured.
+    with interruptible():  # stopped, it writes the report of what was measured
+        for path in run_profile(options):
+            print(f"wrote {path}")
+
+
+@contextlib.contextmanager
+def interruptible() -> typing.Iterator[None]:
+    """Ctrl-C, `kill -INT` and SIGTERM all raise KeyboardInterrupt meanwhile, then the process's
+    handlers come back. A command started in the background (`nohup ... &`) inherits an ignored
+    SIGINT, and a session's end or a scheduler stops it with SIGTERM: either way it stops
+    through its own cleanup (a run keeps its checkpoint, a profile writes its report)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
     before = {sig: signal.signal(sig, signal.default_int_handler)
               for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for path in run_profile(options):
-            print(f"wrote {path}")
+        yield
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
@@ -757,7 +770,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "show":
             cmd_show(args)
         elif args.command == "run":
-            cmd_run(args)
+            with interruptible():  # a stopped run keeps its checkpoint and resumes
+                cmd_run(args)
         elif args.command == "report":
             _report(args.experiment, readable_records(args, [args.experiment]), args.ci,
                     args.level)

@@ -200,6 +200,28 @@ def test_ctrl_c_stops_every_worker_and_keeps_checkpoints(tmp_path):
     assert not list(raw.glob(f"*/seed-0/{RECORDS_FILE}"))
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_background_run_stops_on_sigint_or_sigterm_and_keeps_its_checkpoint(tmp_path, sig):
+    """Started with `nohup ... &` (SIGINT ignored, as a shell does), `kill -INT` and the
+    SIGTERM of a session's end or a scheduler stop the run as Ctrl-C does: exit 130, the
+    resume hint, the checkpoint kept."""
+    out = tmp_path / "out"
+    args = ["run", "--scale", "tiny", "--no-report", "--out", str(out), "--method", "maml",
+            "--set", "iterations=1000000", "--set", "checkpoint_every=50"]
+    proc = _cli(args, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    ckpt = out / "sinusoid-table2-v1" / "raw" / "maml" / "seed-0" / CHECKPOINT_FILE
+    deadline = time.monotonic() + 120
+    while not ckpt.exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    err = proc.stderr.read()
+    assert proc.returncode == 130, err
+    assert "interrupted; run the same command again to resume" in err
+    assert torch.load(ckpt, weights_only=False)["iteration"] >= 50
+
+
 def test_progress_lines_when_stderr_is_a_log(tmp_path):
     env = {**os.environ, "MAML_BENCH_PROGRESS_SECONDS": "0"}
     env.pop("CI", None)
