@@ -575,7 +575,8 @@ def cmd_show(args: argparse.Namespace) -> None:
     docs = _field_docs(type(exp.config))
     methods = {m.algorithm for m in exp.methods}
     for f in dataclasses.fields(exp.config):
-        if readers(exp.config, f.name) and not methods & set(readers(exp.config, f.name)):
+        users = set(readers(exp.config, f.name))
+        if users and not methods & users:
             continue  # another method's own setting: it would change nothing here
         value = show_value(getattr(exp.config, f.name))
         doc = " ".join(docs.get(f.name, "").split())

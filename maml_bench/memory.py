@@ -4,8 +4,8 @@ PyTorch's CPU allocator is plain malloc. glibc serves the large tensors of a met
 mmap and hands them back on free, so every step faults all of its pages in again: ~19,000 minor
 page faults per Omniglot 5-way 1-shot meta-step (about 10% of its time, measured with
 `getrusage`). Turning glibc's mmap off and raising its trim threshold lets freed blocks be
-reused instead. It
-changes no number, only where memory comes from; elsewhere than glibc it does nothing.
+reused instead. It changes no number, only where memory comes from; elsewhere than glibc it
+does nothing.
 """
 
 from __future__ import annotations

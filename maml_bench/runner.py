@@ -130,10 +130,12 @@ def plan_runs(
 def check_readers(runs: list[RunSpec], overrides: list[str]) -> None:
     """Refuse a --set of a method's own setting (`used_by`) when none of `runs` is that method:
     it would change nothing, silently."""
+    if not runs:
+        return
     methods = {run.method for run in runs}
     for text in overrides:
         key = text.partition("=")[0].strip()
-        users = readers(runs[0].config, key) if runs else ()
+        users = readers(runs[0].config, key)
         if users and not methods & set(users):
             offered = [m.algorithm for m in EXPERIMENTS.get(runs[0].experiment).methods
                        if m.algorithm in users]
