@@ -2,6 +2,7 @@
 # The one prepared GPU check of this project, for a session lent an accelerator (the `device`
 # tool runs it in a copy of the checkout; see the README's "On a GPU"). It runs, in order:
 #   1. the CUDA meta-step benchmark (float64 GPU-vs-CPU gradient checks first, then timings),
+#      and the CUDA graph's replay accuracy (printed into the log),
 #   2. the GPU profile of every paper configuration (`maml-bench profile --device cuda`).
 # Everything lands in $OUT, the 8 files that come back: the benchmark's table (.json, .md), the
 # profile's markdown, CSV, two figures and operator tables (in profile/), and this script's log.
@@ -9,13 +10,13 @@
 #
 # On the device (python3 there has torch with CUDA; `higher` travels as a wheel in .whl/, made
 # here by `pip download --no-deps higher==0.2.1 -d .whl`):
-#   run(command="bash benchmarks/device-check.sh", carry=[".whl"], timeout_s=560)
+#   run(command="bash benchmarks/device-check.sh", carry=[".whl"], timeout_s=590)
 # Here, on the CPU, a dry run of the same steps, tiny: DEVICE=cpu OUT=/tmp/dc bash benchmarks/device-check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder that receives the results}
 DEVICE=${DEVICE:-cuda}
-PROFILE_SECONDS=${PROFILE_SECONDS:-330}  # leaves the benchmark ~3 min of a 560 s call
+PROFILE_SECONDS=${PROFILE_SECONDS:-300}  # after the benchmark's 230 s and 1b's 60: a 590 s call
 mkdir -p "$OUT"
 exec > >(tee "$OUT/device-check-log.txt") 2>&1
 export PYTHONUNBUFFERED=1 MAML_BENCH_CUDA_OUT="$OUT"
@@ -37,15 +38,20 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 
 if [ "$DEVICE" = cuda ]; then
     echo "== 1. CUDA meta-step benchmark"
-    timeout 200 $PY -m pytest benchmarks/test_meta_step_cuda.py -q -p no:cacheprovider \
+    # each row is written as soon as it is measured: a stop at the limit keeps whole cases
+    timeout 230 $PY -m pytest benchmarks/test_meta_step_cuda.py -q -p no:cacheprovider \
         || echo "benchmark: exit $?"
+    echo "== 1b. CUDA graph replay against eager float32 and float64 (MiniImagenet)"
+    timeout 60 $PY benchmarks/cuda_graph_accuracy.py || echo "graph accuracy: exit $?"
     echo "== 2. GPU profile (every configuration; resumable parts under $OUT/profile)"
     # SIGINT at the limit: the profile writes its report from what it measured, then stops
-    # the issue's goal (MiniImagenet 5-way 1-shot) first, in case the time runs out
+    # the issue's goal (MiniImagenet 5-way 1-shot) first, in case the time runs out; inner
+    # steps 1,2,5 hold every paper setting; a measurement over 20 s is skipped, with its reason
     timeout -s INT -k 30 "$PROFILE_SECONDS" $PY -m maml_bench.cli profile --device cuda \
-        --config miniimagenet-5w1s --config omniglot-5w1s --config miniimagenet-5w5s \
-        --config omniglot-5w5s --config omniglot-20w1s --config omniglot-20w5s \
-        --config sinusoid --out "$OUT/profile" || echo "profile: exit $?"
+        --config miniimagenet-5w1s --config omniglot-5w1s --config sinusoid \
+        --config miniimagenet-5w5s --config omniglot-20w1s --config omniglot-5w5s \
+        --config omniglot-20w5s --steps 1,2,5 --repeats 3 --budget 20 \
+        --out "$OUT/profile" || echo "profile: exit $?"
 else  # the dry run: the same commands, tiny, on the CPU
     echo "== 1. (dry) the CUDA benchmark's collection"
     $PY -m pytest benchmarks/test_meta_step_cuda.py -q -p no:cacheprovider --co >/dev/null \

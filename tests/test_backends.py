@@ -191,3 +191,14 @@ def test_auto_forward_is_the_backend_auto_takes_where_its_gates_pass():
     assert backends.auto_forward(conv, first_order=True)[0] == "batched"
     assert backends.auto_forward(mlp, first_order=False)[0] == "batched"
     assert backends.auto_forward(conv.to("meta"), first_order=False)[0] == "batched"
+
+
+def test_cuda_graph_needs_a_cuda_batch():
+    """The graph path refuses a CPU batch before capturing anything (its float64 replay checks
+    run on a GPU: benchmarks/test_meta_step_cuda.py)."""
+    from maml_bench.core.graphed import GraphedMetaGradient
+    from maml_bench.profile.configs import CONFIGS
+
+    batch = CONFIGS["sinusoid"].batch(2)
+    with pytest.raises(ValueError, match="needs the batch on a CUDA device"):
+        GraphedMetaGradient(lambda b: [b.x_support.sum()], batch)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from maml_bench.devices import use
 from maml_bench.memory import keep_freed_memory
 from maml_bench.profile.configs import CONFIGS, ProfileConfig
 from maml_bench.profile.measure import (
@@ -147,6 +148,7 @@ def run_profile(options: ProfileOptions) -> list[Path]:
     threads = options.threads or (1 if device.type == "cpu" else threads_before)
     torch.set_num_threads(threads)
     keep_freed_memory()
+    use(device)  # on a GPU, full float32 (no TF32), as every training run
     try:
         return _run(options, device)
     finally:
