@@ -36,7 +36,7 @@ from maml_bench.errors import RunBusy, TrainingDiverged, UserError
 from maml_bench.experiments import EXPERIMENTS, Experiment
 from maml_bench.fits import FITS_FILE, fit_frame
 from maml_bench.memory import keep_freed_memory
-from maml_bench.progress import IterationProgress, terminal
+from maml_bench.progress import IterationProgress, say, terminal
 from maml_bench.provenance import provenance
 from maml_bench.results import (
     RECORD_COLUMNS,
@@ -49,6 +49,7 @@ from maml_bench.results import (
     write_json,
     write_records,
 )
+from maml_bench.stopping import StopAtIterationEnd
 from maml_bench.tasks import BENCHMARKS
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ def _execute(run: RunSpec, mode: str, threads: int) -> Path:
     device, benchmark, algorithm = _build(run)
     chash = config_hash(run.config)
     ckpt_path = run.directory / CHECKPOINT_FILE
-    start, train_log, train_seconds = 0, [], 0.0
+    start, train_log, train_seconds, pending = 0, [], 0.0, None
     # Read by rank 0 and sent to the others under torchrun: the same state everywhere, even
     # where the processes do not share a file system.
     state = distributed.from_main(lambda: _resume_state(ckpt_path, chash))
@@ -243,6 +244,7 @@ def _execute(run: RunSpec, mode: str, threads: int) -> Path:
         algorithm.load_state_dict(state["algorithm"])
         start, train_log = state["iteration"], state["train_log"]
         train_seconds = state.get("train_seconds", 0.0)
+        pending = state.get("pending")
         log.info("%s: resumed at iteration %d", run.run_id, start)
 
     # Everything alive now lives for the whole run: freezing it keeps Python's cyclic garbage
@@ -251,7 +253,7 @@ def _execute(run: RunSpec, mode: str, threads: int) -> Path:
     gc.freeze()
     try:
         train_seconds = _train(run, algorithm, start, train_log, ckpt_path, chash, mode,
-                               train_seconds, device)
+                               train_seconds, device, pending)
     finally:
         gc.unfreeze()
     return _evaluate_and_write(run, algorithm, benchmark, device, train_log, train_seconds)
@@ -363,11 +365,14 @@ def evaluate_trained(run: RunSpec, source: RunSpec) -> Path:
 
 def _train(run: RunSpec, algorithm: Algorithm, start: int, train_log: list[dict[str, float]],
            ckpt_path: Path, chash: str, mode: str, seconds_before: float,
-           device: torch.device) -> float:
+           device: torch.device, pending: dict[str, Any] | None = None) -> float:
     """Train from iteration `start`; returns the training seconds of all sessions so far.
 
     Loss and parameters are checked finite every `check_every` iterations and also before every
     training-log row and every checkpoint, so neither a log nor a checkpoint ever holds NaN/inf.
+    A stop (Ctrl-C, SIGTERM) takes effect after the iteration in flight, with a checkpoint
+    there (`stopping.py`). `pending`: the training loss summed since the last log row, as the
+    checkpoint kept it, so that a resumed run logs what an uninterrupted one would.
     """
     c = run.config
     total = algorithm.iterations
@@ -376,38 +381,56 @@ def _train(run: RunSpec, algorithm: Algorithm, start: int, train_log: list[dict[
     bar = IterationProgress(run.run_id, total, start, mode)
     loss_sum = torch.zeros((), device=device)
     since_log = 0
+    if pending is not None:
+        loss_sum, since_log = pending["loss_sum"].to(device), pending["steps"]
     last_good = start if ckpt_path.exists() else None
     t0 = time.perf_counter()
-    for it in range(start, total):
-        # Losses stay tensors (no sync per step); they are read only when checked or logged.
-        loss_sum = loss_sum + algorithm.train_step(it)
-        since_log += 1
-        done = it + 1
-        val_due = every_val > 0 and (done % every_val == 0 or done == total)
-        log_due = done % c.log_every == 0 or done == total or val_due
-        ckpt_due = done % every_ckpt == 0 or done == total
-        check_due = done % c.check_every == 0 or log_due or ckpt_due
-        # loss_sum covers every step since the last log row, so no non-finite loss escapes.
-        if check_due and not (math.isfinite(loss_sum.item()) and _all_finite(algorithm)):
+
+    def finite_or_raise(done: int) -> None:
+        # loss_sum covers every step since the last log row: no non-finite loss escapes.
+        if not (math.isfinite(loss_sum.item()) and _all_finite(algorithm)):
             where = (f"last good checkpoint {ckpt_path} (iteration {last_good}) kept"
                      if last_good is not None else "no checkpoint was written yet")
             raise TrainingDiverged(
                 f"{run.run_id}: non-finite loss or parameters by iteration {done}; {where}; "
                 "lower meta_lr or inner_lr, or clip with --set grad_clip=10")
-        if log_due:
-            row = {"iteration": done, "train_loss": loss_sum.item() / since_log}
-            if val_due:
-                # Fixed validation tasks, no randomness drawn: resuming gives the same curve.
-                row["val_metric"] = algorithm.validation_score()
-            train_log.append(row)
-            loss_sum, since_log = torch.zeros((), device=device), 0
-        if ckpt_due:
-            distributed.check_identical(algorithm.tensors())  # torchrun: one state, one file
-            elapsed = seconds_before + time.perf_counter() - t0
-            if distributed.is_main():
-                _save_checkpoint(ckpt_path, algorithm, done, train_log, chash, elapsed)
-            last_good = done
-        bar.update(done)
+
+    def checkpoint(done: int) -> int:
+        distributed.check_identical(algorithm.tensors())  # torchrun: one state, one file
+        if distributed.is_main():
+            _save_checkpoint(ckpt_path, algorithm, done, train_log, chash,
+                             seconds_before + time.perf_counter() - t0,
+                             {"loss_sum": loss_sum.detach().cpu(), "steps": since_log})
+        return done
+
+    with StopAtIterationEnd() as stop:
+        for it in range(start, total):
+            # Losses stay tensors (no sync per step); read only when checked or logged.
+            loss_sum = loss_sum + algorithm.train_step(it)
+            since_log += 1
+            done = it + 1
+            val_due = every_val > 0 and (done % every_val == 0 or done == total)
+            log_due = done % c.log_every == 0 or done == total or val_due
+            ckpt_due = done % every_ckpt == 0 or done == total
+            if done % c.check_every == 0 or log_due or ckpt_due:
+                finite_or_raise(done)
+            if log_due:
+                row = {"iteration": done, "train_loss": loss_sum.item() / since_log}
+                if val_due:
+                    # Fixed validation tasks, no randomness drawn: resuming gives the same curve.
+                    row["val_metric"] = algorithm.validation_score()
+                train_log.append(row)
+                loss_sum, since_log = torch.zeros((), device=device), 0
+            if ckpt_due:
+                last_good = checkpoint(done)
+            bar.update(done)
+            if stop.requested:  # asked for during this iteration: it is finished, so save it
+                if last_good != done:
+                    finite_or_raise(done)
+                    last_good = checkpoint(done)
+                bar.close()
+                say(f"{run.run_id}: stopped after iteration {done:,}, checkpoint written")
+                raise KeyboardInterrupt
     bar.close()
     return seconds_before + time.perf_counter() - t0
 
@@ -417,14 +440,16 @@ def _all_finite(algorithm: Algorithm) -> bool:
 
 
 def _save_checkpoint(path: Path, algorithm: Algorithm, iteration: int,
-                     train_log: list[dict[str, float]], chash: str, seconds: float) -> None:
+                     train_log: list[dict[str, float]], chash: str, seconds: float,
+                     pending: dict[str, Any] | None = None) -> None:
+    """`pending`: the loss summed since the last log row and its number of steps."""
     import io
 
     buffer = io.BytesIO()
     # CPU tensors: the checkpoint loads on any device (a run may resume on another one)
     torch.save({"algorithm": devices.to_cpu(algorithm.state_dict()), "iteration": iteration,
                 "train_log": list(train_log), "config_hash": chash,
-                "train_seconds": seconds}, buffer)
+                "train_seconds": seconds, "pending": pending}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 

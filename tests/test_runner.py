@@ -97,7 +97,8 @@ KILL_DRIVER = textwrap.dedent("""
 
     def train_step(self, iteration):
         if iteration == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)  # a real kill: no cleanup, no finally
+            # SIGKILL: a real kill, no cleanup, no finally; SIGTERM: a session's end
+            os.kill(os.getpid(), getattr(signal, os.environ.get("KILL_SIGNAL", "SIGKILL")))
         return original(self, iteration)
 
     MAML.train_step = train_step
@@ -131,6 +132,30 @@ def test_killed_run_resumes_without_losing_or_duplicating(tmp_path):
     log = pd.read_csv(run_dir / "train_log.csv")
     pd.testing.assert_frame_equal(log, pd.read_csv(clean_dir / "train_log.csv"))
     assert log["iteration"].is_unique
+
+
+def test_a_stop_checkpoints_the_iteration_in_flight_and_resumes_exactly(tmp_path):
+    """SIGTERM (or Ctrl-C) mid-iteration: the iteration finishes, a checkpoint is written
+    right there with the loss summed since the last log row, exit 130; the same command then
+    resumes from it to the numbers and training log of an uninterrupted run."""
+    args = ["run", "--method", "maml", "--scale", "tiny", "--set", "iterations=40",
+            "--set", "log_every=8", "--no-report"]
+    stopped = run_cli([*args, "--out", str(tmp_path / "stopped")],
+                      {"KILL_AT": "25", "KILL_SIGNAL": "SIGTERM"})
+    assert stopped.returncode == 130, stopped.stderr
+    assert "stopped after iteration 26, checkpoint written" in stopped.stderr
+    run_dir = tmp_path / "stopped" / "sinusoid-table2-v1" / "raw" / "maml" / "seed-0"
+    state = torch.load(run_dir / CHECKPOINT_FILE, weights_only=False)
+    assert state["iteration"] == 26 and state["pending"]["steps"] == 2  # 25, 26 after row 24
+    assert not (run_dir / RECORDS_FILE).exists()
+
+    resumed = run_cli([*args, "--out", str(tmp_path / "stopped")])
+    assert resumed.returncode == 0, resumed.stderr
+    clean = run_cli([*args, "--out", str(tmp_path / "clean")])
+    clean_dir = tmp_path / "clean" / "sinusoid-table2-v1" / "raw" / "maml" / "seed-0"
+    pd.testing.assert_frame_equal(values(run_dir), values(clean_dir))
+    pd.testing.assert_frame_equal(pd.read_csv(run_dir / "train_log.csv"),
+                                  pd.read_csv(clean_dir / "train_log.csv"))
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):

@@ -1,0 +1,47 @@
+"""A stop asked for while a run trains takes effect at the end of the iteration, so that the
+run checkpoints exactly where it stopped and loses no finished iteration.
+
+Ctrl-C, `kill -INT` and SIGTERM (a session's end, a scheduler) raise KeyboardInterrupt during a
+command (`cli.interruptible`); while training, the first of them only asks for a stop, which
+the training loop honours after the iteration in flight (a checkpoint, then KeyboardInterrupt
+as before). A second one stops at once, from the last periodic checkpoint. Only where such a
+signal would raise KeyboardInterrupt, in the main thread, and in a single-process run (under
+torchrun every rank must stop at the same iteration, so they stop at once as before).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType, TracebackType
+
+from maml_bench import distributed
+
+
+class StopAtIterationEnd:
+    """Context manager: `requested` turns true on the first SIGINT/SIGTERM meanwhile."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._before: dict[int, object] = {}
+
+    def __enter__(self) -> StopAtIterationEnd:
+        if (threading.current_thread() is threading.main_thread()
+                and distributed.world_size() == 1):
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is signal.default_int_handler:
+                    self._before[sig] = signal.signal(sig, self._ask)
+        return self
+
+    def _ask(self, signum: int, frame: FrameType | None) -> None:
+        # No printing here: a handler that writes to stderr while the loop is writing to it
+        # raises "reentrant call"; the loop reports the stop itself.
+        if self.requested:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self.requested = True
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._before.clear()
