@@ -352,6 +352,14 @@ def run_devices(runs: list[typing.Any], device: str | None, options: typing.Any
     runs = devices.assign(runs, wanted, options.gpus_per_run)
     if options.engine in ("local", "submitit-local"):  # the runs train on this machine
         runs = [dataclasses.replace(run, device=devices.here(run.device)) for run in runs]
+    for run in runs:
+        if getattr(run.config, "cuda_graph", "off") == "on":
+            if run.device == "cpu":  # auto on a cluster's node: the run checks it there
+                raise UserError(f"--set cuda_graph=on replays CUDA graphs, but {run.run_id} "
+                                f"trains on {run.device}: add --device cuda, or drop it")
+            if distributed.launched():
+                raise UserError("--set cuda_graph=on under torchrun: each process's share "
+                                "goes through an all-reduce the graph does not hold; drop one")
     return runs
 
 

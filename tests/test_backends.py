@@ -202,3 +202,20 @@ def test_cuda_graph_needs_a_cuda_batch():
     batch = CONFIGS["sinusoid"].batch(2)
     with pytest.raises(ValueError, match="needs the batch on a CUDA device"):
         GraphedMetaGradient(lambda b: [b.x_support.sum()], batch)
+
+
+def test_cuda_graph_setting_is_refused_on_the_cpu(capsys):
+    """--set cuda_graph=on without a GPU: one line naming the fix, exit 2, before any run;
+    and the algorithm itself refuses it on a CPU model (a cluster node's auto device)."""
+    from maml_bench.algorithms import ALGORITHMS
+    from maml_bench.experiments import EXPERIMENTS
+    from maml_bench.runner import resolve_config
+    from maml_bench.tasks import BENCHMARKS
+
+    assert main([*TINY, "--method", "maml", "--set", "cuda_graph=on"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cuda" in err[0], err
+    experiment = EXPERIMENTS.get("sinusoid-table2-v1")
+    config = resolve_config(experiment, "tiny", ["cuda_graph=on"], "maml")
+    with pytest.raises(UserError, match="--device cuda"):
+        ALGORITHMS.get("maml")(BENCHMARKS.get(experiment.benchmark)(config), config, 0)

@@ -152,6 +152,7 @@ def test_a_stop_checkpoints_the_iteration_in_flight_and_resumes_exactly(tmp_path
     resumed = run_cli([*args, "--out", str(tmp_path / "stopped")])
     assert resumed.returncode == 0, resumed.stderr
     clean = run_cli([*args, "--out", str(tmp_path / "clean")])
+    assert clean.returncode == 0, clean.stderr
     clean_dir = tmp_path / "clean" / "sinusoid-table2-v1" / "raw" / "maml" / "seed-0"
     pd.testing.assert_frame_equal(values(run_dir), values(clean_dir))
     pd.testing.assert_frame_equal(pd.read_csv(run_dir / "train_log.csv"),

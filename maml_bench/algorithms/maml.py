@@ -23,6 +23,7 @@ from maml_bench.core.functional import (
     make_batched_forward,
     restrict,
 )
+from maml_bench.errors import UserError
 from maml_bench.tasks.base import SupervisedBenchmark
 
 
@@ -51,11 +52,17 @@ class MAML(Algorithm):
                                                       else {})}
         self.info.update(self.backend_info)
         self.optimizer = adam(self.meta_parameters(), config.meta_lr)
+        self._graph = None  # the CUDA graph of cuda_graph=on, captured at the first step
+        device = next(self.model.parameters()).device
+        if getattr(config, "cuda_graph", "off") == "on" and device.type != "cuda":
+            raise UserError(f"--set cuda_graph=on replays CUDA graphs, but this run trains on "
+                            f"{device}: add --device cuda, or drop it")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        # info comes back from the checkpoint; the backend is this process's choice
+        # info comes back from the checkpoint; the backend and graph are this process's
         self.info.pop("path_skipped", None)
+        self.info.pop("cuda_graph", None)
         self.info.update(self.backend_info)
 
     def build_model(self, benchmark: SupervisedBenchmark, seed: int) -> nn.Module:
@@ -92,11 +99,10 @@ class MAML(Algorithm):
             loss, grads = self.chunked_meta_gradient(part, params, c.task_chunk or part.n_tasks,
                                                      batch.n_tasks)
             loss, *grads = distributed.all_reduce_sum([loss, *grads])
-        elif c.task_chunk == 0 or c.task_chunk >= c.meta_batch:
-            loss = self.query_losses(batch).mean()
-            grads = torch.autograd.grad(loss, params)
-        else:  # one graph per chunk of tasks, freed before the next: same mean gradient
-            loss, grads = self.chunked_meta_gradient(batch, params, c.task_chunk)
+        elif c.cuda_graph == "on":
+            loss, grads = self.replayed_meta_gradient(batch, params)
+        else:
+            loss, grads = self.meta_gradient(batch, params)
         # Gradients assigned, not accumulated: no zero_grad pass over the optimizer needed.
         for p, g in zip(params, grads, strict=True):
             p.grad = g
@@ -105,6 +111,38 @@ class MAML(Algorithm):
                 p.grad.clamp_(-c.grad_clip, c.grad_clip)
         self.optimizer.step()
         return loss.detach()
+
+    def meta_gradient(self, batch: SupervisedBatch, params: list[Tensor]
+                      ) -> tuple[Tensor, list[Tensor]]:
+        """The mean query loss of `batch` and its gradient, whole or by `task_chunk`."""
+        c = self.config
+        if c.task_chunk == 0 or c.task_chunk >= batch.n_tasks:
+            loss = self.query_losses(batch).mean()
+            return loss, list(torch.autograd.grad(loss, params))
+        # one graph per chunk of tasks, freed before the next: the same mean gradient
+        return self.chunked_meta_gradient(batch, params, c.task_chunk)
+
+    def replayed_meta_gradient(self, batch: SupervisedBatch, params: list[Tensor]
+                               ) -> tuple[Tensor, list[Tensor]]:
+        """`meta_gradient` replayed as one CUDA graph, captured at the first call (after a
+        resume too: loading a checkpoint copies into the same parameter tensors). A capture
+        that fails or replays differently from eager leaves the run eager, with the reason."""
+        if self._graph is None and "cuda_graph" not in self.info:
+            from maml_bench.core.graphed import GraphedMetaGradient
+
+            def compute(b: SupervisedBatch) -> list[Tensor]:
+                loss, grads = self.meta_gradient(b, params)
+                return [loss, *grads]
+
+            try:
+                self._graph = GraphedMetaGradient(compute, batch)
+                self.info["cuda_graph"] = "on"
+            except RuntimeError as err:
+                self.info["cuda_graph"] = f"off: {str(err).splitlines()[0]}"
+        if self._graph is None:
+            return self.meta_gradient(batch, params)
+        loss, *grads = self._graph(batch)
+        return loss, grads
 
     def chunked_meta_gradient(self, batch: SupervisedBatch, params: list[Tensor], chunk: int,
                               n_tasks: int | None = None) -> tuple[Tensor, list[Tensor]]:
