@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU check of this project, for a session lent an accelerator (the `device`
 # tool runs it in a copy of the checkout; see the README's "On a GPU"). It runs, in order:
+#   0. the GPU run tests of CUDA graphs (tests/test_cuda_runs.py -k cuda_graph),
 #   1. the CUDA meta-step benchmark (float64 GPU-vs-CPU gradient checks first, then timings),
 #      and the CUDA graph's replay accuracy (printed into the log),
 #   2. the GPU profile of every paper configuration (`maml-bench profile --device cuda`).
@@ -16,7 +17,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder that receives the results}
 DEVICE=${DEVICE:-cuda}
-PROFILE_SECONDS=${PROFILE_SECONDS:-300}  # after the benchmark's 230 s and 1b's 60: a 590 s call
+PROFILE_SECONDS=${PROFILE_SECONDS:-210}  # after 0's 90 s, 1's 230 and 1b's 60: a 590 s call
 mkdir -p "$OUT"
 exec > >(tee "$OUT/device-check-log.txt") 2>&1
 export PYTHONUNBUFFERED=1 MAML_BENCH_CUDA_OUT="$OUT"
@@ -37,6 +38,9 @@ EOF
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 
 if [ "$DEVICE" = cuda ]; then
+    echo "== 0. training runs on the GPU: CUDA graphs (cuda_graph=on) against eager"
+    timeout 90 $PY -m pytest tests/test_cuda_runs.py -q -p no:cacheprovider -k cuda_graph \
+        || echo "cuda runs: exit $?"
     echo "== 1. CUDA meta-step benchmark"
     # each row is written as soon as it is measured: a stop at the limit keeps whole cases
     timeout 230 $PY -m pytest benchmarks/test_meta_step_cuda.py -q -p no:cacheprovider \
