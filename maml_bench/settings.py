@@ -38,7 +38,8 @@ class MetaConfig:
     """query examples per task during meta-training"""
     grad_clip: float = setting(0.0, Number(float, 0.0, 1e6))
     """clip meta-gradients to [-c, c] (0 = off; the code clips MiniImagenet at 10)"""
-    path: str = setting("auto", OneOf(("auto", "fused", "batched", "vmap", "loop", "higher")))
+    path: str = setting("auto", OneOf(("auto", "fused", "batched", "vmap", "loop", "higher")),
+                        used_by=(*MAML_STEP, *REPTILE))
     """meta-gradient backend (maml_bench/core/backends.py): fused (the model's own batched
     forward with hand-written second derivatives, Conv4) | batched (the model's own batched
     forward) | vmap (vmap over functional_call) | loop (the per-task reference loop) | higher
@@ -52,7 +53,8 @@ class MetaConfig:
     process). Checked at capture against eager's own run-to-run spread; refused with the
     reason (then eager, in run.json info.cuda_graph) if it differs. Measured on an H200: the
     Omniglot 5-way 1-shot step 3.0 ms against 17 ms eager (README "On a GPU")"""
-    task_chunk: int = setting(0, Number(int, 0, 100_000), hashed_at_default=False)
+    task_chunk: int = setting(0, Number(int, 0, 100_000), hashed_at_default=False,
+                              used_by=(*MAML_STEP, "metalstm"))
     """tasks per meta-gradient pass, summed (0 = the whole meta-batch at once): bounds memory;
     on CPU a chunk whose activations fit the cache is faster (results/benchmarks)"""
     # --- Reptile, Meta-SGD ---
