@@ -5,9 +5,11 @@
 #   1. the CUDA meta-step benchmark (float64 GPU-vs-CPU gradient checks first, then timings),
 #      and the CUDA graph's replay accuracy (printed into the log),
 #   2. the GPU profile of every paper configuration (`maml-bench profile --device cuda`).
-# Everything lands in $OUT, the 8 files that come back: the benchmark's table (.json, .md), the
-# profile's markdown, CSV, two figures and operator tables (in profile/), and this script's log.
-# Commit them under results/benchmarks/ and results/profile/ with the device in their names.
+# Everything lands in $OUT, the 8 files that come back: the benchmark's table (.json; render
+# its .md here), the profile's markdown, CSV, two figures and operator tables (in profile/),
+# its resumable parts (profile-parts.tar) and this script's log. Commit them under
+# results/benchmarks/ and results/profile/ (parts: results/profile/parts/<gpu>/, which the
+# next call carries back, so a profile cut short by the time limit goes on where it stopped).
 #
 # On the device (python3 there has torch with CUDA; `higher` travels as a wheel in .whl/, made
 # here by `pip download --no-deps higher==0.2.1 -d .whl`):
@@ -48,6 +50,11 @@ if [ "$DEVICE" = cuda ]; then
     echo "== 1b. CUDA graph replay against eager float32 and float64 (MiniImagenet)"
     timeout 60 $PY benchmarks/cuda_graph_accuracy.py || echo "graph accuracy: exit $?"
     echo "== 2. GPU profile (every configuration; resumable parts under $OUT/profile)"
+    # the parts committed from earlier calls (results/profile/parts/<gpu>/): measured again
+    # only where missing, so the report covers every call's configurations
+    for d in results/profile/parts/*/; do
+        [ "$(basename "$d")" = cpu ] || { mkdir -p "$OUT/profile/parts"; cp -r "$d" "$OUT/profile/parts/"; }
+    done
     # SIGINT at the limit: the profile writes its report from what it measured, then stops
     # the issue's goal (MiniImagenet 5-way 1-shot) first, in case the time runs out; inner
     # steps 1,2,5 hold every paper setting; a measurement over 20 s is skipped, with its reason
@@ -56,6 +63,10 @@ if [ "$DEVICE" = cuda ]; then
         --config miniimagenet-5w5s --config omniglot-20w1s --config omniglot-5w5s \
         --config omniglot-20w5s --steps 1,2,5 --repeats 3 --budget 20 \
         --out "$OUT/profile" || echo "profile: exit $?"
+    # parts/ is too deep to come back, and at most 8 files do: the parts travel as one tar
+    # (here: tar -xf profile-parts.tar -C results/profile), the benchmark's markdown stays
+    # (here: python benchmarks/test_meta_step_cuda.py results/benchmarks/meta-step-cuda-*.json)
+    tar -C "$OUT/profile" -cf "$OUT/profile-parts.tar" parts && rm -f "$OUT"/meta-step-cuda-*.md
 else  # the dry run: the same commands, tiny, on the CPU
     echo "== 1. (dry) the CUDA benchmark's collection"
     $PY -m pytest benchmarks/test_meta_step_cuda.py -q -p no:cacheprovider --co >/dev/null \
