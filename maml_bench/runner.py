@@ -227,7 +227,28 @@ def execute(run: RunSpec, progress: bool | str | None = None, threads: int = 1) 
             log.info("%s: already done, skipped", run.run_id)
             return run.directory
         mode = progress_mode(progress) if distributed.is_main() else "off"
-        return _execute(run, mode, threads)
+        try:
+            return _execute(run, mode, threads)
+        except UserError:
+            # refused before writing anything (a backend gate, a device, the data): leave no
+            # empty run folder behind to look like a started run
+            _remove_if_unused(run)
+            raise
+
+
+def _remove_if_unused(run: RunSpec) -> None:
+    """Remove the run's folder, and its then empty parents below `run.out`, if it holds
+    nothing but the lock (called while holding it)."""
+    if not distributed.is_main() or {p.name for p in run.directory.iterdir()} != {LOCK_FILE}:
+        return
+    (run.directory / LOCK_FILE).unlink()
+    folder = run.directory
+    while folder != run.out and run.out in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: another run lives there
+            return
+        folder = folder.parent
 
 
 def _execute(run: RunSpec, mode: str, threads: int) -> Path:

@@ -117,6 +117,7 @@ def test_the_cli_refusal_is_one_line(monkeypatch, tmp_path, capsys):
     line = error_lines(capsys)
     assert "path=vmap refused for Sequential" in line
     assert "running statistics" in line and "--set path=loop" in line
+    assert not list(tmp_path.iterdir())  # no empty run folder left to look like a started run
 
 
 def test_higher_refuses_learned_step_sizes(tmp_path, capsys):
