@@ -77,8 +77,9 @@ class IterationProgress:
         say(f"{self.name}: iteration {done:,}/{self.total:,} ({100 * done / self.total:.0f}%), "
             f"{duration(now - self.t0)} elapsed, ETA {duration(eta)}")
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
+        """`finished`: training is done (say so; meta-test follows), else only stop the bar."""
         if self.bar is not None:
             self.bar.close()
-        if self.mode != "off":  # meta-test can take long (Reptile: 50 steps per episode)
+        if finished and self.mode != "off":  # meta-test can be long (Reptile: 50 steps each)
             say(f"{self.name}: trained ({self.total:,} iterations); meta-testing")

@@ -449,7 +449,7 @@ def _train(run: RunSpec, algorithm: Algorithm, start: int, train_log: list[dict[
                 if last_good != done:
                     finite_or_raise(done)
                     last_good = checkpoint(done)
-                bar.close()
+                bar.close(finished=False)
                 say(f"{run.run_id}: stopped after iteration {done:,}, checkpoint written")
                 raise KeyboardInterrupt
     bar.close()

@@ -144,6 +144,7 @@ def test_a_stop_checkpoints_the_iteration_in_flight_and_resumes_exactly(tmp_path
                       {"KILL_AT": "25", "KILL_SIGNAL": "SIGTERM"})
     assert stopped.returncode == 130, stopped.stderr
     assert "stopped after iteration 26, checkpoint written" in stopped.stderr
+    assert "meta-testing" not in stopped.stderr
     run_dir = tmp_path / "stopped" / "sinusoid-table2-v1" / "raw" / "maml" / "seed-0"
     state = torch.load(run_dir / CHECKPOINT_FILE, weights_only=False)
     assert state["iteration"] == 26 and state["pending"]["steps"] == 2  # 25, 26 after row 24
