@@ -78,19 +78,19 @@ def make_step(case: ProfileConfig, path: str, first_order: bool, device: str):
     batch = case.batch(case.meta_batch, device)
     forward = batched_forward(model, path.removeprefix("graph-"))
     params = list(theta.values())
+
+    def losses_of(b):  # the per-task loop where there is no batched forward (loop, graph-loop)
+        if forward is None:
+            return reference_meta_loss(model, theta, b, case.loss, case.inner_steps,
+                                       case.inner_lr, first_order)
+        return meta_loss(forward, theta, b, case.loss, case.inner_steps, case.inner_lr,
+                         first_order)
+
     if path.startswith("graph-"):
         from maml_bench.core.graphed import GraphedMetaGradient
 
-        def gradient(b):
-            if forward is None:  # graph-loop: the per-task loop's launches removed too
-                losses = reference_meta_loss(model, theta, b, case.loss, case.inner_steps,
-                                             case.inner_lr, first_order)
-            else:
-                losses = meta_loss(forward, theta, b, case.loss, case.inner_steps,
-                                   case.inner_lr, first_order)
-            return torch.autograd.grad(losses.mean(), params)
-
-        graphed = GraphedMetaGradient(gradient, batch)
+        graphed = GraphedMetaGradient(
+            lambda b: torch.autograd.grad(losses_of(b).mean(), params), batch)
 
         def replay() -> None:
             for p, g in zip(params, graphed(batch), strict=True):
@@ -110,13 +110,8 @@ def make_step(case: ProfileConfig, path: str, first_order: bool, device: str):
             for name, p in theta.items():
                 p.grad = grads[name]
         else:
-            if forward is None:
-                losses = reference_meta_loss(model, theta, batch, case.loss, case.inner_steps,
-                                             case.inner_lr, first_order)
-            else:
-                losses = meta_loss(forward, theta, batch, case.loss, case.inner_steps,
-                                   case.inner_lr, first_order)
-            for p, g in zip(params, torch.autograd.grad(losses.mean(), params), strict=True):
+            grads = torch.autograd.grad(losses_of(batch).mean(), params)
+            for p, g in zip(params, grads, strict=True):
                 p.grad = g
         opt.step()
         if device == "cuda":

@@ -112,6 +112,21 @@ def run_cli(args: list[str], env: dict[str, str] | None = None):
                           timeout=300)
 
 
+def resume_and_compare(args: list[str], interrupted: Path, clean: Path) -> pd.DataFrame:
+    """Resume the run under `interrupted` with the same command, run it uninterrupted under
+    `clean`, and require identical records and training logs (nothing lost or duplicated);
+    returns the resumed run's training log."""
+    for out in (interrupted, clean):
+        done = run_cli([*args, "--out", str(out)])
+        assert done.returncode == 0, done.stderr
+    run_dir, clean_dir = (out / "sinusoid-table2-v1" / "raw" / "maml" / "seed-0"
+                          for out in (interrupted, clean))
+    pd.testing.assert_frame_equal(values(run_dir), values(clean_dir))
+    log = pd.read_csv(run_dir / "train_log.csv")
+    pd.testing.assert_frame_equal(log, pd.read_csv(clean_dir / "train_log.csv"))
+    return log
+
+
 def test_killed_run_resumes_without_losing_or_duplicating(tmp_path):
     args = ["run", "--method", "maml", "--scale", "tiny", "--set", "iterations=40",
             "--no-report"]
@@ -122,15 +137,7 @@ def test_killed_run_resumes_without_losing_or_duplicating(tmp_path):
     assert not (run_dir / RECORDS_FILE).exists()
     assert torch.load(run_dir / CHECKPOINT_FILE, weights_only=False)["iteration"] == 20
 
-    resumed = run_cli([*args, "--out", str(tmp_path / "killed")])
-    assert resumed.returncode == 0, resumed.stderr
-    clean = run_cli([*args, "--out", str(tmp_path / "clean")])
-    assert clean.returncode == 0, clean.stderr
-    clean_dir = tmp_path / "clean" / "sinusoid-table2-v1" / "raw" / "maml" / "seed-0"
-    # Identical numbers to an uninterrupted run: nothing lost, nothing duplicated.
-    pd.testing.assert_frame_equal(values(run_dir), values(clean_dir))
-    log = pd.read_csv(run_dir / "train_log.csv")
-    pd.testing.assert_frame_equal(log, pd.read_csv(clean_dir / "train_log.csv"))
+    log = resume_and_compare(args, tmp_path / "killed", tmp_path / "clean")
     assert log["iteration"].is_unique
 
 
@@ -150,14 +157,7 @@ def test_a_stop_checkpoints_the_iteration_in_flight_and_resumes_exactly(tmp_path
     assert state["iteration"] == 26 and state["pending"]["steps"] == 2  # 25, 26 after row 24
     assert not (run_dir / RECORDS_FILE).exists()
 
-    resumed = run_cli([*args, "--out", str(tmp_path / "stopped")])
-    assert resumed.returncode == 0, resumed.stderr
-    clean = run_cli([*args, "--out", str(tmp_path / "clean")])
-    assert clean.returncode == 0, clean.stderr
-    clean_dir = tmp_path / "clean" / "sinusoid-table2-v1" / "raw" / "maml" / "seed-0"
-    pd.testing.assert_frame_equal(values(run_dir), values(clean_dir))
-    pd.testing.assert_frame_equal(pd.read_csv(run_dir / "train_log.csv"),
-                                  pd.read_csv(clean_dir / "train_log.csv"))
+    resume_and_compare(args, tmp_path / "stopped", tmp_path / "clean")
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):

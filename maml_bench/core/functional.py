@@ -50,17 +50,19 @@ class SupervisedBatch:
     def n_tasks(self) -> int:
         return self.x_support.shape[0]
 
+    def fields(self) -> tuple[Tensor | None, ...]:
+        """Every field in order (task_info None where there is none)."""
+        return (self.x_support, self.y_support, self.x_query, self.y_query, self.task_info)
+
     def chunks(self, size: int) -> list[SupervisedBatch]:
         """Consecutive batches of at most `size` tasks."""
-        parts = [t.split(size) if t is not None else None for t in (
-            self.x_support, self.y_support, self.x_query, self.y_query, self.task_info)]
+        parts = [t.split(size) if t is not None else None for t in self.fields()]
         return [SupervisedBatch(*(p[i] if p is not None else None for p in parts))
                 for i in range(len(parts[0]))]
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> SupervisedBatch:
         """`fn` applied to every tensor (task_info too, where there is one)."""
-        return SupervisedBatch(*(fn(t) if t is not None else None for t in (
-            self.x_support, self.y_support, self.x_query, self.y_query, self.task_info)))
+        return SupervisedBatch(*(fn(t) if t is not None else None for t in self.fields()))
 
     def select(self, start: int, stop: int) -> SupervisedBatch:
         """Tasks start..stop-1 (views, no copy): one process's share under torchrun."""

@@ -60,18 +60,14 @@ class GraphedMetaGradient:
             raise RuntimeError(f"the replayed CUDA graph's {reason}: not used")
 
     def __call__(self, batch: SupervisedBatch) -> list[Tensor]:
-        for dst, src in zip(_tensors(self._inputs), _tensors(batch), strict=True):
+        present = [[t for t in b.fields() if t is not None] for b in (self._inputs, batch)]
+        for dst, src in zip(*present, strict=True):
             if dst.shape != src.shape:
                 raise ValueError(f"a CUDA graph replays one shape: captured {tuple(dst.shape)}, "
                                  f"given {tuple(src.shape)}")
             dst.copy_(src, non_blocking=True)
         self.graph.replay()
         return self._outputs
-
-
-def _tensors(batch: SupervisedBatch) -> list[Tensor]:
-    return [t for t in (batch.x_support, batch.y_support, batch.x_query, batch.y_query,
-                        batch.task_info) if t is not None]
 
 
 def replay_mismatch(replayed: Sequence[Tensor], eager: Sequence[Tensor],
