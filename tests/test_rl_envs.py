@@ -26,6 +26,7 @@ from maml_bench.rl.envs.locomotion import (  # noqa: E402
     AntVelEnv,
     HalfCheetahDirEnv,
     HalfCheetahVelEnv,
+    mujoco_warning,
 )
 from maml_bench.rl.envs.navigation import Navigation2DEnv  # noqa: E402
 
@@ -482,3 +483,15 @@ def test_mujoco_renders_offscreen(tmp_path):
             return
         errors[backend] = (result.stderr.strip().splitlines() or ["no output"])[-1]
     pytest.skip(f"no offscreen OpenGL backend works here: {errors}")
+
+
+def test_gymnasium_model_deprecation_is_not_printed_other_warnings_pass(capfd):
+    """gymnasium's half_cheetah.xml uses an attribute MuJoCo deprecates: that one line per
+    environment built is dropped; any other MuJoCo warning reaches the user as a Python one."""
+    import mujoco
+
+    assert mujoco.get_mju_user_warning() is mujoco_warning
+    gym.make("maml_bench/HalfCheetahVel-v0").close()
+    assert "settotalmass" not in capfd.readouterr().err
+    with pytest.warns(RuntimeWarning, match="MuJoCo: something else"):
+        mujoco_warning("something else")

@@ -32,6 +32,7 @@ dt 0.02 s (its integrator substeps stay 0.01 s).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -44,6 +45,21 @@ from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 from .base import Task, TaskMixin
 
 VELOCITY_MODES = ("gymnasium", "rllab")
+
+#: MuJoCo 3.3+ deprecates an attribute that gymnasium's own half_cheetah.xml still uses; the C
+#: library printed it to stderr and MUJOCO_LOG.TXT for every environment built (hundreds of
+#: lines per run, burying the progress lines). Every other MuJoCo warning becomes a Python one.
+GYMNASIUM_MODEL_DEPRECATION = "compiler attribute 'settotalmass' is deprecated"
+
+
+def mujoco_warning(message: str) -> None:
+    """MuJoCo's warning handler while this module is loaded (unless one was set before)."""
+    if GYMNASIUM_MODEL_DEPRECATION not in message:
+        warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+
+if mujoco.get_mju_user_warning() is None:
+    mujoco.set_mju_user_warning(mujoco_warning)
 
 
 def subtree_com_velocity(model: mujoco.MjModel, data: mujoco.MjData, body: int) -> np.ndarray:
