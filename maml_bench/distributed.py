@@ -154,6 +154,17 @@ def all_reduce_sum(tensors: Sequence[Tensor]) -> list[Tensor]:
     return out
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is true on any (one small collective; `flag` itself
+    without a group). Used where all ranks must take the same branch at the same point."""
+    if not active():
+        return flag
+    device = torch.device("cuda", local_rank()) if dist.get_backend() == "nccl" else "cpu"
+    box = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return bool(box.item())
+
+
 def gather_tasks(part: Tensor, n_tasks: int) -> Tensor:
     """Every rank's share [its tasks, ...] (from `bounds`) -> [n_tasks, ...] in task order, on
     every rank. Shares are padded to the largest, since all_gather needs equal shapes."""

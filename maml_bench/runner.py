@@ -445,7 +445,7 @@ def _train(run: RunSpec, algorithm: Algorithm, start: int, train_log: list[dict[
             if ckpt_due:
                 last_good = checkpoint(done)
             bar.update(done)
-            if stop.requested:  # asked for during this iteration: it is finished, so save it
+            if stop.agreed():  # asked for during this iteration: it is finished, so save it
                 if last_good != done:
                     finite_or_raise(done)
                     last_good = checkpoint(done)

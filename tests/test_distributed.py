@@ -4,6 +4,8 @@ single-process run within floating-point tolerance; what cannot be split is refu
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -214,3 +216,56 @@ def test_without_a_launcher_nothing_changes(monkeypatch):
     assert not dist.is_initialized()
     monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc-per-node 1: one process
     assert not distributed.launched()
+
+
+STOP_DRIVER = """
+import os, signal, sys
+from maml_bench import cli, distributed
+from maml_bench.algorithms.maml import MAML
+
+original = MAML.train_step
+
+
+def train_step(self, iteration):
+    if iteration == 25 and distributed.rank() == 0 and os.environ.get("STOP_LAUNCHER"):
+        os.kill(os.getppid(), signal.SIGTERM)  # a session's end: SIGTERM to torchrun itself
+    return original(self, iteration)
+
+
+MAML.train_step = train_step
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_to_torchrun_stops_every_rank_after_one_iteration_and_resumes(tmp_path):
+    """torchrun forwards a SIGTERM to its workers: all ranks finish the same iteration, rank 0
+    checkpoints it, and the same command resumes to an uninterrupted 2-process run's numbers."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(STOP_DRIVER)
+    args = ["run", EXPERIMENT, "--method", "maml", "--scale", "tiny", "--set", "iterations=40",
+            "--set", "log_every=8", "--no-report"]
+
+    def launch(out: Path, stop: bool) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "STOP_LAUNCHER"}
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+             "2", str(driver), *args, "--out", str(out)], capture_output=True, text=True,
+            timeout=300, env={**env, **({"STOP_LAUNCHER": "1"} if stop else {})})
+
+    stopped = launch(tmp_path / "stopped", stop=True)
+    assert stopped.returncode != 0
+    match = re.search(r"stopped after iteration (\d+), checkpoint written", stopped.stderr)
+    assert match, stopped.stderr[-3000:]
+    run_dir = _run_dir(tmp_path / "stopped", "maml")
+    state = torch.load(run_dir / CHECKPOINT_FILE, weights_only=False)
+    assert state["iteration"] == int(match.group(1)) > 25  # not the periodic one at 20
+    assert not (run_dir / RECORDS_FILE).exists()
+
+    for out in (tmp_path / "stopped", tmp_path / "clean"):
+        result = launch(out, stop=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+    clean = _run_dir(tmp_path / "clean", "maml")
+    pd.testing.assert_frame_equal(_records(run_dir)[RECORD_COLUMNS],
+                                  _records(clean)[RECORD_COLUMNS])
+    pd.testing.assert_frame_equal(pd.read_csv(run_dir / TRAIN_LOG_FILE),
+                                  pd.read_csv(clean / TRAIN_LOG_FILE))
