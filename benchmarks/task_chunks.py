@@ -4,7 +4,7 @@ data an `auto` chunk would be chosen from (issue 8).
 On the CPU a whole meta-batch's activations stream from memory through batch norm's passes,
 while a few tasks' stay in cache, so the fastest chunk shrinks as the tasks grow
 (`results/benchmarks/omniglot-task-chunks-cpu.md` measured it for Omniglot with the `batched`
-path). This measures the default backend (`auto`'s forward: `fused` for Conv4's second order)
+path). This measures the default backend (`auto`'s: `fused` for Conv4's second order)
 at chunks of 1, 2, 4, ... tasks and the whole batch, against the per-task loop, second order,
 the paper's meta-batch and inner steps, random inputs of the paper's shapes (as the profile),
 one torch thread and glibc keeping freed memory (as every run). Each time is the best of
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from maml_bench.core.backends import auto_forward
-from maml_bench.core.functional import SupervisedBatch, meta_loss, reference_meta_loss
+from maml_bench.core.backends import MetaProblem, auto_backend, query_losses
+from maml_bench.core.functional import SupervisedBatch, reference_meta_loss
 from maml_bench.memory import keep_freed_memory
 from maml_bench.profile.configs import CONFIGS, ProfileConfig
 
@@ -40,13 +40,14 @@ def step_of(cfg: ProfileConfig, chunk: int | None) -> Callable[[], None]:
     theta = dict(model.named_parameters())
     params = list(theta.values())
     batch = cfg.batch(cfg.meta_batch)
-    forward = auto_forward(model, first_order=False)[1]
+    backend = auto_backend(model, False, cfg.inner_steps, batch.x_support.shape[1])
+    problem = MetaProblem(model, cfg.loss, cfg.inner_steps, cfg.inner_lr)
 
     def part_loss(part: SupervisedBatch) -> torch.Tensor:
         if chunk is None:
             return reference_meta_loss(model, theta, part, cfg.loss, cfg.inner_steps,
                                        cfg.inner_lr).sum()
-        return meta_loss(forward, theta, part, cfg.loss, cfg.inner_steps, cfg.inner_lr).sum()
+        return query_losses(backend, problem, theta, part).sum()
 
     parts = [batch] if not chunk else batch.chunks(chunk)
 

@@ -28,6 +28,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...], bool]] = {
         "meta-step-ratios.json", ("timings", "higher", "times_slower_than_ours"), True),
     "omniglot_meta_step_loop_over_ours": (
         "omniglot-meta-step-cpu.json", ("per_task_loop_over_best_chunk",), True),
+    "omniglot_noconv_meta_step_loop_over_ours": (
+        "omniglot-noconv-meta-step-cpu.json", ("per_task_loop_over_ours",), True),
     "omniglot_sampling_share_of_step": (
         "omniglot-meta-step-cpu.json", ("sampling_share_of_step",), False),
     "navigation_sampler_over_plain_loop": (

@@ -3,14 +3,17 @@ float64 reference and finite-difference checks, and is refused with its reason o
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
-from test_gradients import assert_close, conv_setup, grads, regression_setup
+from test_gradients import assert_close, conv_setup, grads, mlp_bn_setup, regression_setup
 from torch import nn
 
 from maml_bench.cli import main
 from maml_bench.core import backends
 from maml_bench.core.backends import MetaProblem, gate, query_losses, select
+from maml_bench.core.functional import SupervisedBatch
 from maml_bench.errors import UserError
 from maml_bench.tasks.fewshot.data_root import data_root
 
@@ -30,13 +33,18 @@ def small_conv():
     return conv_setup(tasks=2, ways=2, channels=3)
 
 
-@pytest.mark.parametrize("setup", [regression_setup, small_conv], ids=["mlp", "conv4"])
+@pytest.mark.parametrize("setup", [regression_setup, mlp_bn_setup, small_conv],
+                         ids=["mlp", "mlp-bn", "conv4"])
 @pytest.mark.parametrize("first_order", [False, True], ids=["so", "fo"])
-@pytest.mark.parametrize("backend", ["fused", "batched", "vmap", "higher"])
+@pytest.mark.parametrize("backend", ["fused", "factored", "batched", "vmap", "higher"])
 def test_every_backend_equals_the_reference(setup, first_order, backend):
     model, batch, loss_fn = setup()
     if backend == "fused" and not hasattr(model, "fused_forward"):
         pytest.skip("fused is Conv4's own path")
+    if backend == "factored" and not hasattr(model, "linear_keys"):
+        pytest.skip("factored is the MLP's own path")
+    if backend == "vmap" and setup is mlp_bn_setup:
+        pytest.skip("vmap refuses batch norm (tested below)")
     theta = dict(model.named_parameters())
     problem = MetaProblem(model, loss_fn, 2, [0.05, 0.02], first_order)
     ours = grads(query_losses(backend, problem, theta, batch).mean(), theta)
@@ -44,12 +52,34 @@ def test_every_backend_equals_the_reference(setup, first_order, backend):
     assert_close(ours, ref)
 
 
-@pytest.mark.parametrize(("setup", "fastest"), [(regression_setup, "batched"),
+@pytest.mark.parametrize(("setup", "fastest"), [(mlp_bn_setup, "factored"),
                                                  (small_conv, "fused")], ids=["mlp", "conv4"])
 def test_auto_picks_the_models_own_fastest_forward(setup, fastest):
     model, batch, loss_fn = setup()
     problem = MetaProblem(model, loss_fn, 1, 0.1)
     assert select("auto", problem, lambda: batch) == (fastest, {})
+
+
+def test_auto_keeps_batched_where_low_rank_corrections_are_not_small():
+    """The sinusoid-sized MLP: 6 support examples against 12-unit layers (measured slower)."""
+    model, batch, loss_fn = regression_setup()
+    used, skipped = select("auto", MetaProblem(model, loss_fn, 1, 0.1), lambda: batch)
+    assert used == "batched" and "not much smaller than per-task weight copies" in skipped[
+        "factored"]
+
+
+@pytest.mark.parametrize(("lrs", "adapted", "reason"), [
+    ({"net.0.weight": 0.1}, None, "per-parameter step sizes"),
+    (torch.full((2,), 0.1), None, "one number per step"),
+    (0.1, ("net.2.weight",), "adapts only part of theta"),
+])
+def test_factored_refuses_what_is_not_low_rank(lrs, adapted, reason):
+    model, _, loss_fn = mlp_bn_setup()
+    assert reason in backends.unsupported("factored", MetaProblem(model, loss_fn, 1, lrs,
+                                                                  adapted=adapted))
+    conv = small_conv()[0]
+    assert "not a fully connected net" in backends.unsupported(
+        "factored", MetaProblem(conv, loss_fn, 1, 0.1))
 
 
 def test_auto_keeps_batched_for_first_order_conv4():
@@ -73,7 +103,7 @@ def test_a_wrong_backend_is_refused_by_the_gate_and_skipped_by_auto(monkeypatch)
     with pytest.raises(UserError, match=r"path=batched refused for MLP: .*--set path=loop"):
         select("batched", problem, lambda: batch)
     used, skipped = select("auto", problem, lambda: batch)
-    assert used == "loop" and set(skipped) == {"batched", "vmap"}
+    assert used == "loop" and set(skipped) == {"factored", "batched", "vmap"}
 
 
 def test_finite_differences_catch_a_wrong_reference(monkeypatch):
@@ -134,9 +164,10 @@ def test_higher_refuses_partial_adaptation():
     head = ("net.4.weight", "net.4.bias")
     with pytest.raises(UserError, match="path=higher refused for MLP: .* adapts only net.4"):
         select("higher", MetaProblem(model, loss_fn, 1, 0.1, adapted=head), lambda: batch)
-    # the other backends adapt the head alone, as the reference does
-    assert select("auto", MetaProblem(model, loss_fn, 1, 0.1, adapted=head),
-                  lambda: batch) == ("batched", {})
+    # the batched backends adapt the head alone, as the reference does
+    used, skipped = select("auto", MetaProblem(model, loss_fn, 1, 0.1, adapted=head),
+                           lambda: batch)
+    assert used == "batched" and "adapts only part of theta" in skipped["factored"]
 
 
 @needs_omniglot
@@ -183,15 +214,17 @@ def test_auto_picks_fused_for_omniglot_conv4(tmp_path):
     assert algorithm.info["path"] == "fused" and "path_skipped" not in algorithm.info
 
 
-def test_auto_forward_is_the_backend_auto_takes_where_its_gates_pass():
+def test_auto_backend_is_the_backend_auto_takes_where_its_gates_pass():
     """The profiler's and benchmarks' "ours": fused for Conv4's second order on the CPU only
-    (measured faster there), batched for its first order, on another device and for the MLP."""
+    (measured faster there), batched for its first order and on another device; factored for
+    a wide MLP with few support examples, batched for a narrow one."""
     conv = conv_setup()[0]
-    mlp = regression_setup()[0]
-    assert backends.auto_forward(conv, first_order=False)[0] == "fused"
-    assert backends.auto_forward(conv, first_order=True)[0] == "batched"
-    assert backends.auto_forward(mlp, first_order=False)[0] == "batched"
-    assert backends.auto_forward(conv.to("meta"), first_order=False)[0] == "batched"
+    assert backends.auto_backend(conv, False, 1, 3) == "fused"
+    assert backends.auto_backend(conv, True, 1, 3) == "batched"
+    assert backends.auto_backend(conv.to("meta"), False, 1, 3) == "batched"
+    assert backends.auto_backend(mlp_bn_setup()[0], False, 1, 3) == "factored"
+    assert backends.auto_backend(mlp_bn_setup()[0], True, 5, 25) == "batched"
+    assert backends.auto_backend(regression_setup()[0], False, 1, 10) == "batched"
 
 
 def test_cuda_graph_needs_a_cuda_batch():
@@ -220,3 +253,31 @@ def test_cuda_graph_setting_is_refused_on_the_cpu(capsys):
     config = resolve_config(experiment, "tiny", ["cuda_graph=on"], "maml")
     with pytest.raises(UserError, match="--device cuda"):
         ALGORITHMS.get("maml")(BENCHMARKS.get(experiment.benchmark)(config), config, 0)
+
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_factored_passes_the_gate_on_the_papers_no_conv_network(shots):
+    """The run-time gate (float64 reference and finite differences) on the 784-256-128-64-64
+    net with batch norm, 5-way, at the paper's inner step."""
+    from test_gradients import cross_entropy
+
+    from maml_bench.tasks.fewshot.episodes import FlatMLP
+
+    torch.manual_seed(0)
+    model = FlatMLP(28 * 28, 5)
+    x = torch.rand(2, 10 * shots, 1, 28, 28)
+    labels = torch.arange(5).repeat(2 * shots).expand(2, -1)
+    n = 5 * shots
+    batch = SupervisedBatch(x[:, :n], labels[:, :n], x[:, n:], labels[:, n:])
+    problem = MetaProblem(model, cross_entropy, 1, 0.4)
+    assert gate("factored", problem, lambda: batch) is None
+    assert select("auto", problem, lambda: batch) == ("factored", {})
+
+
+@needs_omniglot
+def test_a_no_conv_omniglot_run_trains_on_factored(tmp_path):
+    assert main(["run", "omniglot-5w1s-noconv-v1", "--scale", "tiny", "--method", "maml",
+                 "--no-report", "--out", str(tmp_path)]) == 0
+    info = json.loads((tmp_path / "omniglot-5w1s-noconv-v1" / "raw" / "maml" / "seed-0" /
+                       "run.json").read_text())["info"]
+    assert info["path"] == "factored"

@@ -6,6 +6,8 @@ respect to theta (and learned step sizes); the caller differentiates their mean 
 
 * fused: the model's own `fused_forward` (Conv4: `batched_forward` through `core/fused.py`,
   convolution and batch norm + ReLU with cheap hand-written second derivatives), `meta_loss`;
+* factored: fully connected nets (`models.mlp.MLP`) with each task's adapted weights kept as
+  the shared ones plus low-rank corrections, never copied per task (`core/factored.py`);
 * batched: the model's own `batched_forward` (all tasks at once, `meta_loss`);
 * vmap: `vmap(functional_call)` (`meta_loss`), even where the model has its own;
 * loop: `reference_meta_loss`, the per-task autograd loop (the learn2learn / `higher` way):
@@ -18,7 +20,8 @@ meta-gradient on 2 tasks of the benchmark's own training batch agrees with the r
 one seeded random direction (rtol 1e-4). `auto` takes the first passing backend of
 `AUTO_ORDER`, the order of our measurements (README "Speed": fused < own batched forward <
 vmap < loop < higher in time per step; fused measured on CPU,
-results/benchmarks/omniglot-meta-step-speed-notes.md); nothing is timed at run time.
+results/benchmarks/omniglot-meta-step-speed-notes.md; factored < own batched forward on both
+MLPs, results/benchmarks/factored-cpu.md); nothing is timed at run time.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from maml_bench.core.factored import factored_query_losses, pays_off, unsupported_step_sizes
 from maml_bench.core.functional import (
     BatchedForward,
     StepSizes,
@@ -44,9 +48,12 @@ from maml_bench.core.functional import (
 from maml_bench.core.higher_check import higher_query_losses, higher_unsupported
 from maml_bench.errors import UserError
 
-BACKENDS = ("fused", "batched", "vmap", "loop", "higher")
+BACKENDS = ("fused", "factored", "batched", "vmap", "loop", "higher")
 #: fastest first (README "Speed"); higher is never picked by auto (slowest; a cross-check)
-AUTO_ORDER = ("fused", "batched", "vmap", "loop")
+AUTO_ORDER = ("fused", "factored", "batched", "vmap", "loop")
+#: backends only some models have (the model's own method or structure): auto records no
+#: reason for passing over them on the models that lack it
+OWN_BACKENDS = {"fused": "fused_forward", "factored": "linear_keys"}
 REFERENCE_RTOL = 1e-6
 FD_RTOL = 1e-4
 #: finite-difference steps along a unit-variance direction, tried in turn (see `_fd_reason`)
@@ -72,6 +79,12 @@ def unsupported(backend: str, problem: MetaProblem) -> str | None:
     for own in ("fused", "batched"):
         if backend == own and getattr(model, f"{own}_forward", None) is None:
             return f"{type(model).__name__} has no {own}_forward of its own"
+    if backend == "factored":
+        if getattr(model, "linear_keys", None) is None:
+            return f"{type(model).__name__} is not a fully connected net (models.mlp.MLP)"
+        if problem.adapted is not None:
+            return "adapts only part of theta (ANIL, context vector): the batched path does"
+        return unsupported_step_sizes(problem.lrs)
     if backend == "vmap":
         return vmap_supported(model)
     if backend == "higher":
@@ -99,6 +112,9 @@ def query_losses(backend: str, problem: MetaProblem, theta: Mapping[str, Tensor]
     if backend == "higher":
         return higher_query_losses(p.model, batch, p.loss_fn, p.steps, p.lrs,  # type: ignore[arg-type]
                                    p.first_order)
+    if backend == "factored":
+        return factored_query_losses(p.model, theta, batch, p.loss_fn, p.steps,  # type: ignore[arg-type]
+                                     p.lrs, p.first_order)
     forward = forward or forward_of(backend, p.model)
     if p.adapted is not None:
         forward, theta = restrict(forward, theta, p.adapted)
@@ -254,30 +270,41 @@ def select(path: str, problem: MetaProblem, sample: Callable[[], SupervisedBatch
                             "--set path=loop (the reference) or path=auto")
         return path, {}
     skipped = {}
+    support = sample().x_support.shape[1]
     for backend in AUTO_ORDER:
-        if backend == "fused" and unsupported(backend, problem) is not None:
+        if backend in OWN_BACKENDS and getattr(problem.model, OWN_BACKENDS[backend],
+                                               None) is None:
             continue  # a path only some models have: nothing worth recording for the others
-        reason = _auto_skip(backend, problem) or gate(backend, problem, sample)
+        reason = (unsupported(backend, problem) or _auto_skip(backend, problem, support)
+                  or gate(backend, problem, sample))
         if reason is None:
             return backend, skipped
         skipped[backend] = reason
     raise AssertionError("loop is always usable")  # pragma: no cover
 
 
-def auto_forward(model: nn.Module, first_order: bool) -> tuple[str, BatchedForward]:
-    """The backend auto takes for `model` when its gates pass, and its batched forward: what
-    the profiler and benchmarks time as "ours" (gated per model in runs, not here)."""
-    problem = MetaProblem(model, None, 1, 0.0, first_order)  # type: ignore[arg-type]
+def auto_backend(model: nn.Module, first_order: bool, steps: int, support: int) -> str:
+    """The backend auto takes for `model` with MAML's one step size, `steps` inner steps and
+    `support` examples per task when its gates pass: what the profiler and benchmarks time as
+    "ours" (gated per model in runs, not here)."""
+    problem = MetaProblem(model, None, steps, 0.0, first_order)  # type: ignore[arg-type]
     for backend in AUTO_ORDER:
-        if unsupported(backend, problem) is None and _auto_skip(backend, problem) is None:
-            forward = forward_of(backend, model)
-            if forward is not None:
-                return backend, forward
-    raise ValueError(f"{type(model).__name__} has no batched forward")
+        if (unsupported(backend, problem) is None
+                and _auto_skip(backend, problem, support) is None):
+            return backend
+    raise AssertionError("loop is always usable")  # pragma: no cover
 
 
-def _auto_skip(backend: str, problem: MetaProblem) -> str | None:
-    """Why auto passes over a correct `backend` for `problem` (it would be slower), or None."""
+def _auto_skip(backend: str, problem: MetaProblem, support: int) -> str | None:
+    """Why auto passes over a correct `backend` for `problem` with `support` examples per task
+    (it would be slower), or None."""
+    if backend == "factored":
+        theta = dict(problem.model.named_parameters())
+        if not pays_off(problem.model, theta, problem.steps, support):  # type: ignore[arg-type]
+            return (f"its low-rank corrections ({problem.steps} step(s) x {support} support "
+                    "examples) are not much smaller than per-task weight copies; batched "
+                    "measured faster (results/benchmarks/factored-cpu.md)")
+        return None
     if backend != "fused":
         return None
     if problem.first_order:

@@ -63,19 +63,34 @@ class MLP(nn.Module):
         Batch norm runs on [N, T * F]: statistics over N of each task's own features, exactly
         the per-task network's (as `Conv4.batched_features` does with channels).
         """
-        h = x
+        h = self.input_features(x)
         last = len(self._linear_keys) - 1
         for i, (weight_key, bias_key) in enumerate(self._linear_keys):
             weight, bias = params[weight_key], params[bias_key]
             h = torch.baddbmm(bias.unsqueeze(-2), h, weight.transpose(-1, -2))
             if i == last:
                 return h
-            norm = self._norms[i]
-            if norm is not None:
-                t, n, f = h.shape
-                h = F.batch_norm(h.transpose(0, 1).reshape(n, t * f), None, None,
-                                 params[f"{norm}.weight"].reshape(-1),
-                                 params[f"{norm}.bias"].reshape(-1), training=True,
-                                 eps=self._eps).view(n, t, f).transpose(0, 1)
-            h = torch.relu(h)
+            h = self.between_layers(i, params, h)
         return h
+
+    # -- what the factored backend (core/factored.py) and batched_forward share -----------
+
+    def linear_keys(self) -> list[tuple[str, str]]:
+        """(weight key, bias key) of each linear layer, in order."""
+        return list(self._linear_keys)
+
+    def input_features(self, x: Tensor) -> Tensor:
+        """[T, N, ...] inputs -> [T, N, in_features] (a hook for FlatMLP's images)."""
+        return x
+
+    def between_layers(self, i: int, params: Mapping[str, Tensor], h: Tensor) -> Tensor:
+        """Batch norm (if any) and ReLU after linear layer i, on [T, N, F] with per-task
+        parameters [T, F]."""
+        norm = self._norms[i]
+        if norm is not None:
+            t, n, f = h.shape
+            h = F.batch_norm(h.transpose(0, 1).reshape(n, t * f), None, None,
+                             params[f"{norm}.weight"].reshape(-1),
+                             params[f"{norm}.bias"].reshape(-1), training=True,
+                             eps=self._eps).view(n, t, f).transpose(0, 1)
+        return torch.relu(h)

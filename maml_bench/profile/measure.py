@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from maml_bench.core.backends import auto_forward
-from maml_bench.core.functional import SupervisedBatch, meta_loss, reference_meta_loss
+from maml_bench.core.backends import MetaProblem, auto_backend, query_losses
+from maml_bench.core.functional import SupervisedBatch, reference_meta_loss
 from maml_bench.profile.configs import ProfileConfig
 
 PATHS = ("ours", "loop")  # the default backend (auto); the per-task loop (reference_meta_loss)
@@ -152,11 +152,12 @@ def meta_gradient(cfg: ProfileConfig, model: torch.nn.Module, theta: dict[str, T
                   ) -> Callable[[], list[Tensor]]:
     """One meta-iteration: the meta-gradient of the mean query loss over `batch`."""
     params = list(theta.values())
-    forward = auto_forward(model, first_order)[1]
+    backend = auto_backend(model, first_order, steps, batch.x_support.shape[1])
+    problem = MetaProblem(model, cfg.loss, steps, cfg.inner_lr, first_order)
 
     def step() -> list[Tensor]:
         if path == "ours":
-            losses = meta_loss(forward, theta, batch, cfg.loss, steps, cfg.inner_lr, first_order)
+            losses = query_losses(backend, problem, theta, batch)
         else:
             losses = reference_meta_loss(model, theta, batch, cfg.loss, steps, cfg.inner_lr,
                                          first_order)
@@ -321,8 +322,8 @@ def profile_ops(cfg: ProfileConfig, model: torch.nn.Module, theta: dict[str, Ten
     step()  # warm: the profiled step is a steady-state one
 
     def inner() -> Tensor:
-        return meta_loss(auto_forward(model, False)[1], theta, batch, cfg.loss, steps,
-                         cfg.inner_lr)
+        return query_losses(auto_backend(model, False, steps, batch.x_support.shape[1]),
+                            MetaProblem(model, cfg.loss, steps, cfg.inner_lr), theta, batch)
 
     with _without_kineto_lines(), profile(activities=activities) as whole:
         step_ms = clock.time_ms(step)

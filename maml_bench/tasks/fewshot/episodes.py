@@ -9,7 +9,6 @@ generator of the run; the 600 test and the validation episodes from fixed seeds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 
@@ -173,10 +172,10 @@ class FlatMLP(MLP):
         super().__init__(in_features, [256, 128, 64, 64], classes, batch_norm=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.flatten(start_dim=-3))
+        return super().forward(self.input_features(x))
 
-    def batched_forward(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
-        return super().batched_forward(params, x.flatten(start_dim=-3))
+    def input_features(self, x: Tensor) -> Tensor:
+        return x.flatten(start_dim=-3)
 
 
 def _fixed_episodes(bench: FewShot, split: str, n: int, shots: int) -> SupervisedBatch:
