@@ -4,7 +4,8 @@ default path (path=auto: `factored`, each task's adapted weights as the shared o
 low-rank correction, core/factored.py) against the model's batched forward (per-task weight
 copies) and the per-task loop, as ratios of timings taken in this run.
 
-Written to $MAML_BENCH_NOCONV_RATIOS (default results/benchmarks/omniglot-noconv-meta-step-cpu.json).
+Written to $MAML_BENCH_NOCONV_RATIOS (default
+results/benchmarks/omniglot-noconv-meta-step-cpu.json).
 """
 
 from __future__ import annotations

@@ -38,14 +38,17 @@ class MetaConfig:
     """query examples per task during meta-training"""
     grad_clip: float = setting(0.0, Number(float, 0.0, 1e6))
     """clip meta-gradients to [-c, c] (0 = off; the code clips MiniImagenet at 10)"""
-    path: str = setting("auto", OneOf(("auto", "fused", "batched", "vmap", "loop", "higher")),
-                        used_by=(*MAML_STEP, *REPTILE))
+    path: str = setting("auto", OneOf(("auto", "fused", "factored", "batched", "vmap", "loop",
+                                       "higher")), used_by=(*MAML_STEP, *REPTILE))
     """meta-gradient backend (maml_bench/core/backends.py): fused (the model's own batched
-    forward with hand-written second derivatives, Conv4) | batched (the model's own batched
-    forward) | vmap (vmap over functional_call) | loop (the per-task reference loop) | higher
-    (the `higher` library, extra "check"); each but loop is used only after its float64
-    reference and finite-difference checks pass for the model, else refused with the reason.
-    auto: the first passing of fused, batched, vmap, loop (fastest first, README "Speed")"""
+    forward with hand-written second derivatives, Conv4) | factored (fully connected nets:
+    adapted weights as the shared ones plus low-rank corrections, no per-task copies) |
+    batched (the model's own batched forward) | vmap (vmap over functional_call) | loop (the
+    per-task reference loop) | higher (the `higher` library, extra "check"); each but loop is
+    used only after its float64 reference and finite-difference checks pass for the model,
+    else refused with the reason. auto: the first passing of fused, factored, batched, vmap,
+    loop (fastest first, README "Speed"; factored only where its corrections are much smaller
+    than the weights)"""
     cuda_graph: str = setting("off", OneOf(("off", "on")), hashed_at_default=False,
                               used_by=MAML_STEP)
     """on: each meta-gradient (of the `path` backend) captured once and replayed as one CUDA
