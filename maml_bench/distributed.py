@@ -159,7 +159,8 @@ def any_rank(flag: bool) -> bool:
     without a group). Used where all ranks must take the same branch at the same point."""
     if not active():
         return flag
-    device = torch.device("cuda", local_rank()) if dist.get_backend() == "nccl" else "cpu"
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+        else torch.device("cpu")
     box = torch.tensor([int(flag)], device=device)
     dist.all_reduce(box, op=dist.ReduceOp.MAX)
     return bool(box.item())

@@ -68,15 +68,16 @@ def test_auto_keeps_batched_where_low_rank_corrections_are_not_small():
         "factored"]
 
 
-@pytest.mark.parametrize(("lrs", "adapted", "reason"), [
-    ({"net.0.weight": 0.1}, None, "per-parameter step sizes"),
-    (torch.full((2,), 0.1), None, "one number per step"),
-    (0.1, ("net.2.weight",), "adapts only part of theta"),
+@pytest.mark.parametrize(("lrs", "adapted", "needs_forward", "reason"), [
+    ({"net.0.weight": 0.1}, None, False, "per-parameter step sizes"),
+    (torch.full((2,), 0.1), None, False, "one number per step"),
+    (0.1, ("net.2.weight",), False, "adapts only part of theta"),
+    (0.1, None, True, "inner loop runs through a batched forward"),  # Reptile
 ])
-def test_factored_refuses_what_is_not_low_rank(lrs, adapted, reason):
+def test_factored_refuses_what_is_not_low_rank(lrs, adapted, needs_forward, reason):
     model, _, loss_fn = mlp_bn_setup()
-    assert reason in backends.unsupported("factored", MetaProblem(model, loss_fn, 1, lrs,
-                                                                  adapted=adapted))
+    problem = MetaProblem(model, loss_fn, 1, lrs, adapted=adapted, needs_forward=needs_forward)
+    assert reason in backends.unsupported("factored", problem)
     conv = small_conv()[0]
     assert "not a fully connected net" in backends.unsupported(
         "factored", MetaProblem(conv, loss_fn, 1, 0.1))
@@ -223,6 +224,8 @@ def test_auto_backend_is_the_backend_auto_takes_where_its_gates_pass():
     assert backends.auto_backend(conv, True, 1, 3) == "batched"
     assert backends.auto_backend(conv.to("meta"), False, 1, 3) == "batched"
     assert backends.auto_backend(mlp_bn_setup()[0], False, 1, 3) == "factored"
+    # measured on the CPU only: elsewhere auto keeps batched until it is
+    assert backends.auto_backend(mlp_bn_setup()[0].to("meta"), False, 1, 3) == "batched"
     assert backends.auto_backend(mlp_bn_setup()[0], True, 5, 25) == "batched"
     assert backends.auto_backend(regression_setup()[0], False, 1, 10) == "batched"
 

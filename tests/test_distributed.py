@@ -227,8 +227,11 @@ original = MAML.train_step
 
 
 def train_step(self, iteration):
-    if iteration == 25 and distributed.rank() == 0 and os.environ.get("STOP_LAUNCHER"):
+    who = os.environ.get("STOP_WHO")
+    if iteration == 25 and who == "launcher" and distributed.rank() == 0:
         os.kill(os.getppid(), signal.SIGTERM)  # a session's end: SIGTERM to torchrun itself
+    if iteration == 25 and who == "rank 1" and distributed.rank() == 1:
+        os.kill(os.getpid(), signal.SIGTERM)  # one worker alone: the others must follow
     return original(self, iteration)
 
 
@@ -237,20 +240,22 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def test_sigterm_to_torchrun_stops_every_rank_after_one_iteration_and_resumes(tmp_path):
-    """torchrun forwards a SIGTERM to its workers: all ranks finish the same iteration, rank 0
-    checkpoints it, and the same command resumes to an uninterrupted 2-process run's numbers."""
+@pytest.mark.parametrize("who", ["launcher", "rank 1"])
+def test_sigterm_to_torchrun_stops_every_rank_after_one_iteration_and_resumes(tmp_path, who):
+    """torchrun forwards a SIGTERM to its workers (or one worker alone gets it): all ranks
+    finish the same iteration, rank 0 checkpoints it, and the same command resumes to an
+    uninterrupted 2-process run's numbers."""
     driver = tmp_path / "driver.py"
     driver.write_text(STOP_DRIVER)
     args = ["run", EXPERIMENT, "--method", "maml", "--scale", "tiny", "--set", "iterations=40",
             "--set", "log_every=8", "--no-report"]
 
     def launch(out: Path, stop: bool) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if k != "STOP_LAUNCHER"}
+        env = {k: v for k, v in os.environ.items() if k != "STOP_WHO"}
         return subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
              "2", str(driver), *args, "--out", str(out)], capture_output=True, text=True,
-            timeout=300, env={**env, **({"STOP_LAUNCHER": "1"} if stop else {})})
+            timeout=300, env={**env, **({"STOP_WHO": who} if stop else {})})
 
     stopped = launch(tmp_path / "stopped", stop=True)
     assert stopped.returncode != 0

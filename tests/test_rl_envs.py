@@ -491,6 +491,14 @@ def test_gymnasium_model_deprecation_is_not_printed_other_warnings_pass(capfd):
     import mujoco
 
     assert mujoco.get_mju_user_warning() is mujoco_warning
+    seen = []
+    mujoco.set_mju_user_warning(seen.append)  # first: building the env does emit the line
+    try:
+        gym.make("maml_bench/HalfCheetahVel-v0").close()
+    finally:
+        mujoco.set_mju_user_warning(mujoco_warning)
+    if not any("settotalmass" in m for m in seen):
+        pytest.skip("this MuJoCo/gymnasium pair no longer emits the deprecation")
     gym.make("maml_bench/HalfCheetahVel-v0").close()
     assert "settotalmass" not in capfd.readouterr().err
     with pytest.warns(RuntimeWarning, match="MuJoCo: something else"):

@@ -34,6 +34,7 @@ class MAML(Algorithm):
 
     first_order = False
     data_parallel = True  # also FOMAML, Meta-SGD, ANIL, context vector (same train_step)
+    needs_forward = False  # Reptile: its own inner loop runs through the batched forward
 
     def __init__(self, benchmark: SupervisedBenchmark, config: Any, seed: int) -> None:
         super().__init__(benchmark, config, seed)
@@ -41,7 +42,8 @@ class MAML(Algorithm):
         self.theta = dict(self.model.named_parameters())
         self.problem = MetaProblem(self.model, benchmark.loss, config.inner_steps,
                                    self.step_sizes(), self.first_order,
-                                   None if self.adapted() is None else tuple(self.adapted()))
+                                   None if self.adapted() is None else tuple(self.adapted()),
+                                   self.needs_forward)
         # The gate's check batch: 2 tasks of the benchmark's own training batch, drawn with a
         # generator of its own, so the run's task stream (self.gen) is untouched.
         self.backend, skipped = select_backend(config.path, self.problem, lambda: (

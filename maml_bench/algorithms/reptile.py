@@ -101,6 +101,7 @@ class Reptile(MAML):
     # first-order use. As second order, the gate checked fused second derivatives it never
     # uses (12 minutes at MiniImagenet's 84 x 84 before the first iteration).
     first_order = True
+    needs_forward = True  # its inner optimizer steps through `self.forward`
 
     def __init__(self, benchmark: SupervisedBenchmark, config: Any, seed: int) -> None:
         super().__init__(benchmark, config, seed)

@@ -71,6 +71,9 @@ class MetaProblem:
     lrs: StepSizes
     first_order: bool = False
     adapted: tuple[str, ...] | None = None  # None: all of theta (MAML); else ANIL's head, z
+    #: the algorithm runs its own inner loop through the backend's batched forward (Reptile),
+    #: so only backends that have one apply
+    needs_forward: bool = False
 
 
 def unsupported(backend: str, problem: MetaProblem) -> str | None:
@@ -84,6 +87,9 @@ def unsupported(backend: str, problem: MetaProblem) -> str | None:
             return f"{type(model).__name__} is not a fully connected net (models.mlp.MLP)"
         if problem.adapted is not None:
             return "adapts only part of theta (ANIL, context vector): the batched path does"
+        if problem.needs_forward:
+            return ("this algorithm's inner loop runs through a batched forward, which the "
+                    "factored form has none of")
         return unsupported_step_sizes(problem.lrs)
     if backend == "vmap":
         return vmap_supported(model)
@@ -270,13 +276,15 @@ def select(path: str, problem: MetaProblem, sample: Callable[[], SupervisedBatch
                             "--set path=loop (the reference) or path=auto")
         return path, {}
     skipped = {}
-    support = sample().x_support.shape[1]
     for backend in AUTO_ORDER:
         if backend in OWN_BACKENDS and getattr(problem.model, OWN_BACKENDS[backend],
                                                None) is None:
             continue  # a path only some models have: nothing worth recording for the others
-        reason = (unsupported(backend, problem) or _auto_skip(backend, problem, support)
-                  or gate(backend, problem, sample))
+        reason = unsupported(backend, problem)
+        if reason is None:
+            # only factored's rule needs the support size (a batch drawn for it alone)
+            support = sample().x_support.shape[1] if backend == "factored" else 0
+            reason = _auto_skip(backend, problem, support) or gate(backend, problem, sample)
         if reason is None:
             return backend, skipped
         skipped[backend] = reason
@@ -298,7 +306,11 @@ def auto_backend(model: nn.Module, first_order: bool, steps: int, support: int) 
 def _auto_skip(backend: str, problem: MetaProblem, support: int) -> str | None:
     """Why auto passes over a correct `backend` for `problem` with `support` examples per task
     (it would be slower), or None."""
+    device = next(problem.model.parameters(), torch.empty(0)).device
     if backend == "factored":
+        if device.type != "cpu":  # its rule was measured on the CPU only
+            return (f"measured faster on the CPU only, not yet on {device.type} "
+                    "(--set path=factored)")
         theta = dict(problem.model.named_parameters())
         if not pays_off(problem.model, theta, problem.steps, support):  # type: ignore[arg-type]
             return (f"its low-rank corrections ({problem.steps} step(s) x {support} support "
@@ -310,7 +322,6 @@ def _auto_skip(backend: str, problem: MetaProblem, support: int) -> str | None:
     if problem.first_order:
         return ("first order has no second derivatives to save; batched measured faster "
                 "(results/benchmarks/omniglot-meta-step-speed-notes.md)")
-    device = next(problem.model.parameters(), torch.empty(0)).device
     if device.type != "cpu":
         # its layouts were chosen for oneDNN; cuDNN unmeasured (benchmarks/test_meta_step_cuda)
         return f"measured faster on the CPU only, not yet on {device.type} (--set path=fused)"

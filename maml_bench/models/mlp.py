@@ -55,7 +55,7 @@ class MLP(nn.Module):
         self._eps = 1e-5  # nn.BatchNorm1d's default, which the layers above use
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        return self.net(self.input_features(x))
 
     def batched_forward(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
         """params [T, ...] and x [T, N, in] -> [T, N, out], one baddbmm per layer.

@@ -32,6 +32,7 @@ dt 0.02 s (its integrator substeps stay 0.01 s).
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -54,8 +55,12 @@ GYMNASIUM_MODEL_DEPRECATION = "compiler attribute 'settotalmass' is deprecated"
 
 def mujoco_warning(message: str) -> None:
     """MuJoCo's warning handler while this module is loaded (unless one was set before)."""
-    if GYMNASIUM_MODEL_DEPRECATION not in message:
+    if GYMNASIUM_MODEL_DEPRECATION in message:
+        return
+    try:
         warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+    except Exception:  # noqa: BLE001 - raised inside MuJoCo's C callback it would be mju_error
+        print(f"MuJoCo warning: {message}", file=sys.stderr)
 
 
 if mujoco.get_mju_user_warning() is None:

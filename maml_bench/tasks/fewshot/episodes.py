@@ -171,9 +171,6 @@ class FlatMLP(MLP):
     def __init__(self, in_features: int, classes: int) -> None:
         super().__init__(in_features, [256, 128, 64, 64], classes, batch_norm=True)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(self.input_features(x))
-
     def input_features(self, x: Tensor) -> Tensor:
         return x.flatten(start_dim=-3)
 
