@@ -76,3 +76,15 @@ def test_a_setting_added_later_leaves_existing_hashes_alone():
     # and the 2D navigation paper run started later (its checkpoints hold this hash)
     assert config_hash(EXPERIMENTS.get("navigation2d-v1").config) == "744534c8e6b2"
     assert config_hash(dataclasses.replace(config, task_chunk=4)) != config_hash(config)
+
+
+def test_every_figure_draws_only_methods_its_experiment_has():
+    """A figure listing a method its experiment cannot run warned on every report (the no-conv
+    Omniglot cells once drew the conv cells' baselines)."""
+    from maml_bench.experiments import EXPERIMENTS
+
+    for name in EXPERIMENTS.names():
+        experiment = EXPERIMENTS.get(name)
+        have = {m.algorithm for m in experiment.methods}
+        for figure in experiment.figures:
+            assert set(figure.methods) <= have, (name, figure.name)

@@ -82,14 +82,17 @@ def omniglot(ways: int, shots: int, network: str = "conv") -> Experiment:
                                 "fine-tuning step (steps), each next to its own published "
                                 "number (source in its label)", shots=shots, steps=(steps,),
                                 method_steps=tuple(own_steps.items())))
+    methods = (MethodSpec("maml", f"MAML{label}", seeds=1),
+               MethodSpec("fomaml", f"first-order MAML{label}", seeds=1),
+               *BASELINES.get((ways, network), ()), *later)
+    drawn = tuple(m.algorithm for m in methods
+                  if m.algorithm in ("maml", "fomaml", "finetune", "nearest-neighbour"))
     return Experiment(
         id=f"omniglot-{ways}w{shots}s{kind}-v1",
         title=f"Omniglot {ways}-way {shots}-shot{label} (paper Table 1)",
         benchmark="fewshot",
         config=config,
-        methods=(MethodSpec("maml", f"MAML{label}", seeds=1),
-                 MethodSpec("fomaml", f"first-order MAML{label}", seeds=1),
-                 *BASELINES.get((ways, network), ()), *later),
+        methods=methods,
         paper=paper,
         metric="accuracy",
         scales={
@@ -108,8 +111,7 @@ def omniglot(ways: int, shots: int, network: str = "conv") -> Experiment:
         tables=tuple(tables),
         figures=(FigureSpec("curves", f"Omniglot {ways}-way {shots}-shot{label}: accuracy "
                             "against fine-tuning steps",
-                            methods=("maml", "fomaml", "finetune", "nearest-neighbour"),
-                            shots=(shots,), ylabel="query accuracy (%)"),),
+                            methods=drawn, shots=(shots,), ylabel="query accuracy (%)"),),
         notes=f"Paper: {PAPER[(ways, shots, network)]['maml']} +- "
               f"{PAPER_CI[(ways, shots, network)]} (MAML). Split: sorted characters shuffled "
               "with random.seed(1) (the code's file-system order cannot be recovered).",
