@@ -17,13 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from maml_bench.algorithms import ALGORITHMS
 from maml_bench.core.backends import query_losses
-from maml_bench.experiments import EXPERIMENTS
-from maml_bench.memory import keep_freed_memory
 from maml_bench.tasks.fewshot.data_root import data_root
 
-from .test_meta_step_omniglot import step_with
+from .test_meta_step_omniglot import maml_for, step_with
 
 pytestmark = pytest.mark.skipif(not (data_root() / "omniglot").is_dir(),
                                 reason="needs the real Omniglot under the data root")
@@ -35,12 +32,7 @@ OUT = Path(os.environ.get("MAML_BENCH_NOCONV_RATIOS",
 
 @pytest.fixture(scope="module")
 def maml():
-    from maml_bench.tasks.fewshot.episodes import FewShot
-
-    torch.set_num_threads(1)
-    keep_freed_memory()  # as every run does (maml_bench/memory.py)
-    config = EXPERIMENTS.get(EXPERIMENT).config
-    return ALGORITHMS.get("maml")(FewShot(config), config, seed=0)
+    return maml_for(EXPERIMENT)
 
 
 def backend_grads(algo, backend: str):

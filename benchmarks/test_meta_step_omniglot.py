@@ -33,15 +33,20 @@ OUT = Path(os.environ.get("MAML_BENCH_OMNIGLOT_RATIOS",
                           "results/benchmarks/omniglot-meta-step-cpu.json"))
 
 
-@pytest.fixture(scope="module")
-def maml():
+def maml_for(experiment: str):
+    """MAML on an Omniglot experiment's paper configuration, on one thread and with glibc
+    keeping freed memory, as every run (maml_bench/memory.py; every timed path benefits)."""
     from maml_bench.tasks.fewshot.episodes import FewShot
 
     torch.set_num_threads(1)
-    keep_freed_memory()  # as every run does (maml_bench/memory.py); both paths benefit
-    config = EXPERIMENTS.get("omniglot-5w1s-v1").config
-    bench = FewShot(config)
-    return ALGORITHMS.get("maml")(bench, config, seed=0)
+    keep_freed_memory()
+    config = EXPERIMENTS.get(experiment).config
+    return ALGORITHMS.get("maml")(FewShot(config), config, seed=0)
+
+
+@pytest.fixture(scope="module")
+def maml():
+    return maml_for("omniglot-5w1s-v1")
 
 
 def record(name: str, benchmark) -> None:

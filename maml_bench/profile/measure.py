@@ -147,17 +147,25 @@ def memory_probe(device: torch.device) -> CudaPeakMemory | CpuPeakRss:
     return CudaPeakMemory() if device.type == "cuda" else CpuPeakRss()
 
 
+def our_query_losses(cfg: ProfileConfig, model: torch.nn.Module, theta: dict[str, Tensor],
+                     batch: SupervisedBatch, steps: int, first_order: bool
+                     ) -> Callable[[], Tensor]:
+    """The per-task query losses of `batch` by the backend `auto` takes for this model."""
+    backend = auto_backend(model, first_order, steps, batch.x_support.shape[1])
+    problem = MetaProblem(model, cfg.loss, steps, cfg.inner_lr, first_order)
+    return lambda: query_losses(backend, problem, theta, batch)
+
+
 def meta_gradient(cfg: ProfileConfig, model: torch.nn.Module, theta: dict[str, Tensor],
                   batch: SupervisedBatch, steps: int, *, first_order: bool, path: str
                   ) -> Callable[[], list[Tensor]]:
     """One meta-iteration: the meta-gradient of the mean query loss over `batch`."""
     params = list(theta.values())
-    backend = auto_backend(model, first_order, steps, batch.x_support.shape[1])
-    problem = MetaProblem(model, cfg.loss, steps, cfg.inner_lr, first_order)
+    ours = our_query_losses(cfg, model, theta, batch, steps, first_order)
 
     def step() -> list[Tensor]:
         if path == "ours":
-            losses = query_losses(backend, problem, theta, batch)
+            losses = ours()
         else:
             losses = reference_meta_loss(model, theta, batch, cfg.loss, steps, cfg.inner_lr,
                                          first_order)
@@ -320,14 +328,9 @@ def profile_ops(cfg: ProfileConfig, model: torch.nn.Module, theta: dict[str, Ten
     step = meta_gradient(cfg, model, theta, batch, steps, first_order=False, path="ours")
     params = list(theta.values())
     step()  # warm: the profiled step is a steady-state one
-
-    def inner() -> Tensor:
-        return query_losses(auto_backend(model, False, steps, batch.x_support.shape[1]),
-                            MetaProblem(model, cfg.loss, steps, cfg.inner_lr), theta, batch)
-
     with _without_kineto_lines(), profile(activities=activities) as whole:
         step_ms = clock.time_ms(step)
-    loss = inner().mean()
+    loss = our_query_losses(cfg, model, theta, batch, steps, False)().mean()
     with _without_kineto_lines(), profile(activities=activities) as outer:
         backward_ms = clock.time_ms(lambda: torch.autograd.grad(loss, params))
     return OpsProfile(cfg.name, batch.n_tasks, steps, step_ms, backward_ms,
