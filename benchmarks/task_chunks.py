@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from maml_bench.core.backends import MetaProblem, auto_backend, query_losses
+from maml_bench.core.chunking import auto_task_chunk
 from maml_bench.core.functional import SupervisedBatch, reference_meta_loss
 from maml_bench.memory import keep_freed_memory
 from maml_bench.profile.configs import CONFIGS, ProfileConfig
@@ -89,19 +90,29 @@ def measure(cfg: ProfileConfig, repeats: int) -> dict[str, float]:
     return best
 
 
+def auto_chunk(cfg: ProfileConfig) -> int:
+    """The chunk `task_chunk=auto` takes at this configuration (0: the whole batch)."""
+    n = auto_task_chunk(cfg.model(), cfg.batch(cfg.meta_batch))
+    return 0 if n >= cfg.meta_batch else n
+
+
 def render(rows: dict[str, dict[str, float]], mib: dict[str, float], repeats: int) -> str:
     cols = ["chunk1", "chunk2", "chunk4", "chunk8", "chunk16", "chunk0"]
     head = ("| configuration | tasks | one task's first activation (MiB) | loop | "
             + " | ".join(c.replace("chunk0", "whole").replace("chunk", "chunk ") for c in cols)
-            + " | fastest | loop / fastest |\n|" + "---|" * (len(cols) + 6) + "\n")
+            + " | fastest | loop / fastest | auto takes | loop / auto |\n|"
+            + "---|" * (len(cols) + 8) + "\n")
     body = ""
     for name, best in rows.items():
         ours = {c: best[c] for c in cols if c in best}
         fastest = min(ours, key=ours.get)
+        auto = f"chunk{auto_chunk(CONFIGS[name])}"
         cells = " | ".join(f"{best[c]:.0f}" if c in best else "" for c in cols)
         body += (f"| {name} | {CONFIGS[name].meta_batch} | {mib[name]:.2f} | {best['loop']:.0f} "
                  f"| {cells} | {fastest.replace('chunk0', 'whole')} | "
-                 f"{best['loop'] / ours[fastest]:.2f}x |\n")
+                 f"{best['loop'] / ours[fastest]:.2f}x | "
+                 f"{auto.replace('chunk0', 'whole').replace('chunk', '')} | "
+                 f"{best['loop'] / ours[auto]:.2f}x |\n")
     return ("# Tasks per meta-gradient pass on this CPU (`benchmarks/task_chunks.py`)\n\n"
             f"Second order, the paper's meta-batch and inner steps, ms per meta-gradient (best "
             f"of {repeats} after a warm-up; one torch thread). `chunk N`: the default backend "

@@ -27,7 +27,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...], bool]] = {
     "sinusoid_meta_step_higher_over_ours": (
         "meta-step-ratios.json", ("timings", "higher", "times_slower_than_ours"), True),
     "omniglot_meta_step_loop_over_ours": (
-        "omniglot-meta-step-cpu.json", ("per_task_loop_over_best_chunk",), True),
+        "omniglot-meta-step-cpu.json", ("per_task_loop_over_ours",), True),
     "omniglot_noconv_meta_step_loop_over_ours": (
         "omniglot-noconv-meta-step-cpu.json", ("per_task_loop_over_ours",), True),
     "omniglot_sampling_share_of_step": (

@@ -56,10 +56,13 @@ class MetaConfig:
     process). Checked at capture against eager's own run-to-run spread; refused with the
     reason (then eager, in run.json info.cuda_graph) if it differs. Measured on an H200: the
     Omniglot 5-way 1-shot step 3.0 ms against 17 ms eager (README "On a GPU")"""
-    task_chunk: int = setting(0, Number(int, 0, 100_000), hashed_at_default=False,
+    task_chunk: int = setting(-1, Number(int, -1, 100_000), hashed_at_default=False,
                               used_by=(*MAML_STEP, "metalstm"))
-    """tasks per meta-gradient pass, summed (0 = the whole meta-batch at once): bounds memory;
-    on CPU a chunk whose activations fit the cache is faster (results/benchmarks)"""
+    """tasks per meta-gradient pass, their gradients summed: the same gradient up to rounding,
+    in smaller graphs (bounds memory; on the CPU a pass that fits the cache is faster). -1 =
+    auto: on the CPU as many tasks as keep one pass's first-layer activations within
+    core/chunking.py's CPU_PASS_MIB, on a GPU the whole batch; 0 = the whole meta-batch at
+    once (results/benchmarks/task-chunks-cpu.md)"""
     # --- Reptile, Meta-SGD ---
     reptile_inner_steps: int = setting(5, Number(int, 1, 1_000), used_by=REPTILE)
     """Reptile: inner steps per task before the outer update"""

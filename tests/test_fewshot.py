@@ -173,19 +173,24 @@ def test_interrupted_omniglot_run_resumes_to_the_same_numbers(tmp_path, monkeypa
 
 @needs_omniglot
 @pytest.mark.parametrize("method", ["maml", "fomaml"])
-def test_task_chunks_give_the_whole_batch_meta_gradient(method, tmp_path):
-    """task_chunk only changes how the meta-batch is split into graphs, not the gradient."""
+def test_task_chunks_give_the_whole_batch_meta_gradient(method, tmp_path, monkeypatch):
+    """task_chunk only changes how the meta-batch is split into graphs, not the gradient; auto
+    (-1) with a 0.15 MiB budget puts 2 of these 0.06 MiB tasks (8 filters) in a pass."""
     from maml_bench.algorithms import ALGORITHMS
+    from maml_bench.core import chunking
 
+    monkeypatch.setattr(chunking, "CPU_PASS_MIB", 0.15)
     results = []
-    for chunk in (0, 3):
+    for chunk, passes in ((0, 7), (3, 3), (-1, 2)):
         (run,) = plan_runs("omniglot-5w1s-v1", "tiny",
                            ["meta_batch=7", f"task_chunk={chunk}"], [method], None, tmp_path)
         algo = ALGORITHMS.get(method)(FewShot(run.config), run.config, 0)
         loss = algo.train_step(0)
+        assert algo.info["tasks_per_pass"] == passes
         results.append((loss, [p.grad.clone() for p in algo.theta.values()]))
-    (loss_a, grads_a), (loss_b, grads_b) = results
-    torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
+    (loss_a, grads_a), *others = results
     assert max(g.abs().max() for g in grads_a) > 1e-3  # a real gradient, not zeros
-    for a, b in zip(grads_a, grads_b, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for loss_b, grads_b in others:
+        torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
+        for a, b in zip(grads_a, grads_b, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -320,6 +320,7 @@ def test_summary_at_the_paper_setting_quotes_the_csv(tmp_path):
     assert cells[6] == f"{r['so_over_fo_memory']:.2f}x"
     assert cells[7] == f"{r['flops_so'] / r['flops_fo']:.2f}x"
     assert cells[8] == f"{r['so_loop_over_ours']:.2f}x"
+    assert cells[10] == "whole"  # 25 sinusoid tasks fit one pass (task_chunk=auto)
 
 
 def test_summary_without_a_paper_row_says_so(tiny_profile):

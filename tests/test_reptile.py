@@ -207,3 +207,12 @@ def test_a_short_run_clearly_beats_chance_on_real_omniglot(tmp_path):
     trained = algo.evaluate()[1][:, -1].mean().item()
     print(f"reptile: {untrained:.1f}% untrained -> {trained:.1f}% after 300 iterations")
     assert trained > 45.0 > untrained
+
+
+@pytest.mark.parametrize("path", ["loop", "batched"])
+def test_run_info_names_the_forward_reptile_steps_through(tmp_path, path):
+    # loop has no forward of its own: Reptile's inner optimizer steps through the batched one,
+    # and run.json must say so rather than suggest a per-task loop
+    algo = reptile("sinusoid-table2-v1", "tiny", tmp_path, f"path={path}")
+    assert algo.info["path"] == path
+    assert algo.info.get("inner_forward") == ("batched" if path == "loop" else None)

@@ -16,6 +16,7 @@ from maml_bench.algorithms.base import (
 )
 from maml_bench.core.backends import CHECK_TASKS, MetaProblem, forward_of, query_losses
 from maml_bench.core.backends import select as select_backend
+from maml_bench.core.chunking import summed_meta_gradient, tasks_per_pass
 from maml_bench.core.functional import (
     BatchedForward,
     StepSizes,
@@ -55,6 +56,7 @@ class MAML(Algorithm):
         self.info.update(self.backend_info)
         self.optimizer = adam(self.meta_parameters(), config.meta_lr)
         self._graph = None  # the CUDA graph of cuda_graph=on, captured at the first step
+        self._chunks: dict[tuple, int] = {}  # tasks per pass, by batch shape (task_chunk)
         device = next(self.model.parameters()).device
         if getattr(config, "cuda_graph", "off") == "on" and device.type != "cuda":
             raise UserError(f"--set cuda_graph=on replays CUDA graphs, but this run trains on "
@@ -98,8 +100,8 @@ class MAML(Algorithm):
             # (divided by the whole batch's count), so the sums over ranks are the mean loss
             # and its gradient, identical on every rank.
             part = distributed.shard(batch)
-            loss, grads = self.chunked_meta_gradient(part, params, c.task_chunk or part.n_tasks,
-                                                     batch.n_tasks)
+            loss, grads = summed_meta_gradient(self.query_losses, part, params,
+                                               self.tasks_per_pass(part), batch.n_tasks)
             loss, *grads = distributed.all_reduce_sum([loss, *grads])
         elif c.cuda_graph == "on":
             loss, grads = self.replayed_meta_gradient(batch, params)
@@ -117,12 +119,20 @@ class MAML(Algorithm):
     def meta_gradient(self, batch: SupervisedBatch, params: list[Tensor]
                       ) -> tuple[Tensor, list[Tensor]]:
         """The mean query loss of `batch` and its gradient, whole or by `task_chunk`."""
-        c = self.config
-        if c.task_chunk == 0 or c.task_chunk >= batch.n_tasks:
+        chunk = self.tasks_per_pass(batch)
+        if chunk >= batch.n_tasks:
             loss = self.query_losses(batch).mean()
             return loss, list(torch.autograd.grad(loss, params))
         # one graph per chunk of tasks, freed before the next: the same mean gradient
-        return self.chunked_meta_gradient(batch, params, c.task_chunk)
+        return summed_meta_gradient(self.query_losses, batch, params, chunk)
+
+    def tasks_per_pass(self, batch: SupervisedBatch) -> int:
+        """`task_chunk` resolved for batches shaped like `batch` (auto: once per shape)."""
+        key = (self.config.task_chunk, tuple(batch.x_support.shape), tuple(batch.x_query.shape))
+        if key not in self._chunks:
+            self._chunks[key] = tasks_per_pass(self.config.task_chunk, self.model, batch)
+            self.info["tasks_per_pass"] = self._chunks[key]
+        return self._chunks[key]
 
     def replayed_meta_gradient(self, batch: SupervisedBatch, params: list[Tensor]
                                ) -> tuple[Tensor, list[Tensor]]:
@@ -145,20 +155,6 @@ class MAML(Algorithm):
             return self.meta_gradient(batch, params)
         loss, *grads = self._graph(batch)
         return loss, grads
-
-    def chunked_meta_gradient(self, batch: SupervisedBatch, params: list[Tensor], chunk: int,
-                              n_tasks: int | None = None) -> tuple[Tensor, list[Tensor]]:
-        """The summed query losses of `batch` / n_tasks (default: its own task count) and their
-        gradient, one graph per `chunk` tasks; n_tasks > batch.n_tasks: a share of a larger
-        batch (torchrun)."""
-        total = torch.zeros((), device=params[0].device)
-        grads = [torch.zeros_like(p) for p in params]
-        for part in batch.chunks(chunk):
-            loss = self.query_losses(part).sum() / (n_tasks or batch.n_tasks)
-            for g, d in zip(grads, torch.autograd.grad(loss, params), strict=True):
-                g.add_(d)
-            total += loss.detach()
-        return total, grads
 
     def eval_step_sizes(self) -> StepSizes:
         return self.config.inner_lr

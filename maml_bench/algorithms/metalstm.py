@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from maml_bench.algorithms.base import Algorithm, adam, seeded_model
+from maml_bench.core.chunking import summed_meta_gradient, tasks_per_pass
 from maml_bench.core.functional import (
     BatchedForward,
     SupervisedBatch,
@@ -220,14 +221,8 @@ class MetaLSTM(Algorithm):
         c = self.config
         batch = self.benchmark.train_batch(self.gen, c.meta_batch, c.train_shots, c.train_query)
         params = self.meta_parameters()
-        chunk = c.task_chunk if 0 < c.task_chunk < c.meta_batch else c.meta_batch
-        total = torch.zeros((), dtype=params[0].dtype, device=params[0].device)
-        grads = [torch.zeros_like(p) for p in params]
-        for part in batch.chunks(chunk):  # one graph per chunk, freed before the next
-            loss = self.query_losses(part).sum() / batch.n_tasks
-            for g, d in zip(grads, torch.autograd.grad(loss, params), strict=True):
-                g.add_(d)
-            total += loss.detach()
+        chunk = tasks_per_pass(c.task_chunk, self.model, batch)
+        total, grads = summed_meta_gradient(self.query_losses, batch, params, chunk)
         for p, g in zip(params, grads, strict=True):
             p.grad = g
         if c.grad_clip > 0:

@@ -105,6 +105,9 @@ class Reptile(MAML):
 
     def __init__(self, benchmark: SupervisedBenchmark, config: Any, seed: int) -> None:
         super().__init__(benchmark, config, seed)
+        if self.forward is None:  # loop and higher differentiate per task; Reptile needs a forward
+            self.backend_info["inner_forward"] = "batched"
+            self.info.update(self.backend_info)
         c = config
         self.inner = InnerOptimizer(c.reptile_inner_optimizer, c.inner_lr, c.reptile_adam_betas)
         self.inner_state = self.inner.initial_state(self.theta)

@@ -36,6 +36,7 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from maml_bench.core.backends import MetaProblem, auto_backend, query_losses
+from maml_bench.core.chunking import auto_task_chunk, summed_meta_gradient
 from maml_bench.core.functional import SupervisedBatch, reference_meta_loss
 from maml_bench.profile.configs import ProfileConfig
 
@@ -149,21 +150,26 @@ def memory_probe(device: torch.device) -> CudaPeakMemory | CpuPeakRss:
 
 def our_query_losses(cfg: ProfileConfig, model: torch.nn.Module, theta: dict[str, Tensor],
                      batch: SupervisedBatch, steps: int, first_order: bool
-                     ) -> Callable[[], Tensor]:
-    """The per-task query losses of `batch` by the backend `auto` takes for this model."""
+                     ) -> Callable[..., Tensor]:
+    """The per-task query losses of `batch` (or of a part of it) by the backend `auto` takes
+    for this model."""
     backend = auto_backend(model, first_order, steps, batch.x_support.shape[1])
     problem = MetaProblem(model, cfg.loss, steps, cfg.inner_lr, first_order)
-    return lambda: query_losses(backend, problem, theta, batch)
+    return lambda part=batch: query_losses(backend, problem, theta, part)
 
 
 def meta_gradient(cfg: ProfileConfig, model: torch.nn.Module, theta: dict[str, Tensor],
                   batch: SupervisedBatch, steps: int, *, first_order: bool, path: str
                   ) -> Callable[[], list[Tensor]]:
-    """One meta-iteration: the meta-gradient of the mean query loss over `batch`."""
+    """One meta-iteration: the meta-gradient of the mean query loss over `batch`; ours in
+    `auto`'s tasks per pass (task_chunk=auto), as a run takes it."""
     params = list(theta.values())
     ours = our_query_losses(cfg, model, theta, batch, steps, first_order)
+    chunk = auto_task_chunk(model, batch)
 
     def step() -> list[Tensor]:
+        if path == "ours" and chunk < batch.n_tasks:
+            return summed_meta_gradient(ours, batch, params, chunk)[1]
         if path == "ours":
             losses = ours()
         else:

@@ -114,9 +114,11 @@ def render_markdown(report: Report, frame: pd.DataFrame) -> str:
         *([f"**{report.note}**", ""] if report.note else []),
         "A meta-iteration is the meta-gradient of one meta-batch: forward, inner steps and "
         "outer backward (no optimizer step), on random inputs of the paper's shapes with the "
-        "real networks. *ours*: the default backend (`--set path=auto`: all tasks at once, one "
+        "real networks. *ours*: the default backend (`--set path=auto`: tasks batched, one "
         "baddbmm per layer for the MLP, tasks as groups of one grouped convolution for Conv4, "
-        "with hand-written second derivatives (`fused`) for Conv4's second order); *loop*: the "
+        "with hand-written second derivatives (`fused`) for Conv4's second order), in the "
+        "tasks per pass `task_chunk=auto` takes (on the CPU: as many as keep a pass's "
+        "first-layer activations in cache, core/chunking.py); *loop*: the "
         "per-task autograd loop (`reference_meta_loss`, the learn2learn / `higher` way). SO / "
         "FO: second / first order (FOMAML).", "",
         f"* Time: the minimum over up to {report.repeats} timed steps after {report.warmup} "
@@ -186,7 +188,7 @@ def paper_summary(frame: pd.DataFrame) -> list[str]:
         return [*lines, "No configuration was measured at its paper setting (meta-batch and "
                 "inner steps); see the tables below.", ""]
     head = ("| configuration | meta-batch | steps | SO ms | FO ms | SO/FO time | SO/FO memory "
-            "| SO/FO FLOPs | loop/ours SO | SO % peak |")
+            "| SO/FO FLOPs | loop/ours SO | SO % peak | ours' tasks per pass |")
     lines += [head, "|" + "---|" * head.count(" | ") + "---|"]
     for _, r in paper.iterrows():
         lines.append("| " + " | ".join([
@@ -195,10 +197,19 @@ def paper_summary(frame: pd.DataFrame) -> list[str]:
             _num(r["so_over_fo_memory"], ".2f", "x"),
             _num(r["so_over_fo_flops"], ".2f", "x"),
             _num(r["so_loop_over_ours"], ".2f", "x"),
-            _num(100 * r["so_ours_peak_frac"], ".1f", "%")]) + " |")
+            _num(100 * r["so_ours_peak_frac"], ".1f", "%"), _tasks_per_pass(r)]) + " |")
     return [*lines, "", "SO/FO FLOPs is the arithmetic second order adds (matmuls and "
             "convolutions); where SO/FO time exceeds it, the extra time is spent outside them "
             "(batch norm's double backward, memory traffic; see the operator tables).", ""]
+
+
+def _tasks_per_pass(r: pd.Series) -> str:
+    """Ours' tasks per pass (task_chunk=auto); "whole" for the whole batch, "-" for parts
+    measured before the column existed (whole batch then)."""
+    n = r.get("tasks_per_pass")
+    if n is None or pd.isna(n):
+        return "–"
+    return "whole" if int(n) >= int(r["meta_batch"]) else str(int(n))
 
 
 def render_ops(report: Report) -> str:

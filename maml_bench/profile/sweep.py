@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from maml_bench.core.chunking import auto_task_chunk
 from maml_bench.devices import use
 from maml_bench.memory import keep_freed_memory
 from maml_bench.profile.configs import CONFIGS, ProfileConfig
@@ -194,6 +195,7 @@ def _run(options: ProfileOptions, device: torch.device) -> list[Path]:
                 batch = cfg.batch(meta_batch, device)
                 for steps in steps_sweep:
                     row = _row(cfg, meta_batch, steps, device)
+                    row["tasks_per_pass"] = auto_task_chunk(model, batch)  # ours' task_chunk
                     for order in ("fo", "so"):  # cheaper first: it predicts the dearer
                         for path in PATHS:
                             step = meta_gradient(cfg, model, theta, batch, steps,

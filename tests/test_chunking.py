@@ -1,0 +1,81 @@
+"""task_chunk: tasks per meta-gradient pass, and the rule `auto` (-1) picks them by."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maml_bench.core import chunking
+from maml_bench.core.chunking import (
+    AUTO,
+    auto_task_chunk,
+    summed_meta_gradient,
+    task_activation_mib,
+    tasks_per_pass,
+)
+from maml_bench.profile.configs import CONFIGS
+
+
+def test_explicit_chunks_resolve_to_themselves_and_zero_to_the_whole_batch():
+    cfg = CONFIGS["omniglot-5w1s"]
+    model, batch = cfg.model(), cfg.batch(6)
+    assert tasks_per_pass(0, model, batch) == 6
+    assert tasks_per_pass(3, model, batch) == 3
+    assert tasks_per_pass(100, model, batch) == 6
+
+
+def test_one_tasks_activation_is_its_first_layers_output():
+    cfg = CONFIGS["omniglot-5w1s"]  # 5 support + 5 query images, 64 x 14 x 14 after conv 1
+    assert task_activation_mib(cfg.model(), cfg.batch(2)) == pytest.approx(
+        10 * 64 * 14 * 14 * 4 / 2**20)
+
+
+@pytest.mark.parametrize(("budget", "most", "expected"), [
+    (100.0, 8, 32), (10.0, 8, 8), (10.0, 4, 4), (4.0, 100, 8), (2.0, 100, 4), (1.5, 100, 2),
+    (0.1, 100, 1)])
+def test_auto_fills_the_cpu_budget_with_a_power_of_two_tasks(monkeypatch, budget, most,
+                                                             expected):
+    # one 5-way 1-shot task is 0.48 MiB: 100 MiB hold all 32 (whole, whatever the cap), 10 MiB
+    # hold 20 -> the cap, 4 MiB hold 8, 1.5 MiB hold 3 -> 2, 0.1 MiB none -> 1
+    monkeypatch.setattr(chunking, "CPU_PASS_MIB", budget)
+    monkeypatch.setattr(chunking, "CPU_MAX_TASKS", most)
+    cfg = CONFIGS["omniglot-5w1s"]
+    assert auto_task_chunk(cfg.model(), cfg.batch(32)) == expected
+    assert tasks_per_pass(AUTO, cfg.model(), cfg.batch(32)) == expected
+
+
+@pytest.mark.parametrize(("config", "expected"), [
+    ("omniglot-5w1s", 8), ("omniglot-5w5s", 4), ("omniglot-20w1s", 4), ("omniglot-20w5s", 1),
+    ("miniimagenet-5w1s", 1), ("miniimagenet-5w5s", 1), ("sinusoid", 25)])
+def test_auto_takes_the_chunks_measured_fastest(config, expected):
+    """The fastest chunk of each paper configuration in results/benchmarks/task-chunks-cpu.md
+    (20-way 5-shot: 1, 2 and 4 within 1.5%); the sinusoid's tiny tasks in one pass."""
+    cfg = CONFIGS[config]
+    assert auto_task_chunk(cfg.model(), cfg.batch(cfg.meta_batch)) == expected
+
+
+def test_auto_takes_the_whole_batch_off_the_cpu():
+    cfg = CONFIGS["miniimagenet-5w1s"]  # 69 MiB a task: one per pass on the CPU
+    assert auto_task_chunk(cfg.model(), cfg.batch(4)) == 1
+    model = cfg.model().to("meta")  # stands in for a GPU: no activations are computed there
+    assert auto_task_chunk(model, cfg.batch(4, torch.device("meta"))) == 4
+
+
+def test_the_summed_chunks_are_the_whole_batch_meta_gradient():
+    cfg = CONFIGS["sinusoid"]
+    torch.manual_seed(0)
+    model = cfg.model().double()
+    params = list(model.parameters())
+    batch = cfg.batch(7).map(lambda t: t.double())
+
+    def losses(part):
+        return torch.stack([cfg.loss(model(x).unsqueeze(0), y.unsqueeze(0)).sum()
+                            for x, y in zip(part.x_query, part.y_query, strict=True)])
+
+    whole = losses(batch).mean()
+    grads = torch.autograd.grad(whole, params)
+    for chunk in (1, 3, 7):
+        loss, parts = summed_meta_gradient(losses, batch, params, chunk)
+        torch.testing.assert_close(loss, whole.detach())
+        for a, b in zip(parts, grads, strict=True):
+            torch.testing.assert_close(a, b)
