@@ -16,7 +16,16 @@ import threading
 import typing
 from pathlib import Path
 
-from maml_bench.domains import Domain, Items, Number, OneOf, Pattern, domain_of, readers, show_value
+from maml_bench.domains import (
+    Domain,
+    Items,
+    Number,
+    OneOf,
+    Pattern,
+    describe_field,
+    readers,
+    show_value,
+)
 from maml_bench.engines.options import (
     CPUS_PER_RUN,
     ENGINE,
@@ -586,10 +595,13 @@ def cmd_show(args: argparse.Namespace) -> None:
         users = set(readers(exp.config, f.name))
         if users and not methods & users:
             continue  # another method's own setting: it would change nothing here
-        value = show_value(getattr(exp.config, f.name))
+        value = getattr(exp.config, f.name)
+        named = {v: w for w, v in (f.metadata.get("words") or {}).items()}
+        value = named.get(value, show_value(value)) if not isinstance(value, tuple) else (
+            show_value(value))
         doc = " ".join(docs.get(f.name, "").split())
         print(f"  {f.name:<22} {value:<24} {doc}\n  {'':<22} {'':<24} valid: "
-              f"{domain_of(f).describe()}")
+              f"{describe_field(f)}")
     if exp.notes:
         print(f"\nnotes: {exp.notes}")
 

@@ -9,7 +9,7 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from maml_bench.domains import domain_of
+from maml_bench.domains import describe_field
 from maml_bench.errors import UserError
 
 C = TypeVar("C")
@@ -73,12 +73,14 @@ def apply_overrides(config: C, overrides: dict[str, Any] | list[str]) -> C:
             raise UserError(
                 f"unknown setting {key!r}{hint} (`maml-bench show EXPERIMENT` lists settings)"
             )
-        if isinstance(value, str):
+        words = fields[key].metadata.get("words") or {}
+        if isinstance(value, str) and value.strip().lower() in words:
+            value = words[value.strip().lower()]  # a named value (task_chunk=auto)
+        elif isinstance(value, str):
             try:
                 value = parse_value(hints[key], value, key)
             except UserError as err:
-                raise UserError(f"{err}; {key} must be {domain_of(fields[key]).describe()}"
-                                ) from None
+                raise UserError(f"{err}; {key} must be {describe_field(fields[key])}") from None
         changes[key] = value
     new = dataclasses.replace(config, **changes)  # type: ignore[type-var]
     new.validate()  # every field in its domain, and the rules across fields

@@ -143,21 +143,33 @@ class Items(Domain):
 
 
 def setting(default: Any, domain: Domain, hashed_at_default: bool = True,
-            evaluation_only: bool = False, used_by: tuple[str, ...] = ()) -> Any:
+            evaluation_only: bool = False, used_by: tuple[str, ...] = (),
+            words: dict[str, Any] | None = None) -> Any:
     """A dataclass field with its valid domain (shown by `maml-bench show`, checked by
     `check_fields`).
 
     `hashed_at_default=False` is for a setting added after runs exist: at its default it is
-    left out of the config hash, so those runs keep their hash and still resume.
+    left out of the config hash, so those runs keep their hash and still resume. Its default
+    may change only to a value that computes the same thing up to rounding (task_chunk 0 ->
+    auto): runs made at the old default keep their hash and resume under the new one, and an
+    explicit old default is hashed from then on.
     `evaluation_only=True` marks a meta-test setting that never changes the trained
     parameters, so a finished run can be evaluated again under another value
     (`maml-bench run --evaluate-from`).
     `used_by` names the algorithms that read a method's own setting (empty: every method), so
     that `show` lists it only where one of them runs and `run --set` refuses it elsewhere.
+    `words` are names `--set` accepts for values (task_chunk: auto -> -1).
     """
     return dataclasses.field(default=default, metadata={
         "domain": domain, "hashed_at_default": hashed_at_default,
-        "evaluation_only": evaluation_only, "used_by": used_by})
+        "evaluation_only": evaluation_only, "used_by": used_by, "words": dict(words or {})})
+
+
+def describe_field(field: dataclasses.Field) -> str:
+    """What a setting may be: its domain, and the words `--set` takes for values."""
+    words = field.metadata.get("words") or {}
+    named = "".join(f", or {w} ({show_value(v)})" for w, v in words.items())
+    return domain_of(field).describe() + named
 
 
 def readers(config: Any, name: str) -> tuple[str, ...]:
@@ -192,7 +204,7 @@ def check_fields(config: Any) -> None:
         domain = domain_of(field)
         if not domain.contains(value):
             raise UserError(f"setting {field.name}={show_value(value)} is invalid: must be "
-                            f"{domain.describe()}")
+                            f"{describe_field(field)}")
 
 
 def require(condition: bool, names: Sequence[str], rule: str) -> None:

@@ -57,12 +57,13 @@ class MetaConfig:
     reason (then eager, in run.json info.cuda_graph) if it differs. Measured on an H200: the
     Omniglot 5-way 1-shot step 3.0 ms against 17 ms eager (README "On a GPU")"""
     task_chunk: int = setting(-1, Number(int, -1, 100_000), hashed_at_default=False,
-                              used_by=(*MAML_STEP, "metalstm"))
+                              used_by=(*MAML_STEP, "metalstm"), words={"auto": -1, "whole": 0})
     """tasks per meta-gradient pass, their gradients summed: the same gradient up to rounding,
-    in smaller graphs (bounds memory; on the CPU a pass that fits the cache is faster). -1 =
-    auto: on the CPU as many tasks as keep one pass's first-layer activations within
-    core/chunking.py's CPU_PASS_MIB, on a GPU the whole batch; 0 = the whole meta-batch at
-    once (results/benchmarks/task-chunks-cpu.md)"""
+    in smaller graphs (bounds memory; on the CPU a pass that fits the cache is faster). auto
+    (-1): on the CPU the whole batch for tiny tasks, else a power of two of tasks whose
+    first-layer activations fit 10 MiB, at most 8 (core/chunking.py, measured for MAML's
+    step: results/benchmarks/task-chunks-cpu.md); on a GPU the whole batch. whole (0): the
+    whole meta-batch in one pass"""
     # --- Reptile, Meta-SGD ---
     reptile_inner_steps: int = setting(5, Number(int, 1, 1_000), used_by=REPTILE)
     """Reptile: inner steps per task before the outer update"""

@@ -31,12 +31,12 @@ def test_one_tasks_activation_is_its_first_layers_output():
 
 
 @pytest.mark.parametrize(("budget", "most", "expected"), [
-    (100.0, 8, 32), (10.0, 8, 8), (10.0, 4, 4), (4.0, 100, 8), (2.0, 100, 4), (1.5, 100, 2),
-    (0.1, 100, 1)])
+    (100.0, 100, 32), (100.0, 8, 8), (10.0, 8, 8), (10.0, 4, 4), (4.0, 100, 8), (2.0, 100, 4),
+    (1.5, 100, 2), (0.1, 100, 1)])
 def test_auto_fills_the_cpu_budget_with_a_power_of_two_tasks(monkeypatch, budget, most,
                                                              expected):
-    # one 5-way 1-shot task is 0.48 MiB: 100 MiB hold all 32 (whole, whatever the cap), 10 MiB
-    # hold 20 -> the cap, 4 MiB hold 8, 1.5 MiB hold 3 -> 2, 0.1 MiB none -> 1
+    # one 5-way 1-shot task is 0.48 MiB: 100 MiB hold all 32 (under the cap), 10 MiB hold 20 ->
+    # the cap, 4 MiB hold 8, 1.5 MiB hold 3 -> 2, 0.1 MiB none -> 1
     monkeypatch.setattr(chunking, "CPU_PASS_MIB", budget)
     monkeypatch.setattr(chunking, "CPU_MAX_TASKS", most)
     cfg = CONFIGS["omniglot-5w1s"]
@@ -79,3 +79,36 @@ def test_the_summed_chunks_are_the_whole_batch_meta_gradient():
         torch.testing.assert_close(loss, whole.detach())
         for a, b in zip(parts, grads, strict=True):
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(("tasks", "expected"), [(32, 8), (16, 8), (9, 8), (8, 8), (6, 6)])
+def test_auto_caps_passes_at_eight_tasks_whatever_the_batch(tasks, expected):
+    """16 tasks of 5-way 1-shot fit 10 MiB but measured slower than 8 per pass: a smaller
+    meta-batch, or one process's share under torchrun, is capped too; 8 or fewer are whole."""
+    cfg = CONFIGS["omniglot-5w1s"]
+    assert auto_task_chunk(cfg.model(), cfg.batch(tasks)) == expected
+
+
+def test_tiny_tasks_stay_one_pass_however_many():
+    cfg = CONFIGS["sinusoid"]
+    assert auto_task_chunk(cfg.model(), cfg.batch(100)) == 100
+
+
+@pytest.mark.parametrize(("text", "value"), [("auto", -1), ("AUTO", -1), ("whole", 0), ("4", 4),
+                                             ("-1", -1)])
+def test_task_chunk_takes_its_words_on_the_command_line(text, value):
+    from maml_bench.config import apply_overrides
+    from maml_bench.experiments import EXPERIMENTS
+
+    config = apply_overrides(EXPERIMENTS.get("omniglot-5w1s-v1").config, [f"task_chunk={text}"])
+    assert config.task_chunk == value
+
+
+def test_a_bad_task_chunk_names_the_words():
+    from maml_bench.config import apply_overrides
+    from maml_bench.errors import UserError
+    from maml_bench.experiments import EXPERIMENTS
+
+    with pytest.raises(UserError, match=r"task_chunk must be an integer in \[-1, 100_000\], "
+                                        r"or auto \(-1\), or whole \(0\)"):
+        apply_overrides(EXPERIMENTS.get("omniglot-5w1s-v1").config, ["task_chunk=most"])

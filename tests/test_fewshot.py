@@ -180,13 +180,14 @@ def test_task_chunks_give_the_whole_batch_meta_gradient(method, tmp_path, monkey
     from maml_bench.core import chunking
 
     monkeypatch.setattr(chunking, "CPU_PASS_MIB", 0.15)
+    monkeypatch.setattr(chunking, "CPU_WHOLE_MIB", 0.1)  # 7 tasks of 0.06 MiB: not tiny here
     results = []
-    for chunk, passes in ((0, 7), (3, 3), (-1, 2)):
+    for chunk, per_pass in ((0, 7), (3, 3), (-1, 2)):
         (run,) = plan_runs("omniglot-5w1s-v1", "tiny",
                            ["meta_batch=7", f"task_chunk={chunk}"], [method], None, tmp_path)
         algo = ALGORITHMS.get(method)(FewShot(run.config), run.config, 0)
         loss = algo.train_step(0)
-        assert algo.info["tasks_per_pass"] == passes
+        assert algo.info["tasks_per_pass"] == per_pass
         results.append((loss, [p.grad.clone() for p in algo.theta.values()]))
     (loss_a, grads_a), *others = results
     assert max(g.abs().max() for g in grads_a) > 1e-3  # a real gradient, not zeros

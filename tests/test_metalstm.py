@@ -211,6 +211,7 @@ def test_state_round_trip_reproduces_training(tmp_path):
     b = MetaLSTM(bench, config, 1)  # another init and generator, all replaced by the state
     b.load_state_dict(state)
     assert [b.train_step(it).item() for it in (2, 3)] == expected
+    assert b.info["tasks_per_pass"] == config.meta_batch  # tiny tasks: one pass, in run.json
     assert {"model", "metalearner", "optimizer"} <= set(a.modules())
     assert len(a.tensors()) == len(list(a.model.parameters())) + len(list(a.meta.parameters()))
 

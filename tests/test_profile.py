@@ -252,6 +252,12 @@ def test_a_stopped_profile_resumes_from_its_saved_parts(tiny_profile, tmp_path, 
     assert cli.main([*only, "--out", str(copy), "--repeats", "2"]) == 0
     assert len(measured) == 8  # other settings: measured again
     assert set(pd.read_csv(copy / "profile-cpu.csv")["config"]) == {"sinusoid"}
+    from maml_bench.core import chunking
+
+    measured.clear()
+    monkeypatch.setattr(chunking, "CPU_MAX_TASKS", 4)  # another rule for ours' passes
+    assert cli.main([*only, "--out", str(copy), "--repeats", "2"]) == 0
+    assert len(measured) == 8  # timed under another rule: measured again
 
 
 def test_sigterm_or_a_background_sigint_stops_the_profile_with_its_report(tmp_path,

@@ -16,7 +16,7 @@ from maml_bench.algorithms.base import (
 )
 from maml_bench.core.backends import CHECK_TASKS, MetaProblem, forward_of, query_losses
 from maml_bench.core.backends import select as select_backend
-from maml_bench.core.chunking import summed_meta_gradient, tasks_per_pass
+from maml_bench.core.chunking import PassSizes, summed_meta_gradient
 from maml_bench.core.functional import (
     BatchedForward,
     StepSizes,
@@ -56,7 +56,7 @@ class MAML(Algorithm):
         self.info.update(self.backend_info)
         self.optimizer = adam(self.meta_parameters(), config.meta_lr)
         self._graph = None  # the CUDA graph of cuda_graph=on, captured at the first step
-        self._chunks: dict[tuple, int] = {}  # tasks per pass, by batch shape (task_chunk)
+        self._pass_sizes = PassSizes()  # task_chunk resolved, by batch shape
         device = next(self.model.parameters()).device
         if getattr(config, "cuda_graph", "off") == "on" and device.type != "cuda":
             raise UserError(f"--set cuda_graph=on replays CUDA graphs, but this run trains on "
@@ -127,12 +127,11 @@ class MAML(Algorithm):
         return summed_meta_gradient(self.query_losses, batch, params, chunk)
 
     def tasks_per_pass(self, batch: SupervisedBatch) -> int:
-        """`task_chunk` resolved for batches shaped like `batch` (auto: once per shape)."""
-        key = (self.config.task_chunk, tuple(batch.x_support.shape), tuple(batch.x_query.shape))
-        if key not in self._chunks:
-            self._chunks[key] = tasks_per_pass(self.config.task_chunk, self.model, batch)
-            self.info["tasks_per_pass"] = self._chunks[key]
-        return self._chunks[key]
+        """`task_chunk` resolved for batches shaped like `batch` (auto: once per shape), and
+        recorded in the run's info (run.json)."""
+        n = self.info["tasks_per_pass"] = self._pass_sizes(self.config.task_chunk, self.model,
+                                                           batch)
+        return n
 
     def replayed_meta_gradient(self, batch: SupervisedBatch, params: list[Tensor]
                                ) -> tuple[Tensor, list[Tensor]]:

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from maml_bench.algorithms.base import Algorithm, adam, seeded_model
-from maml_bench.core.chunking import summed_meta_gradient, tasks_per_pass
+from maml_bench.core.chunking import PassSizes, summed_meta_gradient
 from maml_bench.core.functional import (
     BatchedForward,
     SupervisedBatch,
@@ -186,6 +186,7 @@ class MetaLSTM(Algorithm):
         super().__init__(benchmark, config, seed)
         self.model = seeded_model(benchmark, seed)
         self.forward = make_batched_forward(self.model)
+        self._pass_sizes = PassSizes()  # task_chunk resolved, by batch shape
         self.theta = dict(self.model.named_parameters())  # c_0, learned
         self.layout = ParamLayout(self.theta)
         with torch.random.fork_rng(devices=[]):  # seeded alone, independent of global RNG state
@@ -221,7 +222,7 @@ class MetaLSTM(Algorithm):
         c = self.config
         batch = self.benchmark.train_batch(self.gen, c.meta_batch, c.train_shots, c.train_query)
         params = self.meta_parameters()
-        chunk = tasks_per_pass(c.task_chunk, self.model, batch)
+        chunk = self.info["tasks_per_pass"] = self._pass_sizes(c.task_chunk, self.model, batch)
         total, grads = summed_meta_gradient(self.query_losses, batch, params, chunk)
         for p, g in zip(params, grads, strict=True):
             p.grad = g

@@ -5,8 +5,8 @@ of tasks, one graph per chunk, freed before the next; the same gradient up to ro
 On the CPU a pass whose activations stay in cache is faster than one that streams the whole
 meta-batch from memory through batch norm's passes, and the bigger a task, the fewer tasks
 belong in a pass (measured at every paper configuration: `benchmarks/task_chunks.py`,
-results/benchmarks/task-chunks-cpu.md). On a GPU the whole batch is one pass: there a pass is
-launch-bound, and fewer, larger kernels are what pays.
+results/benchmarks/task-chunks-cpu.md). On a GPU the whole batch is one pass, as before
+`auto` existed (chunks are unmeasured there; its steps are launch-bound, README "On a GPU").
 """
 
 from __future__ import annotations
@@ -31,6 +31,16 @@ CPU_PASS_MIB = 10.0
 #: more tasks per pass were slower at every configuration measured (16 for 5-way 1-shot: 1.3x
 #: the time of 8, though its activations fit the budget)
 CPU_MAX_TASKS = 8
+#: a whole batch whose first-layer activations fit this many MiB is one pass: the fully
+#: connected nets' tiny tasks (sinusoid 0.08 MiB for 25 tasks, no-conv Omniglot 0.3-1.6 MiB
+#: for 32), where batching every task is what their fast backends are measured at
+CPU_WHOLE_MIB = 2.0
+
+
+def auto_rule() -> str:
+    """`auto`'s rule on the CPU, in words (stored with profile parts: a changed rule re-times)."""
+    return (f"whole batch if its first-layer activations fit {CPU_WHOLE_MIB:g} MiB, else a "
+            f"power of two of tasks that fits {CPU_PASS_MIB:g} MiB, at most {CPU_MAX_TASKS}")
 
 
 def task_activation_mib(model: nn.Module, batch: SupervisedBatch) -> float:
@@ -57,12 +67,11 @@ def auto_task_chunk(model: nn.Module, batch: SupervisedBatch) -> int:
     if device.type != "cpu":
         return batch.n_tasks
     per_task = task_activation_mib(model, batch)
-    if per_task <= 0:
+    if per_task * batch.n_tasks <= CPU_WHOLE_MIB:  # tiny tasks (the MLPs)
         return batch.n_tasks
-    fits = int(CPU_PASS_MIB // per_task)
-    if fits >= batch.n_tasks:  # the whole batch fits (the MLPs' tiny tasks)
+    fits = min(int(CPU_PASS_MIB // per_task), CPU_MAX_TASKS)
+    if fits >= batch.n_tasks:
         return batch.n_tasks
-    fits = min(fits, CPU_MAX_TASKS)
     return 1 << (fits.bit_length() - 1) if fits > 1 else 1  # a power of two, as measured
 
 
@@ -73,6 +82,20 @@ def tasks_per_pass(task_chunk: int, model: nn.Module, batch: SupervisedBatch) ->
     if task_chunk == WHOLE or task_chunk >= batch.n_tasks:
         return batch.n_tasks
     return task_chunk
+
+
+class PassSizes:
+    """`tasks_per_pass` for an algorithm, resolved once per (task_chunk, batch shape): auto
+    runs a small forward to measure a task, not to be repeated every iteration."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple, int] = {}
+
+    def __call__(self, task_chunk: int, model: nn.Module, batch: SupervisedBatch) -> int:
+        key = (task_chunk, tuple(batch.x_support.shape), tuple(batch.x_query.shape))
+        if key not in self.cache:
+            self.cache[key] = tasks_per_pass(task_chunk, model, batch)
+        return self.cache[key]
 
 
 def summed_meta_gradient(query_losses: Callable[[SupervisedBatch], Tensor],

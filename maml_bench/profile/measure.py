@@ -162,7 +162,7 @@ def meta_gradient(cfg: ProfileConfig, model: torch.nn.Module, theta: dict[str, T
                   batch: SupervisedBatch, steps: int, *, first_order: bool, path: str
                   ) -> Callable[[], list[Tensor]]:
     """One meta-iteration: the meta-gradient of the mean query loss over `batch`; ours in
-    `auto`'s tasks per pass (task_chunk=auto), as a run takes it."""
+    `auto`'s tasks per pass, as a run with task_chunk=auto (the default) takes it."""
     params = list(theta.values())
     ours = our_query_losses(cfg, model, theta, batch, steps, first_order)
     chunk = auto_task_chunk(model, batch)
@@ -336,9 +336,13 @@ def profile_ops(cfg: ProfileConfig, model: torch.nn.Module, theta: dict[str, Ten
     step()  # warm: the profiled step is a steady-state one
     with _without_kineto_lines(), profile(activities=activities) as whole:
         step_ms = clock.time_ms(step)
-    loss = our_query_losses(cfg, model, theta, batch, steps, False)().mean()
+    # the outer backward of each of the step's passes (task_chunk=auto), their graphs built first
+    ours = our_query_losses(cfg, model, theta, batch, steps, False)
+    losses = [ours(part).sum() / batch.n_tasks
+              for part in batch.chunks(auto_task_chunk(model, batch))]
     with _without_kineto_lines(), profile(activities=activities) as outer:
-        backward_ms = clock.time_ms(lambda: torch.autograd.grad(loss, params))
+        backward_ms = clock.time_ms(lambda: [torch.autograd.grad(loss, params)
+                                             for loss in losses])
     return OpsProfile(cfg.name, batch.n_tasks, steps, step_ms, backward_ms,
                       _top(whole, cuda, n), _top(outer, cuda, n))
 

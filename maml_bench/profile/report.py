@@ -204,8 +204,8 @@ def paper_summary(frame: pd.DataFrame) -> list[str]:
 
 
 def _tasks_per_pass(r: pd.Series) -> str:
-    """Ours' tasks per pass (task_chunk=auto); "whole" for the whole batch, "-" for parts
-    measured before the column existed (whole batch then)."""
+    """Ours' tasks per pass (task_chunk=auto); "whole" for the whole batch, an en dash for
+    parts measured before the column existed (whole batch then)."""
     n = r.get("tasks_per_pass")
     if n is None or pd.isna(n):
         return "–"
