@@ -596,9 +596,8 @@ def cmd_show(args: argparse.Namespace) -> None:
         if users and not methods & users:
             continue  # another method's own setting: it would change nothing here
         value = getattr(exp.config, f.name)
-        named = {v: w for w, v in (f.metadata.get("words") or {}).items()}
-        value = named.get(value, show_value(value)) if not isinstance(value, tuple) else (
-            show_value(value))
+        named = {v: w for w, v in (f.metadata.get("words") or {}).items()}  # -1 -> auto
+        value = named.get(value, show_value(value))
         doc = " ".join(docs.get(f.name, "").split())
         print(f"  {f.name:<22} {value:<24} {doc}\n  {'':<22} {'':<24} valid: "
               f"{describe_field(f)}")

@@ -164,17 +164,14 @@ def meta_gradient(cfg: ProfileConfig, model: torch.nn.Module, theta: dict[str, T
     """One meta-iteration: the meta-gradient of the mean query loss over `batch`; ours in
     `auto`'s tasks per pass, as a run with task_chunk=auto (the default) takes it."""
     params = list(theta.values())
-    ours = our_query_losses(cfg, model, theta, batch, steps, first_order)
-    chunk = auto_task_chunk(model, batch)
+    if path == "ours":
+        ours = our_query_losses(cfg, model, theta, batch, steps, first_order)
+        chunk = auto_task_chunk(model, batch)
+        return lambda: summed_meta_gradient(ours, batch, params, chunk)[1]
 
     def step() -> list[Tensor]:
-        if path == "ours" and chunk < batch.n_tasks:
-            return summed_meta_gradient(ours, batch, params, chunk)[1]
-        if path == "ours":
-            losses = ours()
-        else:
-            losses = reference_meta_loss(model, theta, batch, cfg.loss, steps, cfg.inner_lr,
-                                         first_order)
+        losses = reference_meta_loss(model, theta, batch, cfg.loss, steps, cfg.inner_lr,
+                                     first_order)
         return list(torch.autograd.grad(losses.mean(), params))
 
     return step
