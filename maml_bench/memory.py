@@ -15,6 +15,9 @@ import ctypes.util
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
+#: the largest trim threshold mallopt takes (its value is a C int: 4 GiB, as once passed here,
+#: wrapped to 0, which trimmed the heap at every free and faulted it in again at every step)
+TRIM_THRESHOLD = 2**31 - 1
 _done = False
 
 
@@ -26,10 +29,11 @@ def keep_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
+        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     except (OSError, AttributeError):  # not glibc (musl, ...): leave malloc alone
         return False
-    # Every block from the heap (no mmap at all), whose top is kept up to 4 GiB free rather than
+    # Every block from the heap (no mmap at all), whose top is kept up to 2 GiB free rather than
     # trimmed after each step. Raising the mmap threshold instead (at most 32 MiB) left larger
     # tensors (MiniImagenet, 20-way) on mmap: ~370,000 page faults per MiniImagenet meta-step.
-    _done = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 4 << 30))
+    _done = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _done
