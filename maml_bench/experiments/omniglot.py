@@ -22,11 +22,13 @@ BASELINES = {(5, "conv"): (MethodSpec("finetune", "fine-tuning baseline", seeds=
                            MethodSpec("nearest-neighbour", "nearest neighbour baseline", seeds=1))}
 
 
-#: tasks per meta-gradient pass (task_chunk) measured fastest on this 2-core CPU, one thread,
-#: with the `batched` backend (results/benchmarks/omniglot-task-chunks-cpu.md), set before
-#: `auto` existed and kept: the long runs' checkpoints hold them in their config hash. The
-#: other cells take auto (core/chunking.py).
-TASK_CHUNK = {(5, 5, "conv"): 4, (20, 1, "conv"): 2, (20, 5, "conv"): 1}
+#: tasks per meta-gradient pass (task_chunk) set explicitly. 5-way 5-shot and 20-way 1-shot:
+#: measured fastest with the `batched` backend (results/benchmarks/omniglot-task-chunks-cpu.md)
+#: before `auto` existed, kept because their long runs' checkpoints hold them in their config
+#: hash. 20-way 5-shot: 4, measured fastest with `fused` in both measurements of
+#: results/benchmarks/task-chunks-cpu.md (auto's 10 MiB rule takes 1 there, 1.5-5.5% slower).
+#: The other cells take auto (core/chunking.py).
+TASK_CHUNK = {(5, 5, "conv"): 4, (20, 1, "conv"): 2, (20, 5, "conv"): 4}
 
 #: the `long` scale: the meta-iterations one run of second-order MAML gets in about 4 hours on
 #: one core of this 2-core machine (measured 1.2-1.8, 3.4 and 9-14 s per meta-iteration), for
