@@ -214,6 +214,7 @@ def test_corrupt_records_give_clear_error(tmp_path):
         read_records(bad)
 
 
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 _REFAULT_PROBE = """
 import ctypes, resource
 from maml_bench.memory import keep_freed_memory
@@ -232,8 +233,7 @@ print(*[touch() for _ in range(3)])
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-                    reason="glibc only")
+@pytest.mark.skipif(not GLIBC, reason="glibc only")
 def test_freed_memory_is_reused_without_page_faults():
     """64 MiB malloc'd, written and freed, three times: only the first faults its pages in.
     The heap is not trimmed at every free (a 4 GiB trim threshold passed as a C int once
@@ -252,5 +252,5 @@ def test_runs_keep_freed_memory_for_reuse():
 
     first = keep_freed_memory()
     assert keep_freed_memory() == first
-    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+    if GLIBC:
         assert first
