@@ -6,6 +6,11 @@ previous default (`batched`, PyTorch's own double backward), the per-task autogr
 `higher`, as ratios of timings taken in this run; and the cost of drawing an episode batch
 against a meta-step.
 
+Every path on one thread (a run given one CPU: task_threads=auto resolves to 1), the per-core
+comparison that travels between machines (the committed baseline's). On a machine with more
+CPUs, also the whole machine: ours as a lone run there takes it (task_threads=auto: the tasks
+split over every CPU) against the per-task loop on as many torch threads.
+
 Written to $MAML_BENCH_OMNIGLOT_RATIOS (default results/benchmarks/omniglot-meta-step-cpu.json).
 """
 
@@ -19,6 +24,7 @@ import pytest
 import torch
 
 from maml_bench.algorithms import ALGORITHMS
+from maml_bench.core.chunking import machine_cpus
 from maml_bench.core.functional import meta_loss, reference_meta_loss
 from maml_bench.core.higher_check import higher_meta_gradient
 from maml_bench.experiments import EXPERIMENTS
@@ -35,13 +41,16 @@ OUT = Path(os.environ.get("MAML_BENCH_OMNIGLOT_RATIOS",
 
 
 def maml_for(experiment: str):
-    """MAML on an Omniglot experiment's paper configuration, on one thread and with glibc
-    keeping freed memory, as every run (maml_bench/memory.py; every timed path benefits)."""
+    """MAML on an Omniglot experiment's paper configuration, on one thread (task_threads=1,
+    as a run given one CPU) and with glibc keeping freed memory, as every run
+    (maml_bench/memory.py; every timed path benefits)."""
+    import dataclasses
+
     from maml_bench.tasks.fewshot.episodes import FewShot
 
     torch.set_num_threads(1)
     keep_freed_memory()
-    config = EXPERIMENTS.get(experiment).config
+    config = dataclasses.replace(EXPERIMENTS.get(experiment).config, task_threads=1)
     return ALGORITHMS.get("maml")(FewShot(config), config, seed=0)
 
 
@@ -90,6 +99,45 @@ def test_ours_in_task_chunks(benchmark, maml, chunk):
     finally:
         maml.config = full
     record(f"ours_chunk{chunk}", benchmark)
+
+
+ALL_CPUS = pytest.mark.skipif(machine_cpus() < 2,
+                              reason="one CPU: the whole machine is the per-core comparison")
+
+
+@ALL_CPUS
+def test_ours_on_all_cpus(benchmark, maml):
+    """The default path as a lone run on this machine takes it: task_threads=auto, the tasks
+    split over every CPU, one thread each."""
+    import dataclasses
+
+    counter = iter(range(10**9))
+    full = maml.config
+    maml.config = dataclasses.replace(full, task_threads=machine_cpus())
+    try:
+        benchmark.pedantic(lambda: maml.train_step(next(counter)), rounds=15, iterations=1,
+                           warmup_rounds=2)
+    finally:
+        maml.config = full
+    record("ours_all_cpus", benchmark)
+
+
+@ALL_CPUS
+def test_per_task_loop_on_all_cpus(benchmark, maml):
+    """The per-task loop given the same CPUs the way it can use them: torch's own threads."""
+    c = maml.config
+
+    def grads(batch):
+        loss = reference_meta_loss(maml.model, maml.theta, batch, maml.benchmark.loss,
+                                   c.inner_steps, c.inner_lr).mean()
+        return torch.autograd.grad(loss, list(maml.theta.values()))
+
+    torch.set_num_threads(machine_cpus())
+    try:
+        benchmark.pedantic(step_with(maml, grads), rounds=8, iterations=1, warmup_rounds=1)
+    finally:
+        torch.set_num_threads(1)
+    record("per_task_loop_all_cpus", benchmark)
 
 
 def test_batched(benchmark, maml):
@@ -163,10 +211,13 @@ def test_ratios():
         "min_ms": {k: v * 1e3 for k, v in TIMES.items()},
         "median_ms": {k: v * 1e3 for k, v in MEDIANS.items()},
         "per_task_loop_over_ours": TIMES["per_task_loop"] / ours,
+        "cpus": machine_cpus(),
+        "all_cpus_per_task_loop_over_ours": TIMES.get("per_task_loop_all_cpus", nan)
+        / TIMES.get("ours_all_cpus", nan),
         "per_task_loop_over_batched": TIMES["per_task_loop"] / TIMES.get("batched", nan),
         "batched_over_ours": TIMES.get("batched", nan) / ours,
         "per_task_loop_over_best_chunk": TIMES["per_task_loop"] / min(
-            [v for k, v in TIMES.items() if k.startswith("ours")]),
+            [v for k, v in TIMES.items() if k.startswith("ours") and k != "ours_all_cpus"]),
         "higher_over_ours": TIMES.get("higher", float("nan")) / ours,
         "second_over_first_order": ours / TIMES.get("first_order", float("nan")),
         "sampling_share_of_step": TIMES["episode_sampling"] / ours,

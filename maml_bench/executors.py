@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from maml_bench import distributed
+from maml_bench.core.chunking import machine_cpus
 from maml_bench.errors import UserError, one_line
 from maml_bench.progress import duration, say, terminal
 from maml_bench.results import RUN_INFO_FILE
@@ -19,12 +20,14 @@ from maml_bench.runner import RunSpec, execute, is_done
 log = logging.getLogger(__name__)
 
 
-def _run_one(run: RunSpec, progress: bool | str | None, announce: bool) -> tuple[Path, float]:
-    """One run, with a 'started' line in logs; returns its directory and wall seconds."""
+def _run_one(run: RunSpec, progress: bool | str | None, announce: bool,
+             cpus: int | None = None) -> tuple[Path, float]:
+    """One run, with a 'started' line in logs; returns its directory and wall seconds. `cpus`:
+    its share of the machine for task threads (None: all of it)."""
     t0 = time.perf_counter()
     if announce:
         say(f"started {run.run_id}")
-    return execute(run, progress=progress), time.perf_counter() - t0
+    return execute(run, progress=progress, cpus=cpus), time.perf_counter() - t0
 
 
 def run_all(runs: list[RunSpec], jobs: int = 1, progress: bool | None = None) -> list[Path]:
@@ -93,7 +96,8 @@ def _pool(todo: list[RunSpec], jobs: int, bars: bool, lines: bool, finished, fai
     worker_progress = "lines" if lines else False
     pool = context.Pool(processes=min(jobs, len(todo)))
     try:
-        pending = [(run, pool.apply_async(_run_one, (run, worker_progress, lines)))
+        share = max(1, machine_cpus() // min(jobs, len(todo)))  # each run's task threads
+        pending = [(run, pool.apply_async(_run_one, (run, worker_progress, lines, share)))
                    for run in todo]
         while pending:
             for item in [p for p in pending if p[1].ready()]:

@@ -31,6 +31,7 @@ import torch
 from maml_bench import devices, distributed
 from maml_bench.algorithms import ALGORITHMS, Algorithm
 from maml_bench.config import apply_overrides, config_dict, config_hash
+from maml_bench.core.chunking import set_run_cpus
 from maml_bench.domains import evaluation_only, readers
 from maml_bench.errors import RunBusy, TrainingDiverged, UserError
 from maml_bench.experiments import EXPERIMENTS, Experiment
@@ -211,8 +212,11 @@ def remove_stray_temp_files(directory: Path) -> None:
         stray.unlink(missing_ok=True)
 
 
-def execute(run: RunSpec, progress: bool | str | None = None, threads: int = 1) -> Path:
+def execute(run: RunSpec, progress: bool | str | None = None, threads: int = 1,
+            cpus: int | None = None) -> Path:
     """Train (resuming from a checkpoint if one exists), evaluate and write the run's files.
+    `threads`: torch's intra-op threads; `cpus`: the CPUs the run may use for task threads
+    (`task_threads=auto`; None: the machine's, shared with torchrun's other local processes).
 
     Under torchrun every process calls this for the same run: rank 0 alone holds the lock,
     decides whether the run is done, reads the checkpoint, writes every file and shows
@@ -228,6 +232,7 @@ def execute(run: RunSpec, progress: bool | str | None = None, threads: int = 1) 
             return run.directory
         mode = progress_mode(progress) if distributed.is_main() else "off"
         try:
+            set_run_cpus(cpus)
             return _execute(run, mode, threads)
         except UserError:
             # refused before writing anything (a backend gate, a device, the data): leave no

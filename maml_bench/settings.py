@@ -64,6 +64,16 @@ class MetaConfig:
     first-layer activations fit 10 MiB, at most 8 (core/chunking.py, measured for MAML's
     step: results/benchmarks/task-chunks-cpu.md); on a GPU the whole batch. whole (0): the
     whole meta-batch in one pass"""
+    task_threads: int = setting(-1, Number(int, -1, 256), hashed_at_default=False,
+                                used_by=MAML_STEP, words={"auto": -1})
+    """threads that each differentiate a contiguous share of the meta-batch's tasks on the
+    CPU, their gradients summed: the same gradient up to rounding (deterministic for a given
+    count). auto (-1): the CPUs the run was given (a lone local run: every CPU; its share under
+    --jobs or torchrun; --cpus-per-run on Ray/SLURM) for the conv nets' tasks up to 10 MiB of
+    first-layer activations (Omniglot); larger tasks (MiniImagenet) get those CPUs as torch's
+    own threads instead; 1 for tiny tasks (the fully connected nets) and on a GPU. 0 or 1: the
+    calling thread alone. More than 1 pins torch to one intra-op thread (core/chunking.py;
+    measured: results/benchmarks/task-threads-cpu.md)"""
     # --- Reptile, Meta-SGD ---
     reptile_inner_steps: int = setting(5, Number(int, 1, 1_000), used_by=REPTILE)
     """Reptile: inner steps per task before the outer update"""

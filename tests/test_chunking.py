@@ -112,3 +112,111 @@ def test_a_bad_task_chunk_names_the_words():
     with pytest.raises(UserError, match=r"task_chunk must be an integer in \[-1, 100_000\], "
                                         r"or auto \(-1\), or whole \(0\)"):
         apply_overrides(EXPERIMENTS.get("omniglot-5w1s-v1").config, ["task_chunk=most"])
+
+
+# --- task_threads -------------------------------------------------------------------------
+
+
+def conv_losses(cfg, model):
+    """Per-task second-order MAML query losses of `cfg`'s Conv4 by the default backend."""
+    from maml_bench.core.backends import MetaProblem, auto_backend, query_losses
+
+    theta = dict(model.named_parameters())
+    problem = MetaProblem(model, cfg.loss, cfg.inner_steps, cfg.inner_lr)
+
+    def losses(part):
+        backend = auto_backend(model, False, cfg.inner_steps, part.x_support.shape[1])
+        return query_losses(backend, problem, theta, part)
+
+    return losses
+
+
+@pytest.mark.parametrize(("threads", "chunk"), [(2, 8), (3, 2), (4, 1), (7, 7)])
+def test_task_threads_give_the_one_thread_meta_gradient_in_float64(threads, chunk):
+    """Shares of the tasks on threads of their own, each in its chunks: the gradient of the
+    whole batch in one pass (float64, Conv4 at Omniglot's 28 x 28, second order), and the
+    same bits on every call with the same count (the shares are summed in order)."""
+    cfg = CONFIGS["omniglot-5w1s"]
+    torch.manual_seed(0)
+    model = cfg.model().double()
+    params = list(model.parameters())
+    batch = cfg.batch(7).to(torch.float64)
+    losses = conv_losses(cfg, model)
+    whole = losses(batch).mean()
+    grads = torch.autograd.grad(whole, params)
+    loss, parts = summed_meta_gradient(losses, batch, params, chunk, threads=threads)
+    torch.testing.assert_close(loss, whole.detach(), rtol=1e-12, atol=1e-14)
+    for a, b in zip(parts, grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    again = summed_meta_gradient(losses, batch, params, chunk, threads=threads)[1]
+    assert all(torch.equal(a, b) for a, b in zip(parts, again, strict=True))
+    assert torch.get_num_threads() == 1  # the task threads' own ops on one thread each
+
+
+@pytest.mark.parametrize(("tasks", "shares", "sizes"), [
+    (7, 2, [3, 4]), (8, 2, [4, 4]), (3, 5, [1, 1, 1]), (10, 3, [3, 3, 4])])
+def test_tasks_split_into_contiguous_even_shares(tasks, shares, sizes):
+    batch = CONFIGS["sinusoid"].batch(tasks)
+    parts = chunking.split_tasks(batch, shares)
+    assert [p.n_tasks for p in parts] == sizes
+    torch.testing.assert_close(torch.cat([p.x_support for p in parts]), batch.x_support,
+                               rtol=0, atol=0)
+
+
+def test_auto_task_threads_use_the_runs_cpus_for_conv_tasks_only(monkeypatch):
+    conv, tiny = CONFIGS["omniglot-5w1s"], CONFIGS["sinusoid"]
+    monkeypatch.setattr(chunking, "_run_cpus", 3)
+    assert chunking.task_threads(AUTO, conv.model(), conv.batch(32)) == 3
+    assert chunking.task_threads(AUTO, conv.model(), conv.batch(2)) == 2  # no empty share
+    assert chunking.task_threads(AUTO, tiny.model(), tiny.batch(25)) == 1  # tiny tasks
+    assert chunking.task_threads(5, tiny.model(), tiny.batch(25)) == 5  # asked for: given
+    assert chunking.task_threads(0, conv.model(), conv.batch(32)) == 1
+    model = conv.model().to("meta")  # stands in for a GPU
+    assert chunking.task_threads(AUTO, model, conv.batch(32, torch.device("meta"))) == 1
+    assert chunking.torch_threads(AUTO, conv.model(), conv.batch(32)) is None
+
+
+def test_auto_gives_tasks_too_big_for_the_cache_torch_threads_instead(monkeypatch):
+    """MiniImagenet's 69 MiB tasks: 2 torch threads 1.6x, 2 task threads 1.0-1.2x (measured)."""
+    big = CONFIGS["miniimagenet-5w1s"]
+    monkeypatch.setattr(chunking, "_run_cpus", 3)
+    assert chunking.task_threads(AUTO, big.model(), big.batch(4)) == 1
+    assert chunking.torch_threads(AUTO, big.model(), big.batch(4)) == 3
+    assert chunking.torch_threads(1, big.model(), big.batch(4)) is None  # asked for: as set
+    assert chunking.task_threads(2, big.model(), big.batch(4)) == 2
+
+
+def test_run_cpus_default_to_the_machines_shared_by_torchruns_local_processes(monkeypatch):
+    monkeypatch.setattr(chunking, "_run_cpus", None)
+    monkeypatch.setattr(chunking, "machine_cpus", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert chunking.run_cpus() == 16
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert chunking.run_cpus() == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert chunking.run_cpus() == 1
+    chunking.set_run_cpus(2)  # the runner's, for this run
+    assert chunking.run_cpus() == 2
+
+
+@pytest.mark.parametrize(("text", "value"), [("auto", -1), ("2", 2), ("1", 1)])
+def test_task_threads_take_their_words_on_the_command_line(text, value):
+    from maml_bench.config import apply_overrides
+    from maml_bench.experiments import EXPERIMENTS
+
+    config = apply_overrides(EXPERIMENTS.get("omniglot-5w1s-v1").config,
+                             [f"task_threads={text}"])
+    assert config.task_threads == value
+
+
+def test_task_threads_leave_the_config_hash_at_auto():
+    """Added after runs existed: at auto they keep their hash (and resume); a count is hashed."""
+    import dataclasses
+
+    from maml_bench.config import config_hash
+    from maml_bench.experiments import EXPERIMENTS
+
+    config = EXPERIMENTS.get("omniglot-5w1s-v1").config
+    base = config_hash(dataclasses.replace(config, task_threads=-1))
+    assert config_hash(config) == base
+    assert config_hash(dataclasses.replace(config, task_threads=2)) != base

@@ -195,3 +195,30 @@ def test_task_chunks_give_the_whole_batch_meta_gradient(method, tmp_path, monkey
         torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
         for a, b in zip(grads_a, grads_b, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@needs_omniglot
+@pytest.mark.parametrize("method", ["maml", "fomaml"])
+def test_task_threads_give_the_one_thread_meta_gradient(method, tmp_path, monkeypatch):
+    """task_threads only changes which thread differentiates which tasks; auto takes the run's
+    CPUs (here 3, for 7 tasks of 0.06 MiB counted as conv-sized) and run.json records it."""
+    from maml_bench.algorithms import ALGORITHMS
+    from maml_bench.core import chunking
+
+    monkeypatch.setattr(chunking, "CPU_THREAD_TASK_MIB", 0.01)
+    monkeypatch.setattr(chunking, "_run_cpus", 3)
+    results = []
+    for threads, resolved in ((1, 1), (2, 2), (-1, 3)):
+        (run,) = plan_runs("omniglot-5w1s-v1", "tiny", ["meta_batch=7", "task_chunk=2",
+                                                        f"task_threads={threads}"],
+                           [method], None, tmp_path)
+        algo = ALGORITHMS.get(method)(FewShot(run.config), run.config, 0)
+        loss = algo.train_step(0)
+        assert algo.info["task_threads"] == resolved
+        results.append((loss, [p.grad.clone() for p in algo.theta.values()]))
+    (loss_a, grads_a), *others = results
+    assert max(g.abs().max() for g in grads_a) > 1e-3  # a real gradient, not zeros
+    for loss_b, grads_b in others:
+        torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
+        for a, b in zip(grads_a, grads_b, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

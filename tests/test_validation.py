@@ -21,6 +21,19 @@ FIELDS = [(experiment, field.name)
           for field in dataclasses.fields(EXPERIMENTS.get(experiment).config)]
 #: printable text (no surrogates, which no command line can carry)
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+_AS_DECORATED: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def _hypothesis_settings_as_decorated(request):
+    """Hypothesis's pytest plugin gives a parametrized test's settings a new child at every
+    case (6.170: its differing_executors suppression, parent = the previous one), so the ~950
+    cases of `test_bad_setting_is_refused_before_any_work` nest as deep and overflow Python's
+    recursion limit; every case starts from the settings the first one saw."""
+    fn = getattr(request.function, "__func__", request.function)
+    if hasattr(fn, "_hypothesis_internal_use_settings"):
+        fn._hypothesis_internal_use_settings = _AS_DECORATED.setdefault(
+            fn, fn._hypothesis_internal_use_settings)
 
 
 def _number_outside(domain: Number, in_list: bool = False) -> st.SearchStrategy[str]:

@@ -101,7 +101,8 @@ class MAML(Algorithm):
             # and its gradient, identical on every rank.
             part = distributed.shard(batch)
             loss, grads = summed_meta_gradient(self.query_losses, part, params,
-                                               self.tasks_per_pass(part), batch.n_tasks)
+                                               self.tasks_per_pass(part), batch.n_tasks,
+                                               self.task_threads(part))
             loss, *grads = distributed.all_reduce_sum([loss, *grads])
         elif c.cuda_graph == "on":
             loss, grads = self.replayed_meta_gradient(batch, params)
@@ -118,19 +119,32 @@ class MAML(Algorithm):
 
     def meta_gradient(self, batch: SupervisedBatch, params: list[Tensor]
                       ) -> tuple[Tensor, list[Tensor]]:
-        """The mean query loss of `batch` and its gradient, whole or by `task_chunk`."""
-        chunk = self.tasks_per_pass(batch)
-        if chunk >= batch.n_tasks:
+        """The mean query loss of `batch` and its gradient: whole, or by `task_chunk` and
+        `task_threads`."""
+        chunk, threads = self.tasks_per_pass(batch), self.task_threads(batch)
+        if chunk >= batch.n_tasks and threads == 1:
             loss = self.query_losses(batch).mean()
             return loss, list(torch.autograd.grad(loss, params))
         # one graph per chunk of tasks, freed before the next: the same mean gradient
-        return summed_meta_gradient(self.query_losses, batch, params, chunk)
+        return summed_meta_gradient(self.query_losses, batch, params, chunk, threads=threads)
 
     def tasks_per_pass(self, batch: SupervisedBatch) -> int:
         """`task_chunk` resolved for batches shaped like `batch` (auto: once per shape), and
         recorded in the run's info (run.json)."""
         n = self.info["tasks_per_pass"] = self._pass_sizes(self.config.task_chunk, self.model,
                                                            batch)
+        return n
+
+    def task_threads(self, batch: SupervisedBatch) -> int:
+        """`task_threads` resolved for batches shaped like `batch`, recorded in run.json; tasks
+        too big for them get the run's CPUs as torch's own threads instead (auto)."""
+        setting = self.config.task_threads
+        intra = self._pass_sizes.torch_threads(setting, self.model, batch)
+        if intra is not None:
+            if torch.get_num_threads() != intra:
+                torch.set_num_threads(intra)
+            self.info["torch_threads"] = intra
+        n = self.info["task_threads"] = self._pass_sizes.threads(setting, self.model, batch)
         return n
 
     def replayed_meta_gradient(self, batch: SupervisedBatch, params: list[Tensor]

@@ -7,11 +7,22 @@ meta-batch from memory through batch norm's passes, and the bigger a task, the f
 belong in a pass (measured at every paper configuration: `benchmarks/task_chunks.py`,
 results/benchmarks/task-chunks-cpu.md). On a GPU the whole batch is one pass, as before
 `auto` existed (chunks are unmeasured there; its steps are launch-bound, README "On a GPU").
+
+`task_threads`: the meta-batch's tasks split into that many contiguous shares, each
+differentiated (in its own chunks) by a thread of its own on one intra-op thread, the shares'
+gradients summed in order: the same gradient up to rounding, deterministic for a given count.
+On the CPU a chunk's small convolutions and batch-norm passes gain little from torch's own
+threads (Omniglot 5-way 1-shot: 1.56x from 2 threads) but independent tasks side by side scale
+almost linearly (1.87x; results/benchmarks/task-threads-cpu.md). `auto` uses the CPUs the run
+was given (`set_run_cpus`) where tasks are large enough for a thread hand-off not to matter.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +46,11 @@ CPU_MAX_TASKS = 8
 #: connected nets' tiny tasks (sinusoid 0.08 MiB for 25 tasks, no-conv Omniglot 0.3-1.6 MiB
 #: for 32), where batching every task is what their fast backends are measured at
 CPU_WHOLE_MIB = 2.0
+#: task threads (`task_threads=auto`) only for tasks whose first-layer activations reach this
+#: many MiB: the convolutional ones (Omniglot 5-way 1-shot 0.48 MiB), each of whose steps is
+#: milliseconds of native work; the fully connected nets' tasks (at most 0.05 MiB) are
+#: Python-bound steps that would wait on each other for Python's lock
+CPU_THREAD_TASK_MIB = 0.1
 
 
 def auto_rule() -> str:
@@ -85,30 +101,133 @@ def tasks_per_pass(task_chunk: int, model: nn.Module, batch: SupervisedBatch) ->
 
 
 class PassSizes:
-    """`tasks_per_pass` for an algorithm, resolved once per (task_chunk, batch shape): auto
-    runs a small forward to measure a task, not to be repeated every iteration."""
+    """`tasks_per_pass` and `task_threads` for an algorithm, resolved once per (setting, batch
+    shape): auto runs a small forward to measure a task, not to be repeated every iteration."""
 
     def __init__(self) -> None:
-        self.cache: dict[tuple, int] = {}
+        self.cache: dict[tuple, Any] = {}
 
     def __call__(self, task_chunk: int, model: nn.Module, batch: SupervisedBatch) -> int:
-        key = (task_chunk, tuple(batch.x_support.shape), tuple(batch.x_query.shape))
+        return self._resolved("chunk", tasks_per_pass, task_chunk, model, batch)
+
+    def threads(self, setting: int, model: nn.Module, batch: SupervisedBatch) -> int:
+        return self._resolved("threads", task_threads, setting, model, batch)
+
+    def torch_threads(self, setting: int, model: nn.Module, batch: SupervisedBatch
+                      ) -> int | None:
+        return self._resolved("torch", torch_threads, setting, model, batch)
+
+    def _resolved(self, what: str, resolve: Callable[[int, nn.Module, SupervisedBatch], Any],
+                  setting: int, model: nn.Module, batch: SupervisedBatch) -> Any:
+        key = (what, setting, tuple(batch.x_support.shape), tuple(batch.x_query.shape))
         if key not in self.cache:
-            self.cache[key] = tasks_per_pass(task_chunk, model, batch)
+            self.cache[key] = resolve(setting, model, batch)
         return self.cache[key]
 
 
 def summed_meta_gradient(query_losses: Callable[[SupervisedBatch], Tensor],
                          batch: SupervisedBatch, params: list[Tensor], chunk: int,
-                         n_tasks: int | None = None) -> tuple[Tensor, list[Tensor]]:
+                         n_tasks: int | None = None, threads: int = 1
+                         ) -> tuple[Tensor, list[Tensor]]:
     """The summed query losses of `batch` / n_tasks (default: its own task count) and their
     gradient with respect to `params`, one graph per `chunk` tasks. n_tasks > batch.n_tasks:
-    `batch` is one process's share of a larger meta-batch (torchrun)."""
+    `batch` is one process's share of a larger meta-batch (torchrun). threads > 1: the tasks
+    in that many contiguous shares, one thread each (`task_threads`), summed in share order."""
+    n_tasks = n_tasks or batch.n_tasks
+    if threads > 1 and batch.n_tasks > 1:
+        shares = split_tasks(batch, threads)
+        parts = list(task_pool(len(shares)).map(
+            lambda share: _summed(query_losses, share, params, chunk, n_tasks), shares))
+        total, grads = parts[0]
+        for loss, share_grads in parts[1:]:
+            total = total + loss
+            grads = [g.add_(d) for g, d in zip(grads, share_grads, strict=True)]
+        return total, grads
+    return _summed(query_losses, batch, params, chunk, n_tasks)
+
+
+def _summed(query_losses: Callable[[SupervisedBatch], Tensor], batch: SupervisedBatch,
+            params: list[Tensor], chunk: int, n_tasks: int) -> tuple[Tensor, list[Tensor]]:
     total = torch.zeros((), dtype=params[0].dtype, device=params[0].device)
     grads = [torch.zeros_like(p) for p in params]
     for part in batch.chunks(chunk):
-        loss = query_losses(part).sum() / (n_tasks or batch.n_tasks)
+        loss = query_losses(part).sum() / n_tasks
         for g, d in zip(grads, torch.autograd.grad(loss, params), strict=True):
             g.add_(d)
         total += loss.detach()
     return total, grads
+
+
+def split_tasks(batch: SupervisedBatch, shares: int) -> list[SupervisedBatch]:
+    """`batch` in at most `shares` contiguous parts whose sizes differ by at most one task."""
+    n = batch.n_tasks
+    shares = min(shares, n)
+    bounds = [n * i // shares for i in range(shares + 1)]
+    return [batch.select(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+# --- task threads -------------------------------------------------------------------------
+
+_run_cpus: int | None = None  # set_run_cpus
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (its threads, the pool)
+
+
+def set_run_cpus(cpus: int | None) -> None:
+    """The CPUs the run in this process may use (the runner, per run): its share under
+    --jobs, --cpus-per-run on Ray and SLURM; None: every CPU this process may run on, shared
+    with the other processes of a torchrun launch on this node."""
+    global _run_cpus
+    _run_cpus = cpus
+
+
+def machine_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def run_cpus() -> int:
+    """The CPUs `task_threads=auto` may use (`set_run_cpus`)."""
+    if _run_cpus is not None:
+        return max(1, _run_cpus)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # torchrun's
+    return max(1, machine_cpus() // max(1, local_processes))
+
+
+def task_threads(setting: int, model: nn.Module, batch: SupervisedBatch) -> int:
+    """`task_threads` resolved for `batch`: 1 on a GPU (its kernels are asynchronous already);
+    auto: the run's CPUs for tasks from `CPU_THREAD_TASK_MIB` to `CPU_PASS_MIB`, else 1 (tiny
+    tasks; tasks too big for the cache get the CPUs as torch's own threads, `torch_threads`)."""
+    device = next(model.parameters()).device
+    if device.type != "cpu" or batch.n_tasks < 2:
+        return 1
+    if setting == AUTO:
+        if not CPU_THREAD_TASK_MIB <= task_activation_mib(model, batch) <= CPU_PASS_MIB:
+            return 1
+        setting = run_cpus()
+    return max(1, min(setting, batch.n_tasks))
+
+
+def torch_threads(setting: int, model: nn.Module, batch: SupervisedBatch) -> int | None:
+    """The torch (intra-op) threads `task_threads=auto` gives a run whose tasks are too big for
+    the cache (MiniImagenet, 69-86 MiB each): the run's CPUs. Their convolutions are large
+    enough to split, while two such tasks side by side contend for memory (measured: 1.6x
+    from 2 torch threads, 1.0-1.2x from 2 task threads). None: leave torch's threads as set."""
+    if setting != AUTO or next(model.parameters()).device.type != "cpu":
+        return None
+    return run_cpus() if task_activation_mib(model, batch) > CPU_PASS_MIB else None
+
+
+def task_pool(threads: int) -> ThreadPoolExecutor:
+    """The process's pool of `threads` task threads, kept between steps (their glibc arenas
+    stay warm). Its threads run torch ops on one intra-op thread each, so the process is
+    pinned to one: n task threads on n CPUs, not n times torch's own."""
+    global _pool
+    if _pool is None or _pool[0] != threads:
+        if _pool is not None:
+            _pool[1].shutdown()
+        torch.set_num_threads(1)
+        _pool = (threads, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="maml-tasks"))
+    return _pool[1]

@@ -27,7 +27,7 @@ def run_job(run: RunSpec, threads: int = 1) -> JobResult:
     """Execute one run (resuming from its checkpoint) with progress lines for its log."""
     t0 = time.perf_counter()
     try:
-        execute(run, progress="lines", threads=threads)
+        execute(run, progress="lines", threads=threads, cpus=threads)
     except RunBusy as err:
         return JobResult(str(run.directory), False, one_line(str(err)), busy=True)
     except UserError as err:  # the same input fails the same way on a retry
