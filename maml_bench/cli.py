@@ -239,9 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="output root (default: results/ for --scale paper, runs/SCALE otherwise)")
     p.add_argument("--jobs", type=option(JOBS), default=None,
-                   help="runs at once: local processes (default 1), the local Ray cluster's "
-                   "CPUs / --cpus-per-run (default all cores), SLURM's array parallelism "
-                   f"(default unlimited); {JOBS.describe()}")
+                   help="runs at once: local processes (default 1; a lone run splits its "
+                   "meta-batch over every CPU, N runs share them: task_threads), the local "
+                   "Ray cluster's CPUs / --cpus-per-run (default all cores), SLURM's array "
+                   f"parallelism (default unlimited); {JOBS.describe()}")
     p.add_argument("--no-report", action="store_true", help="skip tables and figures")
     p.add_argument("--data-root", type=existing_dir, default=None, metavar="DIR",
                    help="folder holding the datasets (omniglot/, miniimagenet/); default "
@@ -315,7 +316,8 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="ray: the cluster to join ('auto', or ray://HOST:10001); default: start "
                    "a local one for this command")
     g.add_argument("--cpus-per-run", type=option(CPUS_PER_RUN), default=None, metavar="N",
-                   help=f"ray/slurm: CPUs (and torch threads) per run (default 1; "
+                   help=f"ray/slurm: CPUs per run, its torch threads and (task_threads=auto) "
+                   f"task threads (default 1; "
                    f"{CPUS_PER_RUN.describe()})")
     g.add_argument("--gpus-per-run", type=option(GPUS_PER_RUN, float), default=None,
                    metavar="N", help="ray/slurm: GPUs per run, each run training on its own "

@@ -26,8 +26,9 @@ class EngineOptions:
     #: SLURM's array parallelism; None: the engine's own (1 locally, all of a cluster)
     jobs: int | None = None
     address: str | None = None  # Ray cluster (`auto`, `ray://host:10001`); None: start one
-    #: also the run's torch threads: 1 (the local engine's) gives bitwise the local records;
-    #: more threads may reorder float sums (numbers equal within rounding)
+    #: also the run's torch threads, and its task threads under task_threads=auto: the count
+    #: a local run has (1 under --jobs N on N CPUs) gives bitwise its records; another count
+    #: may reorder float sums (numbers equal within rounding)
     cpus_per_run: int = 1
     gpus_per_run: float = 0.0
     retries: int = 3  # a run's restarts after a lost worker or killed job
