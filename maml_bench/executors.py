@@ -31,9 +31,9 @@ def _run_one(run: RunSpec, progress: bool | str | None, announce: bool,
 
 
 def run_all(runs: list[RunSpec], jobs: int = 1, progress: bool | None = None) -> list[Path]:
-    """Execute every run not done yet; `jobs` > 1 runs them in that many processes, each on one
-    torch thread and given CPUs / jobs for its task threads (`task_threads=auto`); a lone run
-    is given every CPU.
+    """Execute every run not done yet; `jobs` > 1 runs them in that many processes, each given
+    CPUs / jobs for `task_threads=auto` (task threads, or torch threads for tasks too big for
+    them); a lone run is given every CPU.
 
     Ctrl-C (or SIGINT to this process) stops every worker at once and re-raises
     KeyboardInterrupt; each run keeps its last checkpoint and resumes from it next time.

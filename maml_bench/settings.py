@@ -72,8 +72,9 @@ class MetaConfig:
     --jobs or torchrun; --cpus-per-run on Ray/SLURM) for the conv nets' tasks up to 10 MiB of
     first-layer activations (Omniglot); larger tasks (MiniImagenet) get those CPUs as torch's
     own threads instead; 1 for tiny tasks (the fully connected nets) and on a GPU. 0 or 1: the
-    calling thread alone. More than 1 pins torch to one intra-op thread (core/chunking.py;
-    measured: results/benchmarks/task-threads-cpu.md)"""
+    calling thread alone. Each task thread runs torch on one thread of its own; only the fused,
+    factored and batched backends (whose forwards leave the module alone) take more than 1
+    (core/chunking.py; measured: results/benchmarks/task-threads-cpu.md)"""
     # --- Reptile, Meta-SGD ---
     reptile_inner_steps: int = setting(5, Number(int, 1, 1_000), used_by=REPTILE)
     """Reptile: inner steps per task before the outer update"""

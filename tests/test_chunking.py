@@ -150,7 +150,17 @@ def test_task_threads_give_the_one_thread_meta_gradient_in_float64(threads, chun
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
     again = summed_meta_gradient(losses, batch, params, chunk, threads=threads)[1]
     assert all(torch.equal(a, b) for a, b in zip(parts, again, strict=True))
-    assert torch.get_num_threads() == 1  # the task threads' own ops on one thread each
+
+
+def test_task_threads_run_torch_on_one_thread_each_and_leave_the_callers_alone():
+    torch.set_num_threads(2)
+    try:
+        pool = chunking.task_pool(3)
+        seen = set(pool.map(lambda _: torch.get_num_threads(), range(9)))
+        assert seen == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
 
 
 @pytest.mark.parametrize(("tasks", "shares", "sizes"), [
@@ -195,8 +205,47 @@ def test_run_cpus_default_to_the_machines_shared_by_torchruns_local_processes(mo
     assert chunking.run_cpus() == 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
     assert chunking.run_cpus() == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setenv("WORLD_SIZE", "4")  # a launcher that does not say how many are local
+    assert chunking.run_cpus() == 1
     chunking.set_run_cpus(2)  # the runner's, for this run
     assert chunking.run_cpus() == 2
+
+
+@pytest.mark.parametrize(("cpu_max", "expected"), [
+    ("max 100000\n", 16), ("200000 100000\n", 2), ("150000 100000\n", 2), ("5000 100000", 1),
+    ("garbage", 16)])
+def test_machine_cpus_honour_a_cgroup_quota(monkeypatch, tmp_path, cpu_max, expected):
+    """A container started with --cpus sees every core of its host in its affinity."""
+    monkeypatch.setattr(chunking.os, "sched_getaffinity", lambda pid: set(range(16)))
+    (tmp_path / "cpu.max").write_text(cpu_max)
+    monkeypatch.setattr(chunking, "CGROUP_CPU_MAX", tmp_path / "cpu.max")
+    assert chunking.machine_cpus() == expected
+    monkeypatch.setattr(chunking, "CGROUP_CPU_MAX", tmp_path / "missing")
+    assert chunking.machine_cpus() == 16
+
+
+@pytest.mark.parametrize("path", ["loop", "vmap"])
+def test_backends_that_swap_the_modules_parameters_refuse_task_threads(path, monkeypatch):
+    """functional_call swaps the module's own parameters while it runs: two threads would race
+    (measured: 'backward through the graph a second time' in 3 of 5 tries). auto: 1 thread."""
+    import dataclasses
+
+    from maml_bench.algorithms import ALGORITHMS
+    from maml_bench.errors import UserError
+    from maml_bench.experiments import EXPERIMENTS
+    from maml_bench.tasks import BENCHMARKS
+
+    monkeypatch.setattr(chunking, "CPU_THREAD_TASK_MIB", 0.0)  # the sinusoid's tasks count
+    monkeypatch.setattr(chunking, "_run_cpus", 2)
+    experiment = EXPERIMENTS.get("sinusoid-table2-v1")
+    config = dataclasses.replace(experiment.config, path=path, meta_batch=4)
+    bench = BENCHMARKS.get(experiment.benchmark)(config)
+    with pytest.raises(UserError, match=rf"task_threads=2 .* {path} backend swaps"):
+        ALGORITHMS.get("maml")(bench, dataclasses.replace(config, task_threads=2), 0)
+    algo = ALGORITHMS.get("maml")(bench, config, 0)
+    algo.train_step(0)
+    assert algo.backend == path and algo.info["task_threads"] == 1
 
 
 @pytest.mark.parametrize(("text", "value"), [("auto", -1), ("2", 2), ("1", 1)])

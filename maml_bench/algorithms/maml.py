@@ -14,7 +14,13 @@ from maml_bench.algorithms.base import (
     adapt_and_measure,
     seeded_model,
 )
-from maml_bench.core.backends import CHECK_TASKS, MetaProblem, forward_of, query_losses
+from maml_bench.core.backends import (
+    CHECK_TASKS,
+    THREAD_SAFE,
+    MetaProblem,
+    forward_of,
+    query_losses,
+)
 from maml_bench.core.backends import select as select_backend
 from maml_bench.core.chunking import PassSizes, summed_meta_gradient
 from maml_bench.core.functional import (
@@ -54,6 +60,12 @@ class MAML(Algorithm):
         self.backend_info = {"path": self.backend, **({"path_skipped": skipped} if skipped
                                                       else {})}
         self.info.update(self.backend_info)
+        if config.task_threads > 1 and self.backend not in THREAD_SAFE:
+            raise UserError(
+                f"--set task_threads={config.task_threads} runs tasks side by side, but the "
+                f"{self.backend} backend swaps the module's own parameters while it runs "
+                f"(functional_call, higher), so its tasks cannot share the module: use "
+                f"task_threads=auto or 1 with path={self.backend}, or path=auto")
         self.optimizer = adam(self.meta_parameters(), config.meta_lr)
         self._graph = None  # the CUDA graph of cuda_graph=on, captured at the first step
         self._pass_sizes = PassSizes()  # task_chunk resolved, by batch shape
@@ -138,7 +150,8 @@ class MAML(Algorithm):
     def task_threads(self, batch: SupervisedBatch) -> int:
         """`task_threads` resolved for batches shaped like `batch`, recorded in run.json; tasks
         too big for them get the run's CPUs as torch's own threads instead (auto)."""
-        setting = self.config.task_threads
+        # auto on a backend whose tasks cannot share the module: one thread (refused if set)
+        setting = self.config.task_threads if self.backend in THREAD_SAFE else 1
         intra = self._pass_sizes.torch_threads(setting, self.model, batch)
         if intra is not None:
             if torch.get_num_threads() != intra:

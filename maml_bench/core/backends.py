@@ -54,6 +54,11 @@ AUTO_ORDER = ("fused", "factored", "batched", "vmap", "loop")
 #: backends only some models have (the model's own method or structure): auto records no
 #: reason for passing over them on the models that lack it
 OWN_BACKENDS = {"fused": "fused_forward", "factored": "linear_keys"}
+#: backends whose tasks may run on several threads at once (`task_threads`): their forwards
+#: are pure functions of the parameters passed in. loop and vmap go through
+#: `torch.func.functional_call`, which swaps the module's own parameters in place while it
+#: runs, and higher patches the module: two threads would race on one module.
+THREAD_SAFE = frozenset({"fused", "factored", "batched"})
 REFERENCE_RTOL = 1e-6
 FD_RTOL = 1e-4
 #: finite-difference steps along a unit-variance direction, tried in turn (see `_fd_reason`)

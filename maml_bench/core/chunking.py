@@ -11,17 +11,21 @@ results/benchmarks/task-chunks-cpu.md). On a GPU the whole batch is one pass, as
 `task_threads`: the meta-batch's tasks split into that many contiguous shares, each
 differentiated (in its own chunks) by a thread of its own on one intra-op thread, the shares'
 gradients summed in order: the same gradient up to rounding, deterministic for a given count.
-On the CPU a chunk's small convolutions and batch-norm passes gain little from torch's own
-threads (Omniglot 5-way 1-shot: 1.56x from 2 threads) but independent tasks side by side scale
-almost linearly (1.87x; results/benchmarks/task-threads-cpu.md). `auto` uses the CPUs the run
-was given (`set_run_cpus`) where tasks are large enough for a thread hand-off not to matter.
+On the CPU a chunk's small convolutions and batch-norm passes gain less from torch's own threads
+(Omniglot, 2 threads: 1.4-1.6x) than independent tasks side by side (2 task threads: 1.6-1.8x;
+results/benchmarks/task-threads-cpu.md). `auto` uses the CPUs the run was given
+(`set_run_cpus`) where tasks are large enough for a thread hand-off not to matter and small
+enough not to contend for memory; only backends whose forwards leave the module alone
+(`backends.THREAD_SAFE`) run on task threads.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -169,6 +173,7 @@ def split_tasks(batch: SupervisedBatch, shares: int) -> list[SupervisedBatch]:
 # --- task threads -------------------------------------------------------------------------
 
 _run_cpus: int | None = None  # set_run_cpus
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # "QUOTA PERIOD" or "max PERIOD"
 _pool: tuple[int, ThreadPoolExecutor] | None = None  # (its threads, the pool)
 
 
@@ -181,19 +186,35 @@ def set_run_cpus(cpus: int | None) -> None:
 
 
 def machine_cpus() -> int:
-    """The CPUs this process may run on."""
+    """The CPUs this process may run on: its affinity, capped by a cgroup v2 CPU quota (a
+    container started with --cpus sees every core of its host in its affinity)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 quota here
+        pass
+    return cpus
 
 
 def run_cpus() -> int:
-    """The CPUs `task_threads=auto` may use (`set_run_cpus`)."""
+    """The CPUs `task_threads=auto` may use (`set_run_cpus`). Without a value set: the
+    machine's, shared by torchrun's processes on this node (LOCAL_WORLD_SIZE); a launcher that
+    sets WORLD_SIZE but not LOCAL_WORLD_SIZE gets one per process (its layout is unknown)."""
     if _run_cpus is not None:
         return max(1, _run_cpus)
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # torchrun's
-    return max(1, machine_cpus() // max(1, local_processes))
+    try:
+        local = os.environ.get("LOCAL_WORLD_SIZE")
+        processes = int(local) if local else int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        processes = 1
+    if not local and processes > 1:
+        return 1
+    return max(1, machine_cpus() // max(1, processes))
 
 
 def task_threads(setting: int, model: nn.Module, batch: SupervisedBatch) -> int:
@@ -222,12 +243,19 @@ def torch_threads(setting: int, model: nn.Module, batch: SupervisedBatch) -> int
 
 def task_pool(threads: int) -> ThreadPoolExecutor:
     """The process's pool of `threads` task threads, kept between steps (their glibc arenas
-    stay warm). Its threads run torch ops on one intra-op thread each, so the process is
-    pinned to one: n task threads on n CPUs, not n times torch's own."""
+    stay warm). Each runs torch ops on one intra-op thread of its own (`_one_torch_thread`):
+    n task threads on n CPUs, not n times torch's own; the calling thread keeps its count."""
     global _pool
     if _pool is None or _pool[0] != threads:
         if _pool is not None:
             _pool[1].shutdown()
-        torch.set_num_threads(1)
-        _pool = (threads, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="maml-tasks"))
+        _pool = (threads, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="maml-tasks",
+                                             initializer=_one_torch_thread))
     return _pool[1]
+
+
+def _one_torch_thread() -> None:
+    # OpenMP's thread count is per thread, but torch reads it from a process-wide value the
+    # first time a thread asks (get_num_threads initialises it): set, then fix it for this one.
+    torch.set_num_threads(1)
+    torch.get_num_threads()
