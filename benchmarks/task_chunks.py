@@ -17,6 +17,7 @@ whose speed drifts affects them alike. Run it with nothing else on the machine:
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -118,14 +119,8 @@ def render(rows: dict[str, dict[str, float]], mib: dict[str, float], repeats: in
             f"of {repeats} after a warm-up; one torch thread). `chunk N`: the default backend "
             "with N tasks per pass; `whole`: the whole batch at once; `loop`: the per-task "
             f"autograd loop. {time.strftime('%Y-%m-%d %H:%M')}, 1-minute load average "
-            f"{_load():.2f} at the end (the script itself counts about 1).\n\n" + head + body)
-
-
-def _load() -> float:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return float("nan")
+            f"{os.getloadavg()[0]:.2f} at the end (the script itself counts about 1).\n\n"
+            + head + body)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ Run it with nothing else on the machine:
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,15 +118,9 @@ def render(rows: dict[str, dict[str, float]], cpus: int, repeats: int) -> str:
             f"task_chunk=auto's passes on one thread; `ours 1x{n}`: the same on {n} torch "
             f"threads; `ours {n}`: its tasks split over {n} task threads of one torch thread "
             f"each; `auto takes`: what task_threads=auto does for a lone run here. "
-            f"{time.strftime('%Y-%m-%d %H:%M')}, 1-minute load average {_load():.2f} at the "
-            "end (the script itself counts about its threads).\n\n" + head + body)
-
-
-def _load() -> float:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return float("nan")
+            f"{time.strftime('%Y-%m-%d %H:%M')}, 1-minute load average "
+            f"{os.getloadavg()[0]:.2f} at the end (the script itself counts about its "
+            "threads).\n\n" + head + body)
 
 
 def main() -> None:

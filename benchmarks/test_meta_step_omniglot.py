@@ -85,20 +85,37 @@ def test_ours(benchmark, maml):
     record("ours", benchmark)
 
 
-@pytest.mark.parametrize("chunk", [0, 4, 8])
-def test_ours_in_task_chunks(benchmark, maml, chunk):
-    """The same meta-gradient, tasks in other chunks (task_chunk; 0: the whole batch)."""
+def time_train_steps(benchmark, maml, name: str, **changes) -> None:
+    """Time `maml`'s own training step with its config changed by `changes`, as `name`."""
     import dataclasses
 
     counter = iter(range(10**9))
     full = maml.config
-    maml.config = dataclasses.replace(full, task_chunk=chunk)
+    maml.config = dataclasses.replace(full, **changes)
     try:
         benchmark.pedantic(lambda: maml.train_step(next(counter)), rounds=15, iterations=1,
                            warmup_rounds=2)
     finally:
         maml.config = full
-    record(f"ours_chunk{chunk}", benchmark)
+    record(name, benchmark)
+
+
+def loop_grads(maml):
+    """The per-task loop's meta-gradient of a batch."""
+    c = maml.config
+
+    def grads(batch):
+        loss = reference_meta_loss(maml.model, maml.theta, batch, maml.benchmark.loss,
+                                   c.inner_steps, c.inner_lr).mean()
+        return torch.autograd.grad(loss, list(maml.theta.values()))
+
+    return grads
+
+
+@pytest.mark.parametrize("chunk", [0, 4, 8])
+def test_ours_in_task_chunks(benchmark, maml, chunk):
+    """The same meta-gradient, tasks in other chunks (task_chunk; 0: the whole batch)."""
+    time_train_steps(benchmark, maml, f"ours_chunk{chunk}", task_chunk=chunk)
 
 
 ALL_CPUS = pytest.mark.skipif(machine_cpus() < 2,
@@ -109,32 +126,16 @@ ALL_CPUS = pytest.mark.skipif(machine_cpus() < 2,
 def test_ours_on_all_cpus(benchmark, maml):
     """The default path as a lone run on this machine takes it: task_threads=auto, the tasks
     split over every CPU, one thread each."""
-    import dataclasses
-
-    counter = iter(range(10**9))
-    full = maml.config
-    maml.config = dataclasses.replace(full, task_threads=machine_cpus())
-    try:
-        benchmark.pedantic(lambda: maml.train_step(next(counter)), rounds=15, iterations=1,
-                           warmup_rounds=2)
-    finally:
-        maml.config = full
-    record("ours_all_cpus", benchmark)
+    time_train_steps(benchmark, maml, "ours_all_cpus", task_threads=machine_cpus())
 
 
 @ALL_CPUS
 def test_per_task_loop_on_all_cpus(benchmark, maml):
     """The per-task loop given the same CPUs the way it can use them: torch's own threads."""
-    c = maml.config
-
-    def grads(batch):
-        loss = reference_meta_loss(maml.model, maml.theta, batch, maml.benchmark.loss,
-                                   c.inner_steps, c.inner_lr).mean()
-        return torch.autograd.grad(loss, list(maml.theta.values()))
-
     torch.set_num_threads(machine_cpus())
     try:
-        benchmark.pedantic(step_with(maml, grads), rounds=8, iterations=1, warmup_rounds=1)
+        benchmark.pedantic(step_with(maml, loop_grads(maml)), rounds=8, iterations=1,
+                           warmup_rounds=1)
     finally:
         torch.set_num_threads(1)
     record("per_task_loop_all_cpus", benchmark)
@@ -154,14 +155,8 @@ def test_batched(benchmark, maml):
 
 
 def test_per_task_loop(benchmark, maml):
-    c = maml.config
-
-    def grads(batch):
-        loss = reference_meta_loss(maml.model, maml.theta, batch, maml.benchmark.loss,
-                                   c.inner_steps, c.inner_lr).mean()
-        return torch.autograd.grad(loss, list(maml.theta.values()))
-
-    benchmark.pedantic(step_with(maml, grads), rounds=8, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(step_with(maml, loop_grads(maml)), rounds=8, iterations=1,
+                       warmup_rounds=1)
     record("per_task_loop", benchmark)
 
 

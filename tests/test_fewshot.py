@@ -171,23 +171,19 @@ def test_interrupted_omniglot_run_resumes_to_the_same_numbers(tmp_path, monkeypa
         pd.testing.assert_frame_equal(a[keep], b[keep])
 
 
-@needs_omniglot
-@pytest.mark.parametrize("method", ["maml", "fomaml"])
-def test_task_chunks_give_the_whole_batch_meta_gradient(method, tmp_path, monkeypatch):
-    """task_chunk only changes how the meta-batch is split into graphs, not the gradient; auto
-    (-1) with a 0.15 MiB budget puts 2 of these 0.06 MiB tasks (8 filters) in a pass."""
+def assert_one_meta_step(method, tmp_path, settings, info_key, cases):
+    """One training step of `method` (7 tasks) under `settings` + `name=value` for each
+    (name, value, resolved) of `cases`: run.json's `info_key` is `resolved`, and every case
+    gives the first one's loss and meta-gradient (a real one, not zeros)."""
     from maml_bench.algorithms import ALGORITHMS
-    from maml_bench.core import chunking
 
-    monkeypatch.setattr(chunking, "CPU_PASS_MIB", 0.15)
-    monkeypatch.setattr(chunking, "CPU_WHOLE_MIB", 0.1)  # 7 tasks of 0.06 MiB: not tiny here
     results = []
-    for chunk, per_pass in ((0, 7), (3, 3), (-1, 2)):
-        (run,) = plan_runs("omniglot-5w1s-v1", "tiny",
-                           ["meta_batch=7", f"task_chunk={chunk}"], [method], None, tmp_path)
+    for setting, resolved in cases:
+        (run,) = plan_runs("omniglot-5w1s-v1", "tiny", ["meta_batch=7", *settings, setting],
+                           [method], None, tmp_path)
         algo = ALGORITHMS.get(method)(FewShot(run.config), run.config, 0)
         loss = algo.train_step(0)
-        assert algo.info["tasks_per_pass"] == per_pass
+        assert algo.info[info_key] == resolved
         results.append((loss, [p.grad.clone() for p in algo.theta.values()]))
     (loss_a, grads_a), *others = results
     assert max(g.abs().max() for g in grads_a) > 1e-3  # a real gradient, not zeros
@@ -195,6 +191,19 @@ def test_task_chunks_give_the_whole_batch_meta_gradient(method, tmp_path, monkey
         torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
         for a, b in zip(grads_a, grads_b, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@needs_omniglot
+@pytest.mark.parametrize("method", ["maml", "fomaml"])
+def test_task_chunks_give_the_whole_batch_meta_gradient(method, tmp_path, monkeypatch):
+    """task_chunk only changes how the meta-batch is split into graphs, not the gradient; auto
+    (-1) with a 0.15 MiB budget puts 2 of these 0.06 MiB tasks (8 filters) in a pass."""
+    from maml_bench.core import chunking
+
+    monkeypatch.setattr(chunking, "CPU_PASS_MIB", 0.15)
+    monkeypatch.setattr(chunking, "CPU_WHOLE_MIB", 0.1)  # 7 tasks of 0.06 MiB: not tiny here
+    assert_one_meta_step(method, tmp_path, [], "tasks_per_pass",
+                         [("task_chunk=0", 7), ("task_chunk=3", 3), ("task_chunk=-1", 2)])
 
 
 @needs_omniglot
@@ -202,23 +211,9 @@ def test_task_chunks_give_the_whole_batch_meta_gradient(method, tmp_path, monkey
 def test_task_threads_give_the_one_thread_meta_gradient(method, tmp_path, monkeypatch):
     """task_threads only changes which thread differentiates which tasks; auto takes the run's
     CPUs (here 3, for 7 tasks of 0.06 MiB counted as conv-sized) and run.json records it."""
-    from maml_bench.algorithms import ALGORITHMS
     from maml_bench.core import chunking
 
     monkeypatch.setattr(chunking, "CPU_THREAD_TASK_MIB", 0.01)
     monkeypatch.setattr(chunking, "_run_cpus", 3)
-    results = []
-    for threads, resolved in ((1, 1), (2, 2), (-1, 3)):
-        (run,) = plan_runs("omniglot-5w1s-v1", "tiny", ["meta_batch=7", "task_chunk=2",
-                                                        f"task_threads={threads}"],
-                           [method], None, tmp_path)
-        algo = ALGORITHMS.get(method)(FewShot(run.config), run.config, 0)
-        loss = algo.train_step(0)
-        assert algo.info["task_threads"] == resolved
-        results.append((loss, [p.grad.clone() for p in algo.theta.values()]))
-    (loss_a, grads_a), *others = results
-    assert max(g.abs().max() for g in grads_a) > 1e-3  # a real gradient, not zeros
-    for loss_b, grads_b in others:
-        torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
-        for a, b in zip(grads_a, grads_b, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert_one_meta_step(method, tmp_path, ["task_chunk=2"], "task_threads",
+                         [("task_threads=1", 1), ("task_threads=2", 2), ("task_threads=-1", 3)])
