@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from maml_bench.core.backends import MetaProblem, auto_backend, query_losses
 from maml_bench.core.chunking import auto_task_chunk
 from maml_bench.core.functional import SupervisedBatch, reference_meta_loss
 from maml_bench.memory import keep_freed_memory
 from maml_bench.profile.configs import CONFIGS, ProfileConfig
+from maml_bench.profile.measure import our_query_losses
 
 DEFAULT_CONFIGS = ("omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s",
                    "miniimagenet-5w1s", "miniimagenet-5w5s")
@@ -42,14 +42,13 @@ def step_of(cfg: ProfileConfig, chunk: int | None) -> Callable[[], None]:
     theta = dict(model.named_parameters())
     params = list(theta.values())
     batch = cfg.batch(cfg.meta_batch)
-    backend = auto_backend(model, False, cfg.inner_steps, batch.x_support.shape[1])
-    problem = MetaProblem(model, cfg.loss, cfg.inner_steps, cfg.inner_lr)
+    ours = our_query_losses(cfg, model, theta, batch, cfg.inner_steps, first_order=False)
 
     def part_loss(part: SupervisedBatch) -> torch.Tensor:
         if chunk is None:
             return reference_meta_loss(model, theta, part, cfg.loss, cfg.inner_steps,
                                        cfg.inner_lr).sum()
-        return query_losses(backend, problem, theta, part).sum()
+        return ours(part).sum()
 
     parts = [batch] if not chunk else batch.chunks(chunk)
 

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import torch
 
-from maml_bench.core.backends import MetaProblem, auto_backend, query_losses
 from maml_bench.core.chunking import (
     AUTO,
     auto_task_chunk,
@@ -40,9 +39,10 @@ from maml_bench.core.chunking import (
     task_threads,
     torch_threads,
 )
-from maml_bench.core.functional import SupervisedBatch, reference_meta_loss
+from maml_bench.core.functional import reference_meta_loss
 from maml_bench.memory import keep_freed_memory
 from maml_bench.profile.configs import CONFIGS, ProfileConfig
+from maml_bench.profile.measure import our_query_losses
 
 DEFAULT_CONFIGS = ("omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s",
                    "miniimagenet-5w1s", "miniimagenet-5w5s")
@@ -55,12 +55,8 @@ def steps_of(cfg: ProfileConfig, cpus: int) -> dict[str, tuple[int, Callable[[],
     theta = dict(model.named_parameters())
     params = list(theta.values())
     batch = cfg.batch(cfg.meta_batch)
-    backend = auto_backend(model, False, cfg.inner_steps, batch.x_support.shape[1])
-    problem = MetaProblem(model, cfg.loss, cfg.inner_steps, cfg.inner_lr)
+    ours = our_query_losses(cfg, model, theta, batch, cfg.inner_steps, first_order=False)
     chunk = auto_task_chunk(model, batch)
-
-    def ours(part: SupervisedBatch) -> torch.Tensor:
-        return query_losses(backend, problem, theta, part)
 
     def loop() -> None:
         loss = reference_meta_loss(model, theta, batch, cfg.loss, cfg.inner_steps,

@@ -406,8 +406,9 @@ def _add_profile_parser(sub: typing.Any) -> None:
                    metavar="SECONDS", help="seconds one measurement may take, else it is skipped "
                    f"(default 60; with --quick 10; {PROFILE_BUDGET.describe()})")
     p.add_argument("--threads", type=option(PROFILE_THREADS), default=None, metavar="N",
-                   help="torch CPU threads (default: 1 with --device cpu, as each training run "
-                   f"uses; torch's own with cuda; {PROFILE_THREADS.describe()})")
+                   help="torch CPU threads (default: 1 with --device cpu, to time per core; a "
+                   "run splits its tasks over its CPUs instead, see benchmarks/task_threads.py; "
+                   f"torch's own with cuda; {PROFILE_THREADS.describe()})")
     p.add_argument("--quick", action="store_true",
                    help="a small sweep for CI: steps 1,2, the paper's meta-batch, 2 repeats, "
                    "smaller peak benchmarks (options given explicitly still win)")

@@ -62,7 +62,7 @@ class ProfileOptions:
     repeats: int | None = None
     budget_s: float | None = None
     quick: bool = False
-    threads: int | None = None  # torch CPU threads; None: 1 on the CPU (as each training run)
+    threads: int | None = None  # torch CPU threads; None: 1 on the CPU (per core)
 
     def resolved_steps(self) -> tuple[int, ...]:
         return tuple(sorted(set(self.steps or (QUICK_STEPS if self.quick else DEFAULT_STEPS))))
@@ -145,7 +145,8 @@ def run_profile(options: ProfileOptions) -> list[Path]:
     """Measure, then write the report files under options.out; returns their paths."""
     device = torch.device(options.device)
     threads_before = torch.get_num_threads()
-    # Time what training sees: each run uses one thread (runner.execute) and keeps freed memory.
+    # Per core: one torch thread (a run given more CPUs splits its tasks over them, task_threads,
+    # measured by benchmarks/task_threads.py), keeping freed memory as every run does.
     threads = options.threads or (1 if device.type == "cpu" else threads_before)
     torch.set_num_threads(threads)
     keep_freed_memory()
