@@ -60,7 +60,7 @@ def test_tiny_run_writes_every_file(tiny_profile):
         assert column in frame.columns, column
     assert set(frame["config"]) == {"sinusoid", "omniglot-5w1s"}
     assert sorted(frame["inner_steps"]) == [1, 1, 2, 2] and set(frame["meta_batch"]) == {2}
-    assert (frame["threads"] == 1).all()  # as each training run
+    assert (frame["threads"] == 1).all()  # per core, the default on the CPU
     report = (out / "profile-cpu.md").read_text()
     for text in ("## sinusoid", "## omniglot-5w1s", "Memory: CPU: growth of the process's "
                  "resident set", "Measured peak: matmul", "loop/ours SO",
