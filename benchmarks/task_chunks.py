@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from maml_bench.core.chunking import auto_task_chunk
+from maml_bench.core.chunking import auto_task_chunk, summed_meta_gradient
 from maml_bench.core.functional import SupervisedBatch, reference_meta_loss
 from maml_bench.memory import keep_freed_memory
 from maml_bench.profile.configs import CONFIGS, ProfileConfig
@@ -42,24 +42,14 @@ def step_of(cfg: ProfileConfig, chunk: int | None) -> Callable[[], None]:
     theta = dict(model.named_parameters())
     params = list(theta.values())
     batch = cfg.batch(cfg.meta_batch)
-    ours = our_query_losses(cfg, model, theta, batch, cfg.inner_steps, first_order=False)
-
-    def part_loss(part: SupervisedBatch) -> torch.Tensor:
-        if chunk is None:
+    if chunk is None:  # the per-task loop, the whole batch in one graph
+        def losses(part: SupervisedBatch) -> torch.Tensor:
             return reference_meta_loss(model, theta, part, cfg.loss, cfg.inner_steps,
-                                       cfg.inner_lr).sum()
-        return ours(part).sum()
-
-    parts = [batch] if not chunk else batch.chunks(chunk)
-
-    def step() -> None:
-        grads = [torch.zeros_like(p) for p in params]
-        for part in parts:  # one graph per part, freed before the next
-            for g, d in zip(grads, torch.autograd.grad(part_loss(part) / batch.n_tasks,
-                                                       params), strict=True):
-                g.add_(d)
-
-    return step
+                                       cfg.inner_lr)
+    else:
+        losses = our_query_losses(cfg, model, theta, batch, cfg.inner_steps, first_order=False)
+    size = chunk or batch.n_tasks  # one graph per `size` tasks, each freed before the next
+    return lambda: summed_meta_gradient(losses, batch, params, size)
 
 
 def per_task_mib(cfg: ProfileConfig) -> float:
