@@ -50,8 +50,9 @@ def say(text: str, stream: TextIO | None = None) -> None:
 class IterationProgress:
     """Progress of one run's training iterations: a bar, periodic lines, or nothing."""
 
-    def __init__(self, name: str, total: int, start: int, mode: str) -> None:
-        self.name, self.total, self.start = name, total, start
+    def __init__(self, name: str, total: int, start: int, mode: str,
+                 unit: str = "iteration") -> None:
+        self.name, self.total, self.start, self.unit = name, total, start, unit
         self.mode = mode  # "bar" | "lines" | "off"
         self.t0 = self.last = time.perf_counter()
         self.every = line_seconds()
@@ -59,7 +60,8 @@ class IterationProgress:
         if mode == "bar":
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=start, desc=name, unit="it",
+            self.bar = tqdm(total=total, initial=start, desc=name,
+                            unit="it" if unit == "iteration" else unit,
                             dynamic_ncols=True, mininterval=0.5)
 
     def update(self, done: int) -> None:
@@ -74,7 +76,7 @@ class IterationProgress:
         self.last = now
         rate = (done - self.start) / max(now - self.t0, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else float("nan")
-        say(f"{self.name}: iteration {done:,}/{self.total:,} ({100 * done / self.total:.0f}%), "
+        say(f"{self.name}: {self.unit} {done:,}/{self.total:,} ({100 * done / self.total:.0f}%), "
             f"{duration(now - self.t0)} elapsed, ETA {duration(eta)}")
 
     def close(self, finished: bool = True) -> None:

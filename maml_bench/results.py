@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+import threading
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,12 +42,38 @@ RECORDS_FILE = "records.csv.gz"
 RUN_INFO_FILE = "run.json"
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def file_mode() -> int:
+    """The mode `open()` would give a new file under this process's umask (0o666 & ~umask).
+
+    `tempfile.mkstemp` always creates 0600 files, so a temp file renamed into place must be
+    chmod'ed to this, or colleagues sharing the results could not read them. The umask is read
+    each time (a test or a wrapper may change it): from /proc on Linux, which changes nothing;
+    elsewhere by setting it and putting it back, under a lock, and set meanwhile to 0o077 so a
+    file another thread creates in that instant is at worst private, never too open.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:
+        umask = os.umask(0o077)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one."""
+    """Write `data` to `path` so that readers see the old file or the whole new one, with the
+    mode the umask gives a new file (`file_mode`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), file_mode())
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -465,6 +465,10 @@ def _all_finite(algorithm: Algorithm) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in algorithm.tensors())
 
 
+#: what every checkpoint holds (see _save_checkpoint), with the types a resume relies on
+CHECKPOINT_KEYS = {"algorithm": dict, "iteration": int, "train_log": list, "config_hash": str}
+
+
 def _save_checkpoint(path: Path, algorithm: Algorithm, iteration: int,
                      train_log: list[dict[str, float]], chash: str, seconds: float,
                      pending: dict[str, Any] | None = None) -> None:
@@ -476,6 +480,14 @@ def _save_checkpoint(path: Path, algorithm: Algorithm, iteration: int,
     torch.save({"algorithm": devices.to_cpu(algorithm.state_dict()), "iteration": iteration,
                 "train_log": list(train_log), "config_hash": chash,
                 "train_seconds": seconds, "pending": pending}, buffer)
+    # Checkpoints are read with weights_only=True (tensors and plain values alone): a state
+    # holding anything else is a bug to meet now, not a run that cannot resume hours later.
+    buffer.seek(0)
+    try:
+        torch.load(buffer, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch's refusal, whatever its type
+        raise RuntimeError(f"{type(algorithm).__name__}.state_dict() holds more than tensors "
+                           f"and plain values: {str(err).splitlines()[0]}") from err
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -484,17 +496,27 @@ def _resume_state(path: Path, chash: str) -> dict[str, Any] | None:
     if not path.exists():
         return None
     state = _load_checkpoint(path)
-    if state.get("config_hash") != chash:
+    if state["config_hash"] != chash:
         raise UserError(f"{path} belongs to another config; delete it or use --out")
     return state
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint this suite wrote, else a UserError naming `path`.
+
+    weights_only=True: unpickling runs no code from the file, only rebuilds tensors and plain
+    values, so a tampered checkpoint (in a shared or downloaded results folder) cannot run any.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing
-        raise UserError(f"checkpoint {path} is unreadable ({type(err).__name__}); "
-                        "delete it to restart that run") from None
+        raise UserError(f"checkpoint {path} is unreadable or not one this suite wrote "
+                        f"({type(err).__name__}); delete it to restart that run") from None
+    if not (isinstance(state, dict) and all(
+            isinstance(state.get(k), t) for k, t in CHECKPOINT_KEYS.items())):
+        raise UserError(f"checkpoint {path} is not one this suite wrote (not a dict with "
+                        f"{', '.join(CHECKPOINT_KEYS)}); delete it to restart that run")
+    return state
 
 
 def records_frame(run: RunSpec, curves: dict[int, torch.Tensor], metric: str,

@@ -61,7 +61,8 @@ def test_a_broken_copy_is_one_line_naming_the_problem(case, generated, tmp_path,
     assert code == 2, err
     assert "is not well-formed: 1 problem" in err.splitlines()[0]
     (problem,) = problem_lines(err)
-    assert problem.startswith(f"{form} form: ") and message in problem, err
+    label = "csv" if form == "zip" else form  # the zip is the csv form's images/ zipped
+    assert problem.startswith(f"{label} form: ") and message in problem, err
 
 
 def test_missing_folder_or_dataset_is_one_line(tmp_path, capsys):
@@ -69,8 +70,9 @@ def test_missing_folder_or_dataset_is_one_line(tmp_path, capsys):
     assert_refused(code, err, "no folder", str(tmp_path / "none"))
     code, err = run_cli(capsys, ["data", "check", "miniimagenet", str(tmp_path)])
     assert code == 2 and problem_lines(err) == [
-        "no MiniImagenet files: expected images/ holding the JPEGs and train.csv, val.csv, "
-        "test.csv with the header filename,label (rows like n0153282900000005.jpg,n01532829); "
+        "no MiniImagenet files: expected images/ (or images.zip holding images/) with the JPEGs "
+        "and train.csv, val.csv, test.csv with the header filename,label (rows like "
+        "n0153282900000005.jpg,n01532829); "
         "or mini-imagenet-cache-train.pkl, -val.pkl and -test.pkl, each a dict with "
         "image_data (uint8 N x 84 x 84 x 3) and class_dict (class name -> row indices)"]
 
@@ -142,11 +144,11 @@ def test_data_root_reaches_the_run_and_its_workers(generated, tmp_path, monkeypa
     monkeypatch.delenv(DATA_ENV, raising=False)
     root = copy_of(generated, "csv", tmp_path)
     out = tmp_path / "out"
-    assert cli.main(["run", "miniimagenet-5w1s-v1", "--scale", "tiny", "--method", "maml",
+    assert cli.main(["run", "miniimagenet-5w1s-v2", "--scale", "tiny", "--method", "maml",
                      "--method", "fomaml", "--jobs", "2", "--data-root", str(root.parent),
                      "--no-report", "--out", str(out)]) == 0
     for method in ("maml", "fomaml"):
-        assert (out / "miniimagenet-5w1s-v1" / "raw" / method / "seed-0" / "run.json").is_file()
+        assert (out / "miniimagenet-5w1s-v2" / "raw" / method / "seed-0" / "run.json").is_file()
     assert cli.main(["data", "check", "miniimagenet", "--data-root", str(root.parent),
                      "--expect", "any"]) == 0
     assert f"MiniImagenet in {root}" in capsys.readouterr().out

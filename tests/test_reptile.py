@@ -132,7 +132,7 @@ def test_fewshot_experiments_pass_reptile_its_papers_protocol(tmp_path):
     c = run.config
     assert (c.inner_lr, c.reptile_inner_batch, c.reptile_inner_steps, c.iterations,
             c.reptile_eval_batch) == (0.0005, 20, 10, 200_000, 10)
-    (run,) = plan_runs("miniimagenet-5w5s-v1", "paper", [], ["reptile"], None, tmp_path)
+    (run,) = plan_runs("miniimagenet-5w5s-v2", "paper", [], ["reptile"], None, tmp_path)
     c = run.config
     assert (c.train_shots, c.reptile_inner_batch, c.reptile_inner_steps,
             c.reptile_eval_batch) == (15, 10, 8, 15)

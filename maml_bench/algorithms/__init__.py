@@ -1,6 +1,7 @@
 """Meta-learning algorithms and baselines, one family per file, and their registry."""
 
 from maml_bench.algorithms.anil import ANIL
+from maml_bench.algorithms.authors import AuthorsMAML
 from maml_bench.algorithms.base import Algorithm
 from maml_bench.algorithms.context import ContextVector
 from maml_bench.algorithms.finetune import FineTuning, NearestNeighbour
@@ -25,6 +26,7 @@ from maml_bench.registry import Registry
 ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
 ALGORITHMS.register("maml", MAML)
 ALGORITHMS.register("fomaml", FOMAML)
+ALGORITHMS.register("maml-authors", AuthorsMAML)
 ALGORITHMS.register("reptile", Reptile)
 ALGORITHMS.register("metasgd", MetaSGD)
 ALGORITHMS.register("pretrain", Pretrain)

@@ -42,6 +42,8 @@ class MAML(Algorithm):
     first_order = False
     data_parallel = True  # also FOMAML, Meta-SGD, ANIL, context vector (same train_step)
     needs_forward = False  # Reptile: its own inner loop runs through the batched forward
+    #: applies the config's loss_convention (the reference code's sum-per-shot scales)
+    follows_loss_convention = True
 
     def __init__(self, benchmark: SupervisedBenchmark, config: Any, seed: int) -> None:
         super().__init__(benchmark, config, seed)
@@ -89,14 +91,35 @@ class MAML(Algorithm):
         return list(self.theta.values())
 
     def step_sizes(self) -> StepSizes:
-        return self.config.inner_lr
+        return self.config.inner_lr * self.inner_loss_scale
+
+    @property
+    def inner_loss_scale(self) -> float:
+        """The inner loss over the mean loss: N for the reference code's sum-per-shot (a sum of
+        N K cross-entropies / K), so its step of alpha is a step of N alpha on the mean."""
+        return float(self.config.ways) if self._reference_loss() else 1.0
+
+    def _reference_loss(self) -> bool:
+        return (self.follows_loss_convention
+                and getattr(self.config, "loss_convention", "mean") == "sum-per-shot")
+
+    def query_loss_scale(self, batch: SupervisedBatch) -> float:
+        """The query loss over the mean loss: N Q / K under sum-per-shot (Q queries per class),
+        which the meta-gradient is scaled by before grad_clip and Adam, as in the reference."""
+        if not self._reference_loss():
+            return 1.0
+        return batch.y_query.shape[1] / self.config.train_shots
 
     def modules(self) -> dict[str, Any]:
         return {"model": self.model, "optimizer": self.optimizer}
 
     def adapted(self) -> list[str] | None:
         """The parameters the inner loop adapts; None: all of theta (MAML). Subclasses that
-        adapt a part (ANIL: the head; context vector: z) return their names."""
+        adapt a part (ANIL: the head; context vector: z) return their names; adapt_norm=no
+        leaves the batch-norm parameters out (the reference code's inner loop)."""
+        if getattr(self.config, "adapt_norm", "yes") == "no":
+            norm = set(self.model.norm_keys)
+            return [k for k in self.theta if k not in norm]
         return None
 
     def query_losses(self, batch: Any) -> Tensor:
@@ -120,9 +143,10 @@ class MAML(Algorithm):
             loss, grads = self.replayed_meta_gradient(batch, params)
         else:
             loss, grads = self.meta_gradient(batch, params)
+        scale = self.query_loss_scale(batch)
         # Gradients assigned, not accumulated: no zero_grad pass over the optimizer needed.
         for p, g in zip(params, grads, strict=True):
-            p.grad = g
+            p.grad = g if scale == 1.0 else g * scale
         if c.grad_clip > 0:
             for p in params:
                 p.grad.clamp_(-c.grad_clip, c.grad_clip)
@@ -183,7 +207,7 @@ class MAML(Algorithm):
         return loss, grads
 
     def eval_step_sizes(self) -> StepSizes:
-        return self.config.inner_lr
+        return self.config.inner_lr * self.inner_loss_scale
 
     def fine_tuner(self, shots: int) -> tuple[BatchedForward, dict[str, Tensor], StepSizes]:
         # Meta-test needs no second derivatives: the batched forward serves the loop path too.

@@ -17,6 +17,9 @@ class Conv4(nn.Module):
     Omniglot (paper): 64 channels, stride-2 convolutions instead of max-pooling, features averaged
     over space. MiniImagenet: 32 channels, 2x2 max-pooling, features flattened. Batch norm always
     uses the statistics of the current batch (track_running_stats=False), as the paper's code.
+    `bn_scale=False`, `bn_eps=1e-3`: the reference code's batch norm (TensorFlow's defaults: an
+    offset beta, no scale gamma); `init="reference"`: its initialisation (Xavier-uniform kernels,
+    zero biases; the head Xavier-uniform when flattened, N(0, 1) when averaged).
     """
 
     def __init__(
@@ -27,17 +30,23 @@ class Conv4(nn.Module):
         image_size: int = 28,
         downsample: str = "stride",
         head: str = "mean",
+        bn_scale: bool = True,
+        bn_eps: float = 1e-5,
+        init: str = "torch",
     ) -> None:
         super().__init__()
         if downsample not in ("stride", "maxpool") or head not in ("mean", "flatten"):
             raise ValueError("downsample must be stride|maxpool and head mean|flatten")
+        if init not in ("torch", "reference"):
+            raise ValueError("init must be torch|reference")
+        self.bn_eps = bn_eps
         blocks: list[nn.Module] = []
         size, c_in = image_size, in_channels
         for _ in range(4):
             stride = 2 if downsample == "stride" else 1
             blocks += [
                 nn.Conv2d(c_in, channels, 3, stride=stride, padding=1),
-                nn.BatchNorm2d(channels, track_running_stats=False),
+                _batch_norm(channels, bn_scale, bn_eps),
                 nn.ReLU(),
             ]
             if downsample == "maxpool":
@@ -54,6 +63,29 @@ class Conv4(nn.Module):
         # (conv, batch norm) parameter key prefixes per block, built once: hot path below.
         self._blocks = [(f"features.{i}", f"features.{i + 1}")
                         for i, m in enumerate(self.features) if isinstance(m, nn.Conv2d)]
+        if init == "reference":
+            self._reference_init()
+
+    def _reference_init(self) -> None:
+        """The reference code's initialisers (its maml.py, construct_conv_weights): PyTorch's
+        Xavier fans of an [out, in, 3, 3] kernel are TensorFlow's of its [3, 3, in, out] one."""
+        with torch.no_grad():
+            for module in self.features:
+                if isinstance(module, nn.Conv2d):
+                    nn.init.xavier_uniform_(module.weight)
+                    nn.init.zeros_(module.bias)
+            if self.head == "flatten":
+                nn.init.xavier_uniform_(self.classifier.weight)
+            else:
+                nn.init.normal_(self.classifier.weight, 0.0, 1.0)
+            nn.init.zeros_(self.classifier.bias)
+
+    @property
+    def norm_keys(self) -> list[str]:
+        """The batch-norm parameters' names (the reference code meta-learns but never adapts
+        them: `adapt_norm=no`)."""
+        return [k for k, _ in self.named_parameters() if any(
+            k.startswith(f"{norm}.") for _, norm in self._blocks)]
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.features(x)
@@ -75,14 +107,16 @@ class Conv4(nn.Module):
         stride = 2 if self.downsample == "stride" else 1
         for conv, norm in self._blocks:
             weight = params[f"{conv}.weight"].reshape(-1, *params[f"{conv}.weight"].shape[2:])
-            bias, gamma, beta = (params[k].reshape(-1) for k in (
-                f"{conv}.bias", f"{norm}.weight", f"{norm}.bias"))
+            bias, beta = (params[k].reshape(-1) for k in (f"{conv}.bias", f"{norm}.bias"))
+            gamma = params.get(f"{norm}.weight")  # None: no scale (the reference's), so 1
+            gamma = torch.ones_like(beta) if gamma is None else gamma.reshape(-1)
             if fused:
                 h = fused_ops.conv2d(h, weight, stride, 1, t) + bias.view(1, -1, 1, 1)
-                h = fused_ops.batch_norm_relu(h, gamma, beta, eps=1e-5)
+                h = fused_ops.batch_norm_relu(h, gamma, beta, eps=self.bn_eps)
             else:
                 h = F.conv2d(h, weight, bias, stride=stride, padding=1, groups=t)
-                h = torch.relu(F.batch_norm(h, None, None, gamma, beta, training=True, eps=1e-5))
+                h = torch.relu(F.batch_norm(h, None, None, gamma, beta, training=True,
+                                            eps=self.bn_eps))
             if self.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)
         h = h.view(n, t, -1, *h.shape[2:])  # [N, T, C, H', W']
@@ -102,3 +136,27 @@ class Conv4(nn.Module):
     def _classify(self, params: Mapping[str, Tensor], h: Tensor) -> Tensor:
         weight, bias = params["classifier.weight"], params["classifier.bias"]
         return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+
+
+def _batch_norm(channels: int, scale: bool, eps: float) -> nn.Module:
+    """Batch statistics always; without `scale` only the offset is a parameter."""
+    if scale:
+        return nn.BatchNorm2d(channels, eps=eps, track_running_stats=False)
+    return OffsetBatchNorm2d(channels, eps)
+
+
+class OffsetBatchNorm2d(nn.Module):
+    """Batch norm with an offset (`bias`) and no scale, TensorFlow's batch_norm(scale=False),
+    with the statistics of the current batch. The scale handed to F.batch_norm is a constant
+    1, not None: PyTorch's batch-norm double backward fails with no weight and a bias that
+    requires grad (second order through adapted offsets, as Meta-SGD's)."""
+
+    def __init__(self, channels: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("unit_scale", torch.ones(channels), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, None, None, self.unit_scale, self.bias, training=True,
+                            eps=self.eps)

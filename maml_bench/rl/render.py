@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -68,16 +69,48 @@ def save_gif(frames: list[np.ndarray], path: Path, fps: int = 20) -> Path:
     return path
 
 
+def policy_spec(policy: Any) -> dict[str, Any]:
+    """What rebuilds `policy`'s network in the child: its class name and constructor arguments,
+    plain values alone (the parameters travel as tensors)."""
+    from maml_bench.rl.policy import ContextPolicy, GaussianMLPPolicy
+
+    known = type(policy) in (GaussianMLPPolicy, ContextPolicy)
+    if not known or policy.nonlinearity is not torch.relu:
+        raise ValueError(f"cannot rebuild a {type(policy).__name__} in the drawing process")
+    spec = {"class": type(policy).__name__, "obs_dim": policy.obs_dim, "act_dim": policy.act_dim,
+            "hidden_sizes": [layer.out_features for layer in policy.layers[:-1]],
+            "min_std": math.exp(policy.min_log_std)}
+    if isinstance(policy, ContextPolicy):
+        spec["context_size"] = policy.context.numel()
+    return spec
+
+
+def build_policy(spec: dict[str, Any]) -> Any:
+    """The policy `policy_spec` describes (its own parameters are unused: params are passed)."""
+    from maml_bench.rl.policy import ContextPolicy, GaussianMLPPolicy
+
+    kwargs = dict(spec)
+    cls = {"GaussianMLPPolicy": GaussianMLPPolicy, "ContextPolicy": ContextPolicy}[
+        kwargs.pop("class")]
+    return cls(**kwargs)
+
+
 def render_in_child(out: Path, env_id: str, task: Mapping[str, Any], policy: Any,
                     params: Mapping[str, Tensor], horizon: int,
                     env_kwargs: Mapping[str, Any] | None = None, timeout: float = 600) -> bool:
     """Draw the rollout in a child process (see the module); False, with one warning line, if
     it could not be drawn."""
+    try:
+        spec = policy_spec(policy)
+    except ValueError as err:
+        log.warning("rollout %s not drawn: %s", out.name, err)
+        return False
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "rollout.pt"
-        torch.save({"out": str(out), "env_id": env_id, "task": dict(task), "policy": policy,
-                    "params": {k: v.detach() for k, v in params.items()}, "horizon": horizon,
-                    "env_kwargs": dict(env_kwargs or {})}, state)
+        # Data alone, no pickled objects: the child loads it with weights_only=True.
+        torch.save({"out": str(out), "env_id": env_id, "task": dict(task), "policy": spec,
+                    "params": {k: v.detach().cpu() for k, v in params.items()},
+                    "horizon": horizon, "env_kwargs": dict(env_kwargs or {})}, state)
         env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
         try:
             done = subprocess.run([sys.executable, "-m", "maml_bench.rl.render", str(state)],
@@ -98,8 +131,15 @@ def render_in_child(out: Path, env_id: str, task: Mapping[str, Any], policy: Any
 
 def main(argv: list[str] | None = None) -> int:
     (state_file,) = argv if argv is not None else sys.argv[1:]
-    state = torch.load(state_file, weights_only=False)  # our own file, written just before
-    frames = rollout_frames(state["env_id"], state["task"], state["policy"], state["params"],
+    try:
+        # weights_only: tensors and plain values, never code, even from a tampered file
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        policy = build_policy(state["policy"])
+    except Exception as err:  # noqa: BLE001 - any failure means the same: not our state file
+        print(f"{state_file} is not a rollout state this suite wrote ({type(err).__name__})",
+              file=sys.stderr)
+        return 2
+    frames = rollout_frames(state["env_id"], state["task"], policy, state["params"],
                             state["horizon"], env_kwargs=state["env_kwargs"],
                             every=2 if state["horizon"] > 100 else 1)
     save_gif(frames, Path(state["out"]))

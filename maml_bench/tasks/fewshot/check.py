@@ -54,10 +54,11 @@ def check_miniimagenet(root: Path, expect: str) -> Report:
     if not forms:
         report.problems.append(f"no MiniImagenet files: {mini.LAYOUT}")
     for form in forms:
-        files = ("images/ + train.csv, val.csv, test.csv" if form == "csv" else
+        images = "images/" if (root / "images").is_dir() else "images.zip"
+        files = (f"{images} + train.csv, val.csv, test.csv" if form == "csv" else
                  "mini-imagenet-cache-{train,val,test}.pkl")
         report.lines.append(f"{form} form ({files}):")
-        scans = mini.scan(root, form, keep=False)
+        scans = mini.scan(root, form, keep=False, show_progress=True)
         for item in scans:
             report.problems += [f"{form} form: {p}" for p in item.problems]
             if not item.classes:

@@ -23,6 +23,9 @@ from maml_bench.settings import COUNT, MetaConfig
 from maml_bench.tasks.base import SupervisedBenchmark
 from maml_bench.tasks.fewshot import pools
 
+#: the algorithms that apply `loss_convention` (MAML's inner loop with inner_lr)
+REFERENCE_LOSS = ("maml", "fomaml", "anil", "context-vector")
+
 
 @dataclass(frozen=True)
 class FewShotConfig(MetaConfig):
@@ -51,6 +54,27 @@ class FewShotConfig(MetaConfig):
     normalised by its own statistics (the reference code's convention; it moves the numbers)"""
     val_every: int = setting(1_000, Number(int, 0, 10_000_000))
     """meta-iterations between validation accuracies on val_tasks held-out episodes (0 = off)"""
+    # --- the reference code's conventions (cbfinn/maml); added after runs existed, so left
+    # out of the hash at their defaults (today's choices)
+    loss_convention: str = setting("mean", OneOf(("mean", "sum-per-shot")),
+                                   hashed_at_default=False, used_by=REFERENCE_LOSS)
+    """mean: cross-entropy averaged over a set's examples | sum-per-shot: the reference code's
+    (per-example cross-entropy / K, differentiated as a sum): the inner loss is N x the mean, so
+    a step of inner_lr is N x inner_lr on the mean; the query loss N Q / K x the mean, which
+    moves only grad_clip's effect (and Adam's epsilon)"""
+    adapt_norm: str = setting("yes", OneOf(("yes", "no")), hashed_at_default=False,
+                              used_by=("maml", "fomaml"))
+    """yes: the inner loop adapts every parameter | no: not the batch-norm ones (meta-learned
+    only, as the reference code, whose inner loop adapts its `weights` dict)"""
+    bn_scale: str = setting("learned", OneOf(("learned", "none")), hashed_at_default=False)
+    """Conv4 batch norm: learned scale and offset | none: offset only (the reference code:
+    TensorFlow's batch_norm, scale=False)"""
+    bn_eps: float = setting(1e-5, Number(float, 0.0, 1.0, lo_open=True),
+                            hashed_at_default=False)
+    """Conv4 batch norm's epsilon (PyTorch 1e-5; the reference code 1e-3)"""
+    init: str = setting("torch", OneOf(("torch", "reference")), hashed_at_default=False)
+    """Conv4 initialisation: torch's defaults | reference: the reference code's (Xavier-uniform
+    kernels and zero biases; head Xavier-uniform (MiniImagenet) or N(0, 1) (Omniglot))"""
     # --- metric learners; added after runs existed, so left out of the hash at their defaults
     protonet_train_ways: int = setting(0, Number(int, 0, 1_000), hashed_at_default=False,
                                        used_by=("protonets",))
@@ -82,9 +106,18 @@ class FewShotConfig(MetaConfig):
         super().validate()
         require(self.eval_steps >= 1, ["eval_steps"], "eval_steps >= 1 (accuracy after "
                 "fine-tuning)")
+        conv_only = [name for name, default in (("bn_scale", "learned"), ("bn_eps", 1e-5),
+                                                ("init", "torch"), ("adapt_norm", "yes"))
+                     if getattr(self, name) != default]
+        require(self.network == "conv" or not conv_only, conv_only + ["network"],
+                "these settings are the Conv4's (network=conv); the no-conv MLP keeps its own")
         require(self.protonet_train_ways == 0 or self.protonet_train_ways >= self.ways,
                 ["protonet_train_ways", "ways"],
                 "protonet_train_ways = 0 (the experiment's ways) or >= ways")
+        # pools.load reads `split` for Omniglot alone (MiniImagenet's is its CSVs): another
+        # value there would be recorded in run.json but train on the same classes.
+        require(self.split == "maml" or self.dataset == "omniglot", ["split", "dataset"],
+                f"split=maml for dataset={self.dataset} (only Omniglot has another split)")
 
 
 class FewShot(SupervisedBenchmark):
@@ -122,7 +155,8 @@ class FewShot(SupervisedBenchmark):
             return FlatMLP((channels + extra_inputs) * size * size, c.ways)
         mini = c.dataset.startswith("miniimagenet")
         return Conv4(channels + extra_inputs, c.ways, c.filters, size,
-                     downsample="maxpool" if mini else "stride", head="flatten" if mini else "mean")
+                     downsample="maxpool" if mini else "stride", head="flatten" if mini else "mean",
+                     bn_scale=c.bn_scale == "learned", bn_eps=c.bn_eps, init=c.init)
 
     def train_batch(self, gen: torch.Generator, n_tasks: int, shots: int, query: int
                     ) -> SupervisedBatch:

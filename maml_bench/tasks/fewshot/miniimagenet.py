@@ -1,10 +1,12 @@
 """MiniImagenet (Vinyals et al. 2016) with the Ravi & Larochelle (2017) split: 64 train, 16
 validation and 20 test classes of 600 images, 84 x 84 RGB, from either form it is shared in:
 
-* csv: `images/*.jpg` with `train.csv`, `val.csv`, `test.csv` (`filename,label` rows such as
-  `n0153282900000005.jpg,n01532829`). JPEGs of another size are resized to 84 x 84 with PIL's
-  Lanczos filter, as the MAML code's `proc_images.py`; decoded once and cached by a hash of the
-  source files and the preprocessing.
+* csv: `images/*.jpg` (a folder, or `images.zip` holding that folder) with `train.csv`,
+  `val.csv`, `test.csv` (`filename,label` rows such as `n0153282900000005.jpg,n01532829`).
+  Decoded once and cached by a hash of the source files and the preprocessing. A copy of the
+  original-size images (every one of them other than 84 x 84) is resized to 84 x 84 with PIL's
+  Lanczos filter, as the MAML code's `proc_images.py`; one image of another size among 84 x 84
+  ones is a damaged copy and refused.
 * pickle: `mini-imagenet-cache-{train,val,test}.pkl`, each a dict with `image_data` (uint8
   N x 84 x 84 x 3) and `class_dict` (class name -> row indices). Already decoded: not cached.
 
@@ -22,7 +24,10 @@ import logging
 import os
 import pickle
 import tempfile
+import zipfile
+import zlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +42,8 @@ REAL_IMAGES = 600
 SIZE = 84
 FORMS = ("csv", "pickle")
 PREPROCESSING = "lanczos-84-v1"  # bump when the preprocessing changes: a new cache key
-CSV_LAYOUT = ("images/ holding the JPEGs and train.csv, val.csv, test.csv with the header "
-              "filename,label (rows like n0153282900000005.jpg,n01532829)")
+CSV_LAYOUT = ("images/ (or images.zip holding images/) with the JPEGs and train.csv, val.csv, "
+              "test.csv with the header filename,label (rows like n0153282900000005.jpg,n01532829)")
 PICKLE_LAYOUT = ("mini-imagenet-cache-train.pkl, -val.pkl and -test.pkl, each a dict with "
                  "image_data (uint8 N x 84 x 84 x 3) and class_dict (class name -> row indices)")
 LAYOUT = f"expected {CSV_LAYOUT}; or {PICKLE_LAYOUT}"
@@ -66,6 +71,71 @@ class SplitScan:
     images: np.ndarray | None = None
 
 
+class ImageSource:
+    """The JPEGs of the csv form, by file name: the `images/` folder, else `images.zip`."""
+
+    def __init__(self, root: Path) -> None:
+        self.folder = root / "images"
+        self.zip_path = root / "images.zip"
+        self.problem: str | None = None  # why no image can be read at all
+        self._zip: zipfile.ZipFile | None = None
+        self._members: dict[str, zipfile.ZipInfo] = {}
+        if self.folder.is_dir():
+            self.label = "images/"
+        elif self.zip_path.is_file():
+            self.label = "images.zip"
+            try:
+                self._zip = zipfile.ZipFile(self.zip_path)
+            except (OSError, zipfile.BadZipFile, zlib.error, ValueError, EOFError) as err:
+                self.problem = (f"images.zip is not a readable zip ({str(err)[:60]}): a "
+                                "truncated or damaged copy; fetch it again")
+                return
+            self._members = {i.filename[len("images/"):]: i for i in self._zip.infolist()
+                             if i.filename.startswith("images/") and not i.is_dir()}
+            if not self._members:
+                self.problem = "images.zip holds no images/ folder of JPEGs"
+        else:
+            self.label = "images/"
+            self.problem = "images/ (the folder of the JPEGs the CSVs name) is missing"
+
+    def has(self, name: str) -> bool:
+        if self._zip is not None:
+            return name in self._members
+        return (self.folder / name).is_file()
+
+    def read(self, name: str) -> bytes:
+        """The file's bytes; a damaged zip member raises OSError."""
+        if self._zip is None:
+            return (self.folder / name).read_bytes()
+        try:
+            return self._zip.read(self._members[name])
+        except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as err:
+            raise OSError(f"damaged in images.zip ({str(err)[:50]})") from None
+
+    def fingerprint(self) -> Iterator[bytes]:
+        """What identifies the images: names, sizes and times of the folder's files; names,
+        CRCs and sizes of the zip's members (a copy of the zip keeps its key)."""
+        if self._zip is not None:
+            for name in sorted(self._members):
+                info = self._members[name]
+                yield f"{name}:{info.CRC}:{info.file_size}\n".encode()
+            return
+        with os.scandir(self.folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                stat = entry.stat()
+                yield f"{entry.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode()
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+
+def _images_readable(root: Path) -> bool:
+    source = ImageSource(root)
+    source.close()
+    return source.problem is None
+
+
 def csv_name(split: str) -> str:
     return f"{split}.csv"
 
@@ -77,7 +147,8 @@ def pickle_name(split: str) -> str:
 def present_forms(root: Path) -> list[str]:
     """The forms with at least one of their files in `root`."""
     found = []
-    if (root / "images").exists() or any((root / csv_name(s)).exists() for s in SPLITS):
+    if ((root / "images").exists() or (root / "images.zip").exists()
+            or any((root / csv_name(s)).exists() for s in SPLITS)):
         found.append("csv")
     if any((root / pickle_name(s)).exists() for s in SPLITS):
         found.append("pickle")
@@ -136,12 +207,12 @@ def _read_csv(root: Path, scan: SplitScan) -> dict[str, list[str]] | None:
     return by_class
 
 
-def _decode(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
+def _decode(data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
     """RGB [3, 84, 84] and the source size. Grey and CMYK JPEGs (ImageNet has some) become RGB;
     other sizes are resized with Lanczos, as the MAML code's proc_images.py."""
     from PIL import Image
 
-    with Image.open(path) as image:
+    with Image.open(io.BytesIO(data)) as image:
         size = image.size
         rgb = image.convert("RGB")  # decodes the whole file: a truncated one fails here
     if rgb.size != (SIZE, SIZE):
@@ -149,7 +220,9 @@ def _decode(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1), size
 
 
-def scan_csv(root: Path, split: str, keep: bool = True, images_ok: bool = True) -> SplitScan:
+def scan_csv(root: Path, split: str, keep: bool = True,
+             source: ImageSource | None = None, progress: _DecodeProgress | None = None
+             ) -> SplitScan:
     """Read one split of the csv form: the CSV, then every JPEG it names."""
     from PIL import Image
 
@@ -160,36 +233,64 @@ def scan_csv(root: Path, split: str, keep: bool = True, images_ok: bool = True) 
     scan.classes = tuple(sorted(by_class))
     scan.counts = tuple(len(by_class[c]) for c in scan.classes)
     _check_counts(scan)
-    if not images_ok:  # images/ itself is missing: reported once by scan()
+    if source is None or source.problem:  # no images at all: reported once by scan()
         return scan
     uniform = not scan.problems
     out = (np.empty((len(scan.classes), scan.counts[0], 3, SIZE, SIZE), dtype=np.uint8)
            if keep and uniform else None)
     missing: list[str] = []
     unreadable: list[str] = []
+    other_size: list[str] = []
     for c, name in enumerate(scan.classes):
         for i, file in enumerate(by_class[name]):
-            path = root / "images" / file
-            if not path.is_file():
+            if progress is not None:
+                progress.step()
+            if not source.has(file):
                 missing.append(file)
                 continue
             try:
-                pixels, size = _decode(path)
+                pixels, size = _decode(source.read(file))
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
                 unreadable.append(f"{file}: {str(err)[:60]}")
                 continue
             scan.sizes[size] += 1
+            if size != (SIZE, SIZE):
+                other_size.append(f"{file} is {size[0]} x {size[1]}")
             if out is not None:
                 out[c, i] = pixels
     if missing:
         scan.problems.append(f"{scan.file}: {len(missing)} rows name images missing from "
-                             f"images/ ({_examples(missing)})")
+                             f"{source.label} ({_examples(missing)})")
     if unreadable:
-        scan.problems.append(f"{scan.file}: {len(unreadable)} unreadable JPEGs in images/ "
-                             f"({_examples(unreadable)})")
+        scan.problems.append(f"{scan.file}: {len(unreadable)} unreadable JPEGs in "
+                             f"{source.label} ({_examples(unreadable)})")
+    if other_size and scan.sizes[(SIZE, SIZE)]:
+        # 84 x 84 images beside others: not a copy of the originals (resized as a whole) but a
+        # damaged or mixed one, which training would silently blur
+        scan.problems.append(f"{scan.file}: {len(other_size)} images in {source.label} are not "
+                             f"{SIZE} x {SIZE} like the others ({_examples(other_size)}); "
+                             "replace them from a good copy")
     if not scan.problems:
         scan.images = out
     return scan
+
+
+class _DecodeProgress:
+    """Decoding 60,000 JPEGs takes a minute or more: a bar on a terminal, lines in a log."""
+
+    def __init__(self, total: int, label: str) -> None:
+        from maml_bench.progress import IterationProgress, terminal
+
+        self.done = 0
+        self.bar = IterationProgress(f"decoding MiniImagenet {label}", total, 0,
+                                     "bar" if terminal() else "lines", unit="image")
+
+    def step(self) -> None:
+        self.done += 1
+        self.bar.update(self.done)
+
+    def close(self) -> None:
+        self.bar.close(finished=False)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -284,14 +385,24 @@ def scan_pickle(root: Path, split: str, keep: bool = True) -> SplitScan:
     return scan
 
 
-def scan(root: Path, form: str, keep: bool = True) -> list[SplitScan]:
+def scan(root: Path, form: str, keep: bool = True, show_progress: bool = False
+         ) -> list[SplitScan]:
     """Every split of one form, with the problems across splits (a class in two splits)."""
     if form == "csv":
-        images_ok = (root / "images").is_dir()
-        scans = [scan_csv(root, s, keep, images_ok) for s in SPLITS]
-        if not images_ok:
-            scans[0].problems.insert(0, "images/ (the folder of the JPEGs the CSVs name) is "
-                                        "missing")
+        source = ImageSource(root)
+        progress = None
+        if show_progress and not source.problem:
+            rows = sum(max(0, len((root / csv_name(s)).read_text(errors="replace").splitlines())
+                           - 1) for s in SPLITS if (root / csv_name(s)).is_file())
+            progress = _DecodeProgress(rows, source.label)
+        try:
+            scans = [scan_csv(root, s, keep, source, progress) for s in SPLITS]
+        finally:
+            source.close()
+            if progress is not None:
+                progress.close()
+        if source.problem:
+            scans[0].problems.insert(0, source.problem)
     else:
         scans = [scan_pickle(root, s, keep) for s in SPLITS]
     owner: dict[str, str] = {}
@@ -312,10 +423,13 @@ def source_key(root: Path) -> str:
     for split in SPLITS:
         path = root / csv_name(split)
         digest.update(path.read_bytes() if path.is_file() else b"-")
-    with os.scandir(root / "images") as entries:
-        for entry in sorted(entries, key=lambda e: e.name):
-            stat = entry.stat()
-            digest.update(f"{entry.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    source = ImageSource(root)
+    try:
+        digest.update(source.label.encode())
+        for line in source.fingerprint():
+            digest.update(line)
+    finally:
+        source.close()
     return digest.hexdigest()[:16]
 
 
@@ -362,14 +476,14 @@ def load_miniimagenet(root: Path, form: str | None = None) -> dict[str, Split]:
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     cache = None
-    if form == "csv" and (root / "images").is_dir():
+    if form == "csv" and _images_readable(root):
         cache = cache_dir() / f"miniimagenet-{source_key(root)}.npz"
         cached = _load_cache(cache)
         if cached is not None:
             return cached
         logging.getLogger(__name__).info("decoding the MiniImagenet JPEGs in %s once (cached "
                                          "in %s)", root, cache)
-    scans = scan(root, form)
+    scans = scan(root, form, show_progress=cache is not None)
     problems = [p for item in scans for p in item.problems]
     if problems:
         more = (f" (and {len(problems) - 1} more problems: see `maml-bench data check "

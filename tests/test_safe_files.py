@@ -1,0 +1,207 @@
+"""Files the suite reads back run no code (checkpoints and the render child's state load with
+weights_only=True), and files it writes follow the umask (colleagues can read shared results)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from maml_bench.cli import main
+from maml_bench.results import RECORDS_FILE, RUN_INFO_FILE, file_mode, write_json
+from maml_bench.runner import CHECKPOINT_FILE, _load_checkpoint, _save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["run", "sinusoid-table2-v1", "--scale", "tiny", "--method", "maml", "--no-report"]
+RUN_DIR = Path("sinusoid-table2-v1/raw/maml/seed-0")
+
+
+class Payload:
+    """Unpickled without weights_only, this creates `marker`: what a tampered file could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def plant(path: Path, marker: Path) -> None:
+    """A checkpoint-shaped file whose unpickling would run code."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"algorithm": {}, "iteration": 1, "train_log": [], "config_hash": "x",
+                "evil": Payload(marker)}, path)
+
+
+def test_the_payload_is_live_without_weights_only(tmp_path):
+    """The guard for the tests below: the planted file does run code if unpickled fully."""
+    marker = tmp_path / "MARKER"
+    plant(tmp_path / CHECKPOINT_FILE, marker)
+    torch.load(tmp_path / CHECKPOINT_FILE, weights_only=False)
+    assert marker.exists()
+
+
+def refused_in_one_line(capsys, code: int, path: Path) -> str:
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    (line,) = [line for line in err.splitlines() if "error" in line]  # beside progress lines
+    assert str(path) in line and "delete it" in line
+    return line
+
+
+def test_a_tampered_checkpoint_is_refused_on_resume(tmp_path, capsys):
+    marker, ckpt = tmp_path / "MARKER", tmp_path / RUN_DIR / CHECKPOINT_FILE
+    plant(ckpt, marker)
+    err = refused_in_one_line(capsys, main([*TINY, "--out", str(tmp_path)]), ckpt)
+    assert "not one this suite wrote" in err
+    assert not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    src = tmp_path_factory.mktemp("trained")
+    assert main([*TINY, "--out", str(src)]) == 0
+    return src
+
+
+@pytest.mark.parametrize("tamper", ["payload", "not a dict", "missing keys"])
+def test_a_bad_checkpoint_is_refused_by_evaluate_from(trained, tmp_path, capsys, tamper):
+    src, marker = tmp_path / "src", tmp_path / "MARKER"
+    shutil.copytree(trained, src)
+    ckpt = src / RUN_DIR / CHECKPOINT_FILE
+    if tamper == "payload":
+        plant(ckpt, marker)
+    elif tamper == "not a dict":
+        torch.save([1, 2], ckpt)
+    else:
+        torch.save({"iteration": 3}, ckpt)
+    code = main([*TINY, "--evaluate-from", str(src), "--out", str(tmp_path / "out")])
+    refused_in_one_line(capsys, code, ckpt)
+    assert not marker.exists()
+    assert not (tmp_path / "out" / RUN_DIR / RECORDS_FILE).exists()
+
+
+def test_a_checkpoint_that_is_not_a_dict_is_refused_on_resume(tmp_path, capsys):
+    ckpt = tmp_path / RUN_DIR / CHECKPOINT_FILE
+    ckpt.parent.mkdir(parents=True)
+    torch.save([1, 2], ckpt)
+    err = refused_in_one_line(capsys, main([*TINY, "--out", str(tmp_path)]), ckpt)
+    assert "not a dict with algorithm, iteration" in err
+
+
+def test_a_state_that_would_not_load_back_is_not_saved(tmp_path):
+    class Holding:
+        def state_dict(self):
+            return {"model": {"w": torch.zeros(2)}, "odd": Payload(tmp_path / "MARKER")}
+
+    with pytest.raises(RuntimeError, match="Holding.state_dict.. holds more than tensors"):
+        _save_checkpoint(tmp_path / CHECKPOINT_FILE, Holding(), 1, [], "x", 0.0)
+    assert not (tmp_path / CHECKPOINT_FILE).exists()
+
+
+def committed_checkpoints() -> list[str]:
+    try:
+        listed = subprocess.run(["git", "ls-files", "--", "results/*" + CHECKPOINT_FILE],
+                                cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return listed.split()
+
+
+@pytest.mark.parametrize("relative", committed_checkpoints() or
+                         [pytest.param("", marks=pytest.mark.skip("no git checkout"))])
+def test_committed_checkpoints_load_with_weights_only(relative):
+    """Later sessions resume these: they must keep loading under the safe loader."""
+    path = ROOT / relative
+    if path.read_bytes()[:40].startswith(b"version https://git-lfs"):
+        pytest.skip("a Git LFS pointer, not the checkpoint")
+    state = _load_checkpoint(path)
+    assert isinstance(state["algorithm"], dict) and state["iteration"] > 0
+
+
+@pytest.fixture
+def umask():
+    before = os.umask(0o022)
+    os.umask(before)
+
+    def set_umask(value: int) -> None:
+        os.umask(value)
+
+    yield set_umask
+    os.umask(before)
+
+
+@pytest.mark.parametrize("proc", [True, False], ids=["proc", "no-proc"])
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask(tmp_path, umask, monkeypatch, mask, mode, proc):
+    if not proc:  # as on macOS: the umask is read by setting it and putting it back
+        read_text = Path.read_text
+
+        def no_proc(self, *args, **kwargs):
+            if str(self).startswith("/proc"):
+                raise FileNotFoundError(self)
+            return read_text(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "read_text", no_proc)
+    umask(mask)
+    assert file_mode() == mode
+    path = tmp_path / "records" / RUN_INFO_FILE
+    write_json(path, {"a": 1})
+    write_json(path, {"a": 2})  # a replaced file too
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert os.umask(mask) == mask  # left as it was
+
+
+def test_a_run_writes_files_colleagues_can_read(tmp_path, umask):
+    umask(0o022)
+    assert main([*TINY, "--out", str(tmp_path)]) == 0
+    for name in (CHECKPOINT_FILE, RECORDS_FILE, RUN_INFO_FILE):
+        assert stat.S_IMODE((tmp_path / RUN_DIR / name).stat().st_mode) == 0o644, name
+
+
+# -- the render child -----------------------------------------------------------------------
+
+
+def test_the_render_child_runs_no_code_from_its_state_file(tmp_path, capsys):
+    from maml_bench.rl import render
+
+    marker, state = tmp_path / "MARKER", tmp_path / "rollout.pt"
+    torch.save({"out": str(tmp_path / "x.gif"), "policy": Payload(marker)}, state)
+    assert render.main([str(state)]) == 2
+    err = capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "x.gif").exists()
+    assert err.count("\n") == 1 and str(state) in err and "Traceback" not in err
+
+
+def test_policies_travel_to_the_child_as_data():
+    from maml_bench.rl.policy import ContextPolicy, GaussianMLPPolicy
+    from maml_bench.rl.render import build_policy, policy_spec
+
+    for policy in (GaussianMLPPolicy(4, 2, (8, 8), min_std=1e-3),
+                   ContextPolicy(2, 2, 3, hidden_sizes=(5,))):
+        params = {k: torch.randn_like(v) for k, v in policy.params().items()}
+        rebuilt = build_policy(policy_spec(policy))
+        assert type(rebuilt) is type(policy)
+        assert {k: v.shape for k, v in rebuilt.params().items()} == \
+            {k: v.shape for k, v in params.items()}
+        obs = torch.randn(6, policy.obs_dim)
+        for a, b in zip(policy.distribution(params, obs), rebuilt.distribution(params, obs),
+                        strict=True):
+            assert torch.equal(a, b)
+
+
+def test_a_navigation_rollout_is_still_drawn(tmp_path):
+    pytest.importorskip("PIL")
+    from maml_bench.rl.policy import GaussianMLPPolicy
+    from maml_bench.rl.render import render_in_child
+
+    policy = GaussianMLPPolicy(2, 2, (4,))
+    out = tmp_path / "rollout.gif"
+    assert render_in_child(out, "maml_bench/Navigation2D-v0", {"goal": (0.3, -0.2)}, policy,
+                           policy.params(), horizon=5)
+    assert out.read_bytes()[:3] == b"GIF"
