@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one prepared GPU check of this project, for a session lent an accelerator (the `device`
-# tool runs it in a copy of the checkout; see the README's "On a GPU"). It runs, in order:
+# tool runs it in a copy of the checkout; see docs/speed.md "On a GPU"). It runs, in order:
 #   0. the GPU run tests of CUDA graphs (tests/test_cuda_runs.py -k cuda_graph),
 #   1. the CUDA meta-step benchmark (float64 GPU-vs-CPU gradient checks first, then timings),
 #      and the CUDA graph's replay accuracy (printed into the log),

@@ -47,7 +47,7 @@ class MetaConfig:
     per-task reference loop) | higher (the `higher` library, extra "check"); each but loop is
     used only after its float64 reference and finite-difference checks pass for the model,
     else refused with the reason. auto: the first passing of fused, factored, batched, vmap,
-    loop (fastest first, README "Speed"; factored only where its corrections are much smaller
+    loop (fastest first, docs/speed.md; factored only where its corrections are much smaller
     than the weights)"""
     cuda_graph: str = setting("off", OneOf(("off", "on")), hashed_at_default=False,
                               used_by=MAML_STEP)
@@ -55,7 +55,7 @@ class MetaConfig:
     graph, for the fixed shapes of the training batches (core/graphed.py; --device cuda, one
     process). Checked at capture against eager's own run-to-run spread; refused with the
     reason (then eager, in run.json info.cuda_graph) if it differs. Measured on an H200: the
-    Omniglot 5-way 1-shot step 3.0 ms against 17 ms eager (README "On a GPU")"""
+    Omniglot 5-way 1-shot step 3.0 ms against 17 ms eager (docs/speed.md "On a GPU")"""
     task_chunk: int = setting(-1, Number(int, -1, 100_000), hashed_at_default=False,
                               used_by=(*MAML_STEP, "metalstm"), words={"auto": -1, "whole": 0})
     """tasks per meta-gradient pass, their gradients summed: the same gradient up to rounding,

@@ -18,7 +18,7 @@ A backend other than loop is used for a model only after `gate` passes: its floa
 meta-gradient on 2 tasks of the benchmark's own training batch agrees with the reference loop
 (rtol 1e-6) and the reference's exact gradient agrees with a central finite difference along
 one seeded random direction (rtol 1e-4). `auto` takes the first passing backend of
-`AUTO_ORDER`, the order of our measurements (README "Speed": fused < own batched forward <
+`AUTO_ORDER`, the order of our measurements (docs/speed.md: fused < own batched forward <
 vmap < loop < higher in time per step; fused measured on CPU,
 results/benchmarks/omniglot-meta-step-speed-notes.md; factored < own batched forward on both
 MLPs, results/benchmarks/factored-cpu.md); nothing is timed at run time.
@@ -49,7 +49,7 @@ from maml_bench.core.higher_check import higher_query_losses, higher_unsupported
 from maml_bench.errors import UserError
 
 BACKENDS = ("fused", "factored", "batched", "vmap", "loop", "higher")
-#: fastest first (README "Speed"); higher is never picked by auto (slowest; a cross-check)
+#: fastest first (docs/speed.md); higher is never picked by auto (slowest; a cross-check)
 AUTO_ORDER = ("fused", "factored", "batched", "vmap", "loop")
 #: backends only some models have (the model's own method or structure): auto records no
 #: reason for passing over them on the models that lack it

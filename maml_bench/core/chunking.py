@@ -6,7 +6,7 @@ On the CPU a pass whose activations stay in cache is faster than one that stream
 meta-batch from memory through batch norm's passes, and the bigger a task, the fewer tasks
 belong in a pass (measured at every paper configuration: `benchmarks/task_chunks.py`,
 results/benchmarks/task-chunks-cpu.md). On a GPU the whole batch is one pass, as before
-`auto` existed (chunks are unmeasured there; its steps are launch-bound, README "On a GPU").
+`auto` existed (chunks are unmeasured there; its steps are launch-bound, docs/speed.md "On a GPU").
 
 `task_threads`: the meta-batch's tasks split into that many contiguous shares, each
 differentiated (in its own chunks) by a thread of its own on one intra-op thread, the shares'

@@ -181,7 +181,7 @@ PAPER_SPEEDUP = ("The paper (MiniImagenet): first-order MAML gave \"roughly 33% 
 
 def paper_summary(frame: pd.DataFrame) -> list[str]:
     """What second order costs at each configuration's paper setting (meta-batch and inner
-    steps): the table the README quotes next to the paper's 33%."""
+    steps): the table docs/profile.md quotes next to the paper's 33%."""
     paper = frame[frame["is_paper"].astype(bool)]
     lines = ["## Second against first order at the paper's settings", "", PAPER_SPEEDUP, ""]
     if paper.empty:
