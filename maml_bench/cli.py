@@ -23,7 +23,10 @@ from maml_bench.domains import (
     OneOf,
     Pattern,
     describe_field,
+    domain_of,
+    identity_settings,
     readers,
+    same_identity,
     show_value,
 )
 from maml_bench.engines.options import (
@@ -151,6 +154,30 @@ def writable_dir(path: Path, option_name: str = "--out") -> Path:
     return path
 
 
+def path_arg(text: str) -> Path:
+    """An argparse type for every path option and positional: Path("") is the working
+    directory, so an empty argument (an unset shell variable) would write into, or check,
+    whatever folder the command happens to run in."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is an empty path; give a folder")
+    return Path(text)
+
+
+class SetOnce(argparse.Action):
+    """--set KEY=VALUE, repeatable; a key given twice is refused: the last one would win
+    silently, and which one the user meant is not ours to guess."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: typing.Any, option_string: str | None = None) -> None:
+        given = list(getattr(namespace, self.dest) or [])  # a copy: the default is shared
+        key = str(values).partition("=")[0].strip()
+        earlier = [t for t in given if key and t.partition("=")[0].strip() == key]
+        if earlier:
+            parser.error(f"{option_string} {key} given twice ({earlier[0]!r}, {values!r}); "
+                         "give each setting once")
+        setattr(namespace, self.dest, [*given, values])
+
+
 def existing_dir(text: str) -> Path:
     """An argparse type for --data-root: an existing directory, made absolute so that worker
     processes started elsewhere read the same one."""
@@ -225,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"experiment id (default {DEFAULT_EXPERIMENT}; see `maml-bench list`)")
     p.add_argument("--method", action="append", dest="methods", metavar="ALGORITHM",
                    help="only this method (repeatable); default: all of the experiment's")
-    p.add_argument("--set", action="append", dest="overrides", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", action=SetOnce, dest="overrides", default=[], metavar="KEY=VALUE",
                    help="change a setting, checked against the experiment's typed config "
                    "(repeatable), e.g. --set inner_lr=0.001")
     p.add_argument("--seeds", type=option(SEEDS), default=None,
@@ -236,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "long: the largest this 2-core machine allows where the paper's would take "
                    "days (Omniglot 5-way 5-shot and 20-way, half-cheetah and ant); tiny: "
                    "seconds, for smoke tests; `maml-bench show EXPERIMENT` lists an experiment's")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=path_arg, default=None,
                    help="output root (default: results/ for --scale paper, runs/SCALE otherwise)")
     p.add_argument("--jobs", type=option(JOBS), default=None,
                    help="runs at once: local processes (default 1; a lone run splits its "
@@ -275,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("experiment", nargs="?", default=DEFAULT_EXPERIMENT)
         p.add_argument("--scale", default="quick", type=option(SCALE, str),
                        help="the --scale the runs were made at (default quick)")
-        p.add_argument("--out", type=Path, default=None, help=out_help)
+        p.add_argument("--out", type=path_arg, default=None, help=out_help)
         if name == "report":
             p.add_argument("--ci", default="normal", type=option(CI, str),
                            help="normal: the paper's 1.96*std/sqrt(n); t: Student-t")
@@ -298,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file name under OUT/comparisons/ (letters, digits, . _ -)")
     p.add_argument("--scale", default="paper", type=option(SCALE, str),
                    help="the --scale the runs were made at (default paper)")
-    p.add_argument("--out", type=Path, default=None, help=out_help.replace("quick", "paper"))
+    p.add_argument("--out", type=path_arg, default=None, help=out_help.replace("quick", "paper"))
     _add_data_parser(sub)
     _add_profile_parser(sub)
     return parser
@@ -306,8 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
-        "engines (where the runs execute; the results are the same on each; README: 'Running "
-        "at scale')")
+        "engines (where the runs execute; the results are the same on each; "
+        "docs/scale-out.md)")
     g.add_argument("--engine", default="local", type=option(ENGINE, str),
                    help="local: this machine (default); ray: Ray tasks on --address or a local "
                    "cluster; slurm: a SLURM job array via submitit; submitit-local: the same "
@@ -332,7 +359,7 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                    f"it is requeued and resumes (default 1440; {TIME_MIN.describe()})")
     g.add_argument("--mem-gb", type=option(MEM_GB, float), default=None, metavar="GB",
                    help=f"slurm: memory per job (default: the partition's; {MEM_GB.describe()})")
-    g.add_argument("--logs", type=Path, default=None, metavar="DIR",
+    g.add_argument("--logs", type=path_arg, default=None, metavar="DIR",
                    help="slurm/submitit-local: per-job logs (default OUT/logs/ENGINE)")
 
 
@@ -397,7 +424,7 @@ def _add_profile_parser(sub: typing.Any) -> None:
                    f"paper's; {PROFILE_META_BATCH.describe()})")
     p.add_argument("--device", type=option(PROFILE_DEVICE, str), default=None,
                    help="cpu | cuda (default: cuda if torch sees one, else cpu)")
-    p.add_argument("--out", type=Path, default=Path("results/profile"),
+    p.add_argument("--out", type=path_arg, default=Path("results/profile"),
                    help="output folder (default results/profile)")
     p.add_argument("--repeats", type=option(PROFILE_REPEATS), default=None, metavar="N",
                    help="timed steps per measurement after warm-up; the minimum is reported "
@@ -467,7 +494,7 @@ def _add_data_parser(sub: typing.Any) -> None:
         epilog=DATA_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=["omniglot", "miniimagenet"], metavar="DATASET",
                    help="omniglot | miniimagenet")
-    p.add_argument("path", type=Path, nargs="?", default=None, metavar="PATH",
+    p.add_argument("path", type=path_arg, nargs="?", default=None, metavar="PATH",
                    help="the dataset folder (default: DATASET under the data root)")
     p.add_argument("--expect", choices=["real", "any"], default="real",
                    help="real: the real release's counts (default); any: only well-formed "
@@ -484,7 +511,7 @@ def _add_data_parser(sub: typing.Any) -> None:
             "nothing about the paper's."), epilog=DATA_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", choices=["miniimagenet"], metavar="DATASET", help="miniimagenet")
-    p.add_argument("dir", type=Path, metavar="DIR",
+    p.add_argument("dir", type=path_arg, metavar="DIR",
                    help="the dataset folder to write (created; name it miniimagenet/ under a "
                    "data root to train on it)")
     p.add_argument("--classes-per-split", type=option(CLASSES_PER_SPLIT, int_list),
@@ -594,6 +621,7 @@ def cmd_show(args: argparse.Namespace) -> None:
     print("\nsettings (--set KEY=VALUE; default, then meaning and valid values):")
     docs = _field_docs(type(exp.config))
     methods = {m.algorithm for m in exp.methods}
+    fixed = identity_settings(exp.config)  # the experiment's own: not for --set
     for f in dataclasses.fields(exp.config):
         users = set(readers(exp.config, f.name))
         if users and not methods & users:
@@ -602,8 +630,16 @@ def cmd_show(args: argparse.Namespace) -> None:
         named = {v: w for w, v in (f.metadata.get("words") or {}).items()}  # -1 -> auto
         value = named.get(value, show_value(value))
         doc = " ".join(docs.get(f.name, "").split())
-        print(f"  {f.name:<22} {value:<24} {doc}\n  {'':<22} {'':<24} valid: "
-              f"{describe_field(f)}")
+        valid = f"valid: {describe_field(f)}"
+        if f.name in fixed:  # a variant of the same thing (the env's time step) is still open
+            own = getattr(exp.config, f.name)
+            domain = domain_of(f)
+            alike = [v for v in getattr(domain, "values", ()) if v != own
+                     and same_identity(f.name, v, own)]
+            takes = f"takes only {', '.join(alike)}" if alike else "refuses another value"
+            valid = (f"fixed: part of what {exp.id} is (--set {takes}; other values are other "
+                     "experiments)")
+        print(f"  {f.name:<22} {value:<24} {doc}\n  {'':<22} {'':<24} {valid}")
     if exp.notes:
         print(f"\nnotes: {exp.notes}")
 

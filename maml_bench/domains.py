@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,25 +121,64 @@ class Pattern(Domain):
 
 @dataclass(frozen=True)
 class Items(Domain):
-    """A comma-separated list whose items each lie in `item`, with a bounded length."""
+    """A comma-separated list whose items each lie in `item`, with a bounded length.
+    `distinct`: the list is a set of values (each K evaluated, each step size tried), so a
+    repeated item would only be recorded twice; repeats stay fine in layer widths (40,40)."""
 
     item: Number
     min_len: int = 1
     max_len: int = 32
+    distinct: bool = False
 
     def contains(self, value: Any) -> bool:
         return (isinstance(value, tuple) and self.min_len <= len(value) <= self.max_len
-                and all(self.item.contains(v) for v in value))
+                and all(self.item.contains(v) for v in value)
+                and not (self.distinct and len(set(value)) < len(value)))
 
     def describe(self) -> str:
         count = (f"exactly {self.min_len}" if self.min_len == self.max_len
                  else f"{self.min_len} to {self.max_len}")
-        return f"{count} comma-separated values, each {self.item.describe()}"
+        distinct = " distinct" if self.distinct else ""
+        return f"{count}{distinct} comma-separated values, each {self.item.describe()}"
 
     def outside(self) -> list[str]:
         good = _fmt(self.item.lo if not self.item.lo_open else self.item.hi)
         return [f"{bad},{good}" for bad in self.item.outside()] + [
-            ",".join([good] * (self.max_len + 1))]
+            ",".join([good] * (self.max_len + 1))] + ([f"{good},{good}"] if self.distinct else [])
+
+
+#: List settings that are sets of values, refused with a repeated item: `domain_of` gives them
+#: Items(distinct=True), so every config's field of that name is covered (a new list setting
+#: can declare Items(..., distinct=True) itself).
+DISTINCT_ITEMS = frozenset({"eval_shots", "finetune_lrs"})
+
+
+def _same_env_class(env: str) -> str:
+    """An RL environment id's class: ids that differ only in constructor options (rllab's time
+    step, ...RllabDt-v0) are the same task family, a protocol variant the experiments' notes
+    offer (`--set env=maml_bench/HalfCheetahDirRllabDt-v0` for cheetah-dir-v1)."""
+    from maml_bench.rl.env_ids import _ENVS  # importable without gymnasium
+
+    return _ENVS[env][0] if env in _ENVS else env
+
+
+#: Settings that define what an experiment is (its id and records name them: MiniImagenet,
+#: 5-way, the no-conv net, the ant), each with what two of its values must share to be the same
+#: experiment. `--set` may not change them (runs would be titled as another experiment); the
+#: registry holds one experiment per value instead. Named here so that every config's field
+#: of that name is covered.
+IDENTITY: dict[str, Callable[[Any], Any]] = {
+    "dataset": str, "network": str, "ways": int, "env": _same_env_class}
+
+
+def identity_settings(config: Any) -> list[str]:
+    """The settings of `config` that define its experiment (`IDENTITY`)."""
+    return [f.name for f in dataclasses.fields(config) if f.name in IDENTITY]
+
+
+def same_identity(name: str, a: Any, b: Any) -> bool:
+    """Whether values `a` and `b` of identity setting `name` are the same experiment."""
+    return IDENTITY[name](a) == IDENTITY[name](b)
 
 
 def setting(default: Any, domain: Domain, hashed_at_default: bool = True,
@@ -187,6 +226,8 @@ def domain_of(field: dataclasses.Field) -> Domain:
     domain = field.metadata.get("domain")
     if domain is None:  # a programming error: every setting must say what it accepts
         raise TypeError(f"setting {field.name!r} declares no domain; use setting(default, ...)")
+    if field.name in DISTINCT_ITEMS and isinstance(domain, Items):
+        return dataclasses.replace(domain, distinct=True)
     return domain
 
 

@@ -30,7 +30,13 @@ import torch
 
 from maml_bench import devices, distributed
 from maml_bench.algorithms import ALGORITHMS, Algorithm
-from maml_bench.config import apply_overrides, config_dict, config_hash
+from maml_bench.config import (
+    apply_overrides,
+    check_identity,
+    config_dict,
+    config_hash,
+    parse_overrides,
+)
 from maml_bench.core.chunking import set_run_cpus
 from maml_bench.domains import evaluation_only, readers
 from maml_bench.errors import RunBusy, TrainingDiverged, UserError
@@ -93,14 +99,18 @@ class RunSpec:
 def resolve_config(experiment: Experiment, scale: str, overrides: list[str],
                    method: str | None = None) -> Any:
     """The config one method runs with: the experiment's, then the method's own settings, the
-    scale's, and the user's --set, each over the one before."""
+    scale's, and the user's --set, each over the one before. The --set may not change what
+    the experiment is (its dataset, ways, network, env: `config.check_identity`)."""
     if scale not in experiment.scales:
         raise UserError(f"unknown scale {scale!r}; choose one of {', '.join(experiment.scales)}")
     config = experiment.config
     if method is not None:
         config = apply_overrides(config, experiment.method(method).overrides)
     config = apply_overrides(config, experiment.scales[scale].overrides)
-    return apply_overrides(config, overrides)
+    changes = parse_overrides(config, overrides)
+    check_identity(experiment.id, config, changes,
+                   {name: EXPERIMENTS.get(name).config for name in EXPERIMENTS.names()})
+    return apply_overrides(config, changes)
 
 
 def plan_runs(

@@ -42,7 +42,7 @@ def generated(tmp_path, monkeypatch):
     """Generated MiniImagenet (5 classes a split) as the data root's miniimagenet/."""
     root = tmp_path / "data" / "miniimagenet"
     root.mkdir(parents=True)
-    synth_miniimagenet(root, (5, 5, 5), 20, seed=3, form="pickle")
+    synth_miniimagenet(root, (5, 5, 5), 20, seed=3, form="csv")  # v2 decodes the JPEGs
     monkeypatch.setenv(DATA_ENV, str(root.parent))
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     pools.load.cache_clear()
@@ -245,3 +245,80 @@ def test_authors_model_is_meta_tested_by_the_suite(generated, tmp_path):
         assert torch.equal(algorithm.theta[name].detach(), value)
     records = execute(run, progress=False)
     assert (records / "records.csv.gz").is_file()
+
+
+def test_omniglot_reference_resize_is_pillows_own_on_one_bit_images():
+    """The reference code's resize_images.py: Image.resize((28, 28), LANCZOS) on the 1-bit
+    PNGs, which Pillow does with NEAREST. Our explicit binary nearest sampling equals it bit for
+    bit (random 1-bit images here; every real PNG in the next test)."""
+    from PIL import Image
+
+    from maml_bench.tasks.fewshot.omniglot import reference_resize
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        bits = rng.random((105, 105)) < rng.uniform(0.05, 0.6)
+        image = Image.fromarray(bits.astype(np.uint8) * 255).convert("1")
+        pillow = np.asarray(image.resize((28, 28), Image.LANCZOS).convert("L"))
+        assert np.array_equal(reference_resize(image), pillow)
+        assert set(np.unique(pillow)) <= {0, 255}  # binary: no filter ran
+        grey = np.asarray(image.convert("L").resize((28, 28), Image.LANCZOS))
+        assert not np.array_equal(grey, pillow)  # the suite's Lanczos is another image
+
+
+OMNIGLOT_ZIP = data_root() / "omniglot" / "images_background.zip"
+
+
+@pytest.mark.skipif(not OMNIGLOT_ZIP.is_file(), reason=f"real Omniglot not found at "
+                    f"{OMNIGLOT_ZIP}: the official zips of brendenlake/omniglot (python/)")
+def test_omniglot_reference_resize_on_real_pngs():
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from maml_bench.tasks.fewshot.omniglot import reference_resize
+
+    with zipfile.ZipFile(OMNIGLOT_ZIP) as archive:
+        names = sorted(n for n in archive.namelist() if n.endswith(".png"))[::40]
+        for name in names:  # 483 drawings across the alphabets
+            with Image.open(io.BytesIO(archive.read(name))) as image:
+                assert image.mode == "1"
+                pillow = np.asarray(image.resize((28, 28), Image.LANCZOS).convert("L"))
+                assert np.array_equal(reference_resize(image), pillow), name
+
+
+def test_miniimagenet_reference_decoder_is_libjpegs_fast_idct(tmp_path):
+    """preprocessing=reference decodes with libjpeg's fast integer IDCT (TensorFlow's
+    decode_jpeg default, measured bit-identical on the 12,000 test images: docs/miniimagenet.md),
+    which differs from Pillow's accurate one; each has its own cache key."""
+    import simplejpeg
+    from PIL import Image
+
+    from maml_bench.tasks.fewshot.miniimagenet import _decode, source_key
+
+    rng = np.random.default_rng(1)
+    pixels = (rng.random((84, 84, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "a.jpg"
+    Image.fromarray(pixels).save(path, quality=75)
+    data = path.read_bytes()
+    reference, _ = _decode(data, "reference")
+    suite, _ = _decode(data, "suite")
+    fast = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=False)
+    assert np.array_equal(reference, fast.transpose(2, 0, 1))
+    assert np.array_equal(suite, np.asarray(Image.open(path).convert("RGB")).transpose(2, 0, 1))
+    assert not np.array_equal(reference, suite)
+    root = tmp_path / "mini"
+    root.mkdir()
+    synth_miniimagenet(root, (5, 5, 5), 2, seed=0, form="csv")
+    assert source_key(root, "reference") != source_key(root, "suite")
+
+
+def test_reference_decoding_needs_the_jpegs(tmp_path):
+    from maml_bench.tasks.fewshot.miniimagenet import load_miniimagenet
+
+    root = tmp_path / "mini"
+    root.mkdir()
+    synth_miniimagenet(root, (5, 5, 5), 2, seed=0, form="pickle")
+    with pytest.raises(UserError, match="preprocessing=reference decodes the JPEGs"):
+        load_miniimagenet(root, preprocessing="reference")

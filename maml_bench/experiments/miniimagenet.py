@@ -26,6 +26,7 @@ REFERENCE_CODE = {
     "bn_scale": "none",  # tf.contrib.layers.batch_norm defaults: scale=False, epsilon 1e-3
     "bn_eps": 1e-3,
     "init": "reference",  # Xavier-uniform kernels and head, zero biases
+    "preprocessing": "reference",  # tf.image.decode_jpeg's default: libjpeg's fast integer IDCT
 }
 #: the `long` scale's meta-iterations per shots, for the real data: MAML 5-way 1-shot measured
 #: 2.2 s a meta-iteration over both cores of this machine (torchrun, fused path), so 10,000

@@ -115,8 +115,9 @@ def locomotion(name: str, env: str, title: str, episodes: int,
         figures=(FigureSpec("curves", f"{title}: return against policy-gradient steps",
                             methods=tuple(m.algorithm for m in methods), shots=(episodes,),
                             ylabel="average return"),),
-        notes="Table 5's numbers come from rllab's cheetah (dt 0.01 s); --set "
-              "env=maml_bench/HalfCheetahDirRllabDt-v0 runs that time step on v5's model.",
+        notes=(f"The paper's numbers come from rllab's cheetah (dt 0.01 s); --set "
+               f"env={env.replace('-v0', 'RllabDt-v0')} runs that time step on v5's model."
+               if "HalfCheetah" in env else "The paper's numbers come from rllab's ant."),
     )
 
 

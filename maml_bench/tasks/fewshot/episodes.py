@@ -24,7 +24,7 @@ from maml_bench.tasks.base import SupervisedBenchmark
 from maml_bench.tasks.fewshot import pools
 
 #: the algorithms that apply `loss_convention` (MAML's inner loop with inner_lr)
-REFERENCE_LOSS = ("maml", "fomaml", "anil", "context-vector")
+REFERENCE_LOSS = ("maml", "fomaml", "anil", "context-vector", "maml-authors")
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class FewShotConfig(MetaConfig):
     a step of inner_lr is N x inner_lr on the mean; the query loss N Q / K x the mean, which
     moves only grad_clip's effect (and Adam's epsilon)"""
     adapt_norm: str = setting("yes", OneOf(("yes", "no")), hashed_at_default=False,
-                              used_by=("maml", "fomaml"))
+                              used_by=("maml", "fomaml", "maml-authors"))
     """yes: the inner loop adapts every parameter | no: not the batch-norm ones (meta-learned
     only, as the reference code, whose inner loop adapts its `weights` dict)"""
     bn_scale: str = setting("learned", OneOf(("learned", "none")), hashed_at_default=False)
@@ -72,6 +72,10 @@ class FewShotConfig(MetaConfig):
     bn_eps: float = setting(1e-5, Number(float, 0.0, 1.0, lo_open=True),
                             hashed_at_default=False)
     """Conv4 batch norm's epsilon (PyTorch 1e-5; the reference code 1e-3)"""
+    preprocessing: str = setting("suite", OneOf(("suite", "reference")), hashed_at_default=False)
+    """the images as the suite prepares them | reference: as the reference code's did (Omniglot:
+    binary, resized with nearest sampling, what its Lanczos call on 1-bit PNGs did;
+    MiniImagenet: TensorFlow's JPEG decoder, libjpeg's fast integer IDCT)"""
     init: str = setting("torch", OneOf(("torch", "reference")), hashed_at_default=False)
     """Conv4 initialisation: torch's defaults | reference: the reference code's (Xavier-uniform
     kernels and zero biases; head Xavier-uniform (MiniImagenet) or N(0, 1) (Omniglot))"""
@@ -129,7 +133,7 @@ class FewShot(SupervisedBenchmark):
 
     def __init__(self, config: FewShotConfig) -> None:
         super().__init__(config)
-        self.pools = pools.load(config.dataset, config.split)
+        self.pools = pools.load(config.dataset, config.split, config.preprocessing)
         for split, pool in self.pools.items():
             if pool.shape[0] < config.ways:
                 raise UserError(f"{config.dataset} {split} split has {pool.shape[0]} classes: "
@@ -214,13 +218,14 @@ def _fixed_episodes(bench: FewShot, split: str, n: int, shots: int) -> Supervise
     # Validation episodes use another seed than test episodes; both the same for every method.
     seed = c.test_seed if split == "test" else c.test_seed + 1
     return _cached_episodes(c.dataset, c.split, split, seed, n, c.ways, shots,
-                            bench.test_query(shots), bench.rotate)
+                            bench.test_query(shots), bench.rotate, c.preprocessing)
 
 
 @cache
 def _cached_episodes(dataset: str, split_name: str, split: str, seed: int, n: int, ways: int,
-                     shots: int, query: int, rotate: bool) -> SupervisedBatch:
-    pool = pools.load(dataset, split_name)[split]
+                     shots: int, query: int, rotate: bool, preprocessing: str = "suite"
+                     ) -> SupervisedBatch:
+    pool = pools.load(dataset, split_name, preprocessing)[split]
     return episodes(pool, torch.Generator().manual_seed(seed), n, ways, shots, query, rotate)
 
 

@@ -41,7 +41,12 @@ REAL_CLASSES = {"train": 64, "val": 16, "test": 20}
 REAL_IMAGES = 600
 SIZE = 84
 FORMS = ("csv", "pickle")
-PREPROCESSING = "lanczos-84-v1"  # bump when the preprocessing changes: a new cache key
+#: preprocessing -> its cache key part (bump one when its decoding changes). suite: Pillow's
+#: decoder (libjpeg's accurate integer IDCT); reference: libjpeg's fast integer IDCT without
+#: fancy upsampling, TensorFlow's decode_jpeg default, with which the reference code read them
+#: (simplejpeg's fastdct=True, fastupsample=False reproduces it bit for bit; Pillow's pixels
+#: differ from it by up to 23 levels)
+PREPROCESSINGS = {"suite": "lanczos-84-v1", "reference": "libjpeg-ifast-84-v1"}
 CSV_LAYOUT = ("images/ (or images.zip holding images/) with the JPEGs and train.csv, val.csv, "
               "test.csv with the header filename,label (rows like n0153282900000005.jpg,n01532829)")
 PICKLE_LAYOUT = ("mini-imagenet-cache-train.pkl, -val.pkl and -test.pkl, each a dict with "
@@ -207,22 +212,33 @@ def _read_csv(root: Path, scan: SplitScan) -> dict[str, list[str]] | None:
     return by_class
 
 
-def _decode(data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
+def _decode(data: bytes, preprocessing: str = "suite") -> tuple[np.ndarray, tuple[int, int]]:
     """RGB [3, 84, 84] and the source size. Grey and CMYK JPEGs (ImageNet has some) become RGB;
     other sizes are resized with Lanczos, as the MAML code's proc_images.py."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
-        size = image.size
-        rgb = image.convert("RGB")  # decodes the whole file: a truncated one fails here
+    if preprocessing == "reference":
+        import simplejpeg
+
+        try:
+            pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True,
+                                            fastupsample=False)
+        except ValueError as err:  # simplejpeg's error for a file libjpeg cannot decode
+            raise OSError(str(err)) from None
+        rgb = Image.fromarray(pixels)
+        size = rgb.size
+    else:
+        with Image.open(io.BytesIO(data)) as image:
+            size = image.size
+            rgb = image.convert("RGB")  # decodes the whole file: a truncated one fails here
     if rgb.size != (SIZE, SIZE):
         rgb = rgb.resize((SIZE, SIZE), resample=Image.LANCZOS)
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1), size
 
 
 def scan_csv(root: Path, split: str, keep: bool = True,
-             source: ImageSource | None = None, progress: _DecodeProgress | None = None
-             ) -> SplitScan:
+             source: ImageSource | None = None, progress: _DecodeProgress | None = None,
+             preprocessing: str = "suite") -> SplitScan:
     """Read one split of the csv form: the CSV, then every JPEG it names."""
     from PIL import Image
 
@@ -249,7 +265,7 @@ def scan_csv(root: Path, split: str, keep: bool = True,
                 missing.append(file)
                 continue
             try:
-                pixels, size = _decode(source.read(file))
+                pixels, size = _decode(source.read(file), preprocessing)
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
                 unreadable.append(f"{file}: {str(err)[:60]}")
                 continue
@@ -385,8 +401,8 @@ def scan_pickle(root: Path, split: str, keep: bool = True) -> SplitScan:
     return scan
 
 
-def scan(root: Path, form: str, keep: bool = True, show_progress: bool = False
-         ) -> list[SplitScan]:
+def scan(root: Path, form: str, keep: bool = True, show_progress: bool = False,
+         preprocessing: str = "suite") -> list[SplitScan]:
     """Every split of one form, with the problems across splits (a class in two splits)."""
     if form == "csv":
         source = ImageSource(root)
@@ -396,7 +412,7 @@ def scan(root: Path, form: str, keep: bool = True, show_progress: bool = False
                            - 1) for s in SPLITS if (root / csv_name(s)).is_file())
             progress = _DecodeProgress(rows, source.label)
         try:
-            scans = [scan_csv(root, s, keep, source, progress) for s in SPLITS]
+            scans = [scan_csv(root, s, keep, source, progress, preprocessing) for s in SPLITS]
         finally:
             source.close()
             if progress is not None:
@@ -417,9 +433,9 @@ def scan(root: Path, form: str, keep: bool = True, show_progress: bool = False
     return scans
 
 
-def source_key(root: Path) -> str:
+def source_key(root: Path, preprocessing: str = "suite") -> str:
     """A hash of the CSVs' bytes, the JPEGs' names, sizes and times, and the preprocessing."""
-    digest = hashlib.sha256(PREPROCESSING.encode())
+    digest = hashlib.sha256(PREPROCESSINGS[preprocessing].encode())
     for split in SPLITS:
         path = root / csv_name(split)
         digest.update(path.read_bytes() if path.is_file() else b"-")
@@ -462,9 +478,11 @@ def _save_cache(path: Path, splits: dict[str, Split]) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
-def load_miniimagenet(root: Path, form: str | None = None) -> dict[str, Split]:
+def load_miniimagenet(root: Path, form: str | None = None, preprocessing: str = "suite"
+                      ) -> dict[str, Split]:
     """The train, val and test splits from `root` in `form` (default: pickle when its files are
-    there, as nothing needs decoding, else csv), from the cache when decoded before."""
+    there, as nothing needs decoding, else csv), from the cache when decoded before, with the
+    JPEG decoder of `preprocessing` (PREPROCESSINGS; the pickles hold decoded pixels)."""
     hint = "point --data-root (or MAML_BENCH_DATA) at the folder holding miniimagenet/"
     if not root.is_dir():
         raise UserError(f"no MiniImagenet folder {root}: {LAYOUT}; {hint}")
@@ -472,18 +490,24 @@ def load_miniimagenet(root: Path, form: str | None = None) -> dict[str, Split]:
         found = present_forms(root)
         if not found:
             raise UserError(f"MiniImagenet not found in {root}: {LAYOUT}; {hint}")
-        form = "pickle" if "pickle" in found else "csv"
+        # the pickles hold decoded pixels: the reference's decoder needs the JPEGs
+        prefer = "pickle" if preprocessing == "suite" else "csv"
+        form = prefer if prefer in found else found[0]
+    if form == "pickle" and preprocessing != "suite":
+        raise UserError(f"preprocessing={preprocessing} decodes the JPEGs, and {root} holds "
+                        "only the pickles (decoded already): give the csv form (images/ or "
+                        "images.zip and the CSVs), or drop --set preprocessing")
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     cache = None
     if form == "csv" and _images_readable(root):
-        cache = cache_dir() / f"miniimagenet-{source_key(root)}.npz"
+        cache = cache_dir() / f"miniimagenet-{source_key(root, preprocessing)}.npz"
         cached = _load_cache(cache)
         if cached is not None:
             return cached
         logging.getLogger(__name__).info("decoding the MiniImagenet JPEGs in %s once (cached "
                                          "in %s)", root, cache)
-    scans = scan(root, form, show_progress=cache is not None)
+    scans = scan(root, form, show_progress=cache is not None, preprocessing=preprocessing)
     problems = [p for item in scans for p in item.problems]
     if problems:
         more = (f" (and {len(problems) - 1} more problems: see `maml-bench data check "

@@ -1,7 +1,14 @@
 """Omniglot (Lake et al. 2015) from its official release: `images_background` and
 `images_evaluation` (zips or the folders they unpack to), `<alphabet>/<character>/<id>_<nn>.png`,
-105 x 105. Resized once to 28 x 28 with PIL's Lanczos filter as the MAML reference code, cached
-as one uint8 array keyed by a hash of the source files and the preprocessing.
+105 x 105, 1-bit. Resized once to 28 x 28, cached as one uint8 array keyed by a hash of the
+source files and the preprocessing, in either of two ways (`RESIZES`):
+
+* reference: what the MAML reference code's `resize_images.py` got. It calls
+  `Image.resize((28, 28), LANCZOS)` on the 1-bit PNGs, and Pillow resizes mode "1" images with
+  NEAREST whatever filter is asked for, so its images are binary, each pixel the source pixel
+  nearest its centre;
+* lanczos: a true Lanczos resize of the greyscale image (grey edges), the suite's first reading
+  of that script.
 
 The MAML split (paper-protocol.md) shuffles the sorted list of all 1,623 characters with
 Python's `random.seed(1)` (the reference code shuffled the file system's listing, which cannot be
@@ -18,6 +25,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +38,8 @@ CHARACTERS = 1623
 DRAWINGS = 20
 SOURCE_SIZE = 105
 SIZE = 28
-PREPROCESSING = "lanczos-28-v1"  # bump when the preprocessing changes: a new cache key
+#: resize -> its cache key part (bump one when its preprocessing changes)
+RESIZES = {"lanczos": "lanczos-28-v1", "reference": "nearest-binary-28-v1"}
 LAYOUT = ("expected images_background.zip and images_evaluation.zip (or the folders they unpack "
           "to) holding <alphabet>/<character>/<id>_<nn>.png, 105 x 105")
 
@@ -72,9 +81,9 @@ def _files(source: Path) -> Iterator[tuple[str, bytes]]:
         raise UserError(f"{source} is not a readable zip ({err}); {LAYOUT}") from None
 
 
-def source_key(root: Path) -> str:
+def source_key(root: Path, resize: str = "lanczos") -> str:
     """A hash of the source files (names and sizes, or the zips' bytes) and the preprocessing."""
-    digest = hashlib.sha256(PREPROCESSING.encode())
+    digest = hashlib.sha256(RESIZES[resize].encode())
     for name, source in sorted(_sources(root).items()):
         digest.update(name.encode())
         if source.is_dir():
@@ -85,19 +94,19 @@ def source_key(root: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_omniglot(root: Path) -> Omniglot:
+def load_omniglot(root: Path, resize: str = "lanczos") -> Omniglot:
     """All 1,623 characters at 28 x 28, from the cache or preprocessed once."""
     if not root.is_dir():
         raise UserError(f"no Omniglot folder {root}: {LAYOUT}; point --data-root (or "
                         "MAML_BENCH_DATA) at the folder holding omniglot/")
-    cache = cache_dir() / f"omniglot-{source_key(root)}.npz"
+    cache = cache_dir() / f"omniglot-{source_key(root, resize)}.npz"
     if cache.exists():
         try:
             with np.load(cache) as saved:
                 return Omniglot(saved["images"], tuple(saved["names"].tolist()))
         except (OSError, ValueError, KeyError):
             cache.unlink(missing_ok=True)  # a damaged cache is rebuilt from the source
-    data = preprocess(root)
+    data = preprocess(root, resize)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, images=data.images, names=np.array(data.names))
     with contextlib.suppress(OSError):  # no writable cache: preprocess again next time
@@ -105,7 +114,17 @@ def load_omniglot(root: Path) -> Omniglot:
     return data
 
 
-def preprocess(root: Path) -> Omniglot:
+def reference_resize(image: Any) -> np.ndarray:
+    """A 105 x 105 PIL image as the reference code's resize left it: binary (0 or 255), each
+    pixel the source pixel nearest its centre (Pillow's NEAREST sampling: source index
+    floor((i + 0.5) * 105 / 28)), written out so that the test can hold Pillow to it."""
+    pixels = np.asarray(image.convert("L"), dtype=np.uint8)
+    binary = np.where(pixels >= 128, 255, 0).astype(np.uint8)
+    index = ((np.arange(SIZE) + 0.5) * (SOURCE_SIZE / SIZE)).astype(np.int64)
+    return binary[np.ix_(index, index)]
+
+
+def preprocess(root: Path, resize: str = "lanczos") -> Omniglot:
     """Decode, check and resize every image (about a minute on one core)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -118,7 +137,8 @@ def preprocess(root: Path) -> Omniglot:
                     if image.size != (SOURCE_SIZE, SOURCE_SIZE):
                         raise UserError(f"{set_name}/{rel} is {image.size[0]} x {image.size[1]}, "
                                         f"not {SOURCE_SIZE} x {SOURCE_SIZE}; {LAYOUT}")
-                    small = image.convert("L").resize((SIZE, SIZE), resample=Image.LANCZOS)
+                    small = (reference_resize(image) if resize == "reference" else
+                             image.convert("L").resize((SIZE, SIZE), resample=Image.LANCZOS))
             except (UnidentifiedImageError, OSError) as err:
                 raise UserError(f"{set_name}/{rel} is not a readable PNG ({err}); {LAYOUT}"
                                 ) from None

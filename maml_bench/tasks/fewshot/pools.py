@@ -14,12 +14,14 @@ from maml_bench.tasks.fewshot.data_root import data_root
 
 
 @cache
-def load(dataset: str, split: str) -> dict[str, Tensor]:
+def load(dataset: str, split: str, preprocessing: str = "suite") -> dict[str, Tensor]:
+    """`preprocessing`: suite | reference, the images as the reference code saw them (Omniglot:
+    binary, nearest-resized; MiniImagenet: TensorFlow's JPEG decoder)."""
     root = data_root() / dataset
     if dataset == "omniglot":
         from maml_bench.tasks.fewshot.omniglot import load_omniglot, maml_split, vinyals_split
 
-        data = load_omniglot(root)
+        data = load_omniglot(root, "reference" if preprocessing == "reference" else "lanczos")
         images = torch.from_numpy(data.images).unsqueeze(2)  # [characters, 20, 1, 28, 28]
         chosen = vinyals_split(data.names) if split == "vinyals" else maml_split(data.names)
         return {name: images[torch.from_numpy(index)] for name, index in chosen.items()}
@@ -28,5 +30,5 @@ def load(dataset: str, split: str) -> dict[str, Tensor]:
 
         # "maml" for MiniImagenet is the Ravi & Larochelle split of its CSVs (or pickles).
         return {name: torch.from_numpy(split.images)  # [classes, images, 3, 84, 84]
-                for name, split in load_miniimagenet(root).items()}
+                for name, split in load_miniimagenet(root, preprocessing=preprocessing).items()}
     raise UserError(f"dataset {dataset!r} has no loader yet")
