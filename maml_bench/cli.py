@@ -37,7 +37,7 @@ from maml_bench.engines.options import (
     RETRIES,
     TIME_MIN,
 )
-from maml_bench.errors import UserError, one_line
+from maml_bench.errors import UserError, WriteError, one_line
 from maml_bench.profile.configs import CONFIG_NAMES as PROFILE_CONFIG_NAMES
 
 EPILOG = """\
@@ -140,10 +140,24 @@ def default_out(scale: str) -> Path:
     return Path("results") if scale == "paper" else Path("runs") / scale
 
 
+#: output folders this command created (writable_dir), for the clean-up of a failed command
+_CREATED: list[Path] = []
+
+
+def _remove_created_if_empty() -> None:
+    for path in _CREATED:
+        with contextlib.suppress(OSError):  # rmdir removes only an empty folder
+            path.rmdir()
+
+
 def writable_dir(path: Path, option_name: str = "--out") -> Path:
     """Create `path` if needed and prove it writable, before any work: one line if not."""
     if path.exists() and not path.is_dir():
         raise UserError(f"{option_name} {path} is a file; give a directory")
+    missing = path  # folders made by this command: removed again if it fails leaving them empty
+    while not missing.exists():
+        _CREATED.append(missing)  # deepest first
+        missing = missing.parent
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe-"):
@@ -845,7 +859,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, not one per process
             print(f"maml-bench: error: {one_line(str(err))}", file=sys.stderr)
-        return 2
+        _remove_created_if_empty()
+        # a disk that is full or read-only is the machine's fault, not the input's
+        return 1 if isinstance(err, WriteError) else 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0

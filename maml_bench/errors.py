@@ -9,6 +9,12 @@ class RunBusy(UserError):
     """Another process holds the run's lock (is training it now)."""
 
 
+class WriteError(UserError, OSError):
+    """A file the suite writes could not be written (disk full, read-only folder): one line
+    for the CLI (exit code 1: the machine's fault, not the input's), and still an OSError for
+    callers that tolerate failed writes (caches)."""
+
+
 class TrainingDiverged(UserError):
     """A non-finite loss or parameter appeared during training."""
 

@@ -3,7 +3,6 @@ its spec, so the executor changes nothing but the wall-clock time."""
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import time
@@ -14,7 +13,7 @@ from maml_bench import distributed
 from maml_bench.core.chunking import machine_cpus
 from maml_bench.errors import UserError, one_line
 from maml_bench.progress import duration, say, terminal
-from maml_bench.results import RUN_INFO_FILE
+from maml_bench.results import RUN_INFO_FILE, read_run_info
 from maml_bench.runner import RunSpec, execute, is_done
 
 log = logging.getLogger(__name__)
@@ -79,10 +78,14 @@ def run_all(runs: list[RunSpec], jobs: int = 1, progress: bool | None = None) ->
         first, err = next(iter(failed.items()))
         if len(todo) == 1:
             raise err
-        raise UserError(f"{len(failed)} of {len(todo)} runs failed (first: {first}: "
-                        f"{one_line(str(err))}); "
-                        "the others' records are written; fix it and run the same command "
-                        "again: finished runs are skipped")
+        messages = {str(e) for e in failed.values()}
+        cause = (f": {one_line(str(err))}" if len(messages) == 1
+                 else f" (first: {first}: {one_line(str(err))})")
+        # Say exactly what was written: "the others" would claim records where none exist.
+        written = (f"records of {len(done)} run{'s' if len(done) > 1 else ''} were written"
+                   if done else "no records were written")
+        raise UserError(f"{len(failed)} of {len(todo)} runs failed{cause}; {written}; fix it "
+                        "and run the same command again: finished runs are skipped")
     return done
 
 
@@ -131,8 +134,8 @@ def warn_nonfinite(runs: list[RunSpec]) -> None:
     totals: Counter[str] = Counter()
     for run in runs:
         try:
-            info = json.loads((run.directory / RUN_INFO_FILE).read_text())
-        except (OSError, ValueError):
+            info = read_run_info(run.directory / RUN_INFO_FILE)
+        except (OSError, ValueError, UserError):  # a run that failed: its error is reported
             continue
         counts[run.method] += info.get("nonfinite_test_values", 0)
         totals[run.method] += info.get("records_rows", 0)

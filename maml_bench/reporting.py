@@ -7,7 +7,6 @@ paper-scale numbers with the paper.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,13 @@ from maml_bench.experiments import EXPERIMENTS, Experiment
 from maml_bench.experiments.base import FigureSpec
 from maml_bench.fits import FITS_FILE
 from maml_bench.report.tables import UNKNOWN_SCALE
-from maml_bench.results import RUN_INFO_FILE, atomic_write_text, find_record_files, load_records
+from maml_bench.results import (
+    RUN_INFO_FILE,
+    atomic_write_text,
+    find_record_files,
+    load_records,
+    read_run_info,
+)
 from maml_bench.runner import TRAIN_LOG_FILE, resolve_config
 from maml_bench.stats import mean_keep_nan
 from maml_bench.tasks import BENCHMARKS
@@ -70,7 +75,7 @@ def experiment_runs(experiment_id: str, out: Path) -> pd.DataFrame:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        return read_run_info(path)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:

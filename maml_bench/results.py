@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from maml_bench.errors import UserError
+from maml_bench.errors import UserError, WriteError
 
 #: Columns every records file has, in this order (provenance columns follow).
 RECORD_COLUMNS = [
@@ -66,11 +66,24 @@ def file_mode() -> int:
     return 0o666 & ~umask
 
 
+def write_error(path: Path | str, err: OSError) -> WriteError:
+    reason = err.strerror or str(err)
+    return WriteError(f"cannot write {path} ({reason}): free space or choose --out")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, with the
     mode the umask gives a new file (`file_mode`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Folders made here are removed again if the write fails (full or read-only disk), so a
+    # failed command leaves no empty tree behind.
+    created = ([] if path.parent.is_dir() else
+               [d for d in (path.parent, *path.parent.parents) if not d.exists()])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        remove_empty_folders(created)
+        raise write_error(path, err) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), file_mode())
@@ -78,9 +91,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        remove_empty_folders(created)
+        raise write_error(path, err) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove `folders` (innermost first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -131,6 +157,22 @@ def expected_rows(config: dict[str, Any]) -> int:
     return len(config["eval_shots"]) * config["test_tasks"] * (config["eval_steps"] + 1)
 
 
+#: what every run.json this suite writes holds (readers rely on them)
+RUN_INFO_KEYS = ("run_id", "method", "repetition", "config", "config_hash")
+
+
+def read_run_info(path: Path) -> dict[str, Any]:
+    """A run's run.json. Unreadable (OSError, ValueError: each caller decides, e.g. a torn
+    file is redone); valid JSON but not what the suite wrote (`[]`, `{}`, a hand-edited file)
+    is refused as one line, since readers would fail on it or misjudge the run."""
+    info = json.loads(path.read_text())
+    if not isinstance(info, dict) or any(k not in info for k in RUN_INFO_KEYS) or not isinstance(
+            info["config"], dict):
+        raise UserError(f"{path} is not a run.json this suite wrote: delete the run's folder "
+                        f"{path.parent} to redo it")
+    return info
+
+
 def check_run(run_dir: Path) -> tuple[str | None, pd.DataFrame | None]:
     """(None, records) if the run's records verify against its run.json, else (what is wrong,
     None)."""
@@ -138,7 +180,7 @@ def check_run(run_dir: Path) -> tuple[str | None, pd.DataFrame | None]:
     if not info_path.exists():
         return "it has no run.json (the run did not finish)", None
     try:
-        info = json.loads(info_path.read_text())
+        info = read_run_info(info_path)
         data = records.read_bytes()
     except (OSError, ValueError) as err:
         return f"it cannot be read ({err})", None

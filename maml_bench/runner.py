@@ -12,13 +12,12 @@ import dataclasses
 import fcntl
 import gc
 import gzip
-import json
 import logging
 import math
 import os
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -52,7 +51,10 @@ from maml_bench.results import (
     atomic_write_bytes,
     atomic_write_text,
     check_run,
+    read_run_info,
+    remove_empty_folders,
     seal,
+    write_error,
     write_json,
     write_records,
 )
@@ -164,7 +166,7 @@ def is_done(run: RunSpec) -> bool:
     if not (info_path.exists() and (run.directory / RECORDS_FILE).exists()):
         return False
     try:
-        info = json.loads(info_path.read_text())
+        info = read_run_info(info_path)
     except (OSError, ValueError):
         return False  # a broken marker: redo the evaluation from the checkpoint
     if info.get("config_hash") != config_hash(run.config):
@@ -193,9 +195,17 @@ def progress_mode(progress: bool | str | None) -> str:
 def run_lock(run: RunSpec) -> Iterator[None]:
     """One process per run directory: a second one is refused with the holder's pid instead of
     training the same run twice. The lock dies with its process, so a kill never leaves it."""
-    run.directory.mkdir(parents=True, exist_ok=True)
+    # The folders this call creates, innermost first: removed again if the lock cannot be
+    # written, so that a full or read-only disk leaves no empty tree behind.
+    created = [d for d in (run.directory, *run.directory.parents) if not d.exists()]
     path = run.directory / LOCK_FILE
-    with open(path, "a+") as handle:
+    try:
+        run.directory.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # noqa: SIM115 (closed below, after the lock is released)
+    except OSError as err:
+        remove_empty_folders(created)
+        raise write_error(path, err) from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -203,15 +213,23 @@ def run_lock(run: RunSpec) -> Iterator[None]:
             holder = handle.read().strip() or "unknown"
             raise RunBusy(f"{run.run_id} is being run by another process (pid {holder}) in "
                             f"{run.directory}; wait for it or stop it, then run again") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        try:
+            handle.truncate(0)
+            os.write(handle.fileno(), f"{os.getpid()}\n".encode())  # unbuffered: fails here
+        except OSError as err:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+            with suppress(OSError):
+                path.unlink(missing_ok=True)
+            remove_empty_folders(created)
+            raise write_error(path, err) from None
         try:
             yield
         finally:
-            handle.seek(0)
-            handle.truncate()
+            # The pid is only a hint for a refused second process: failing to clear it (disk
+            # gone read-only) must not hide the run's own error behind a second traceback.
+            with suppress(OSError):
+                handle.truncate(0)
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
@@ -256,7 +274,10 @@ def _remove_if_unused(run: RunSpec) -> None:
     nothing but the lock (called while holding it)."""
     if not distributed.is_main() or {p.name for p in run.directory.iterdir()} != {LOCK_FILE}:
         return
-    (run.directory / LOCK_FILE).unlink()
+    try:
+        (run.directory / LOCK_FILE).unlink()
+    except OSError:  # a read-only folder: keep it rather than hide the run's own error
+        return
     folder = run.directory
     while folder != run.out and run.out in folder.parents:
         try:

@@ -22,6 +22,7 @@ import hashlib
 import io
 import random
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,19 +67,41 @@ def _sources(root: Path) -> dict[str, Path]:
 
 
 def _files(source: Path) -> Iterator[tuple[str, bytes]]:
-    """(path relative to the set, png bytes) of every image of one set, sorted."""
+    """(path relative to the set, png bytes) of every image of one set, sorted. Files that are
+    not PNGs (a README, .DS_Store) are skipped; a PNG outside <alphabet>/<character>/ is
+    refused, since it would be a drawing the loader cannot place."""
     if source.is_dir():
-        for path in sorted(source.glob("*/*/*.png")):
-            yield path.relative_to(source).as_posix(), path.read_bytes()
+        for path in sorted(source.rglob("*.png")):
+            rel = path.relative_to(source).as_posix()
+            if rel.count("/") != 2:
+                raise UserError(f"{path} is not at <alphabet>/<character>/<file>.png; move or "
+                                f"delete it ({LAYOUT})")
+            try:
+                blob = path.read_bytes()
+            except OSError as err:
+                raise UserError(f"cannot read {path} ({err.strerror}); {LAYOUT}") from None
+            yield rel, blob
         return
     try:
-        with zipfile.ZipFile(source) as archive:
-            names = sorted(n for n in archive.namelist() if n.endswith(".png"))
-            for name in names:
-                parts = name.split("/")
-                yield "/".join(parts[-3:]), archive.read(name)
+        archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError) as err:
         raise UserError(f"{source} is not a readable zip ({err}); {LAYOUT}") from None
+    with archive:
+        # Members sit under the set's folder (images_background/...) in the release's zips.
+        top = source.stem + "/"
+        names = sorted(n for n in archive.namelist() if n.endswith(".png"))
+        for name in names:
+            rel = (name[len(top):] if name.startswith(top)
+                   else "/".join(name.split("/")[-3:]))  # some other wrapper folder
+            if rel.count("/") != 2:
+                raise UserError(f"{source}: member {name} is not at <alphabet>/<character>/"
+                                f"<file>.png; {LAYOUT}")
+            try:
+                blob = archive.read(name)
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+                raise UserError(f"{source}: member {name} is damaged ({err}); fetch the zip "
+                                "again") from None
+            yield rel, blob
 
 
 def source_key(root: Path, resize: str = "lanczos") -> str:

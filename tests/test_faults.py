@@ -1,0 +1,159 @@
+"""Faults from outside the code end in one line naming the file and the fix, with no traceback
+and no empty output tree: a damaged or odd Omniglot zip, a run.json the suite did not write, a
+full or read-only disk, and several runs failing together."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from maml_bench import runner
+from maml_bench.cli import main
+from maml_bench.errors import UserError
+from maml_bench.tasks.fewshot import omniglot
+
+TINY = ["run", "sinusoid-table2-v1", "--scale", "tiny", "--method", "maml", "--no-report"]
+RUN_DIR = Path("sinusoid-table2-v1/raw/maml/seed-0")
+
+
+def one_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("maml-bench: error: ")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (105, 105), 255).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def omniglot_root(tmp_path: Path, extra: dict[str, bytes] | None = None) -> Path:
+    """Both sets as zips with one character each (enough for the fault to be met first)."""
+    root = tmp_path / "omniglot"
+    root.mkdir(parents=True)
+    for name in omniglot.SETS:
+        with zipfile.ZipFile(root / f"{name}.zip", "w", zipfile.ZIP_STORED) as archive:
+            for i in range(1, 21):
+                archive.writestr(f"{name}/Latin/character01/0001_{i:02d}.png", _png())
+            for member, blob in (extra or {}).items():
+                archive.writestr(f"{name}/{member}", blob)
+    return root
+
+
+def test_a_damaged_zip_member_is_named(tmp_path, capsys):
+    root = omniglot_root(tmp_path)
+    path = root / "images_background.zip"
+    data = bytearray(path.read_bytes())
+    at = data.index(_png()) + 40  # inside the first member's stored bytes: its CRC fails
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"images_background\.zip: member images_background/"
+                       r"Latin/character01/0001_01\.png is damaged.*fetch the zip again"):
+        omniglot.preprocess(root)
+    assert main(["data", "check", "omniglot", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "0001_01.png is damaged" in err
+
+
+def test_a_readme_is_ignored_and_a_stray_png_refused(tmp_path):
+    root = omniglot_root(tmp_path, {"README.txt": b"hello"})
+    with pytest.raises(UserError, match="found 2 characters"):  # got past the README
+        omniglot.preprocess(root)
+    root = omniglot_root(tmp_path / "b", {"x.png": _png()})
+    with pytest.raises(UserError, match=r"member images_background/x\.png is not at "
+                       r"<alphabet>/<character>/<file>\.png"):
+        omniglot.preprocess(root)
+
+
+@pytest.mark.parametrize("content", ["[]", "{}", '{"config_hash": 1}'])
+def test_a_run_json_the_suite_did_not_write_is_refused(tmp_path, capsys, content):
+    out = tmp_path / "out"
+    assert main([*TINY, "--out", str(out)]) == 0
+    info = out / RUN_DIR / "run.json"
+    info.write_text(content)
+    capsys.readouterr()
+    for command in (["report", "--out", str(out)], [*TINY, "--out", str(out)]):
+        assert main(command) == 2
+        line = one_error(capsys)
+        assert f"{info} is not a run.json this suite wrote" in line
+        assert "delete the run's folder" in line
+
+
+def test_a_full_disk_mid_run_is_one_line_and_leaves_no_tree(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert main([*TINY, "--out", str(out)]) == 1  # the machine's fault: exit 1, not 2
+    line = one_error(capsys)
+    assert "cannot write" in line and "(No space left on device): free space or choose --out" \
+        in line
+    assert list(out.rglob("*")) == []  # the run's folders are gone again
+    fresh = tmp_path / "fresh" / "out"  # an --out the command made itself is removed too
+    assert main([*TINY, "--out", str(fresh)]) == 1
+    one_error(capsys)
+    assert not fresh.exists() and not fresh.parent.exists()
+
+
+def test_a_read_only_folder_at_the_lock_leaves_no_tree(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(runner, "open", refuse, raising=False)
+    assert main([*TINY, "--out", str(out)]) == 1
+    line = one_error(capsys)
+    assert f"cannot write {out / RUN_DIR / runner.LOCK_FILE} (Permission denied)" in line
+    assert list(out.rglob("*")) == []
+
+
+def test_a_full_disk_during_report_is_one_line(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    assert main([*TINY, "--out", str(out)]) == 0
+    capsys.readouterr()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    before = sorted(out.rglob("*"))
+    assert main(["report", "--out", str(out)]) == 1
+    assert "(No space left on device): free space or choose --out" in one_error(capsys)
+    assert sorted(out.rglob("*")) == before  # no empty tables/ or figures/ folder
+
+
+@pytest.mark.parametrize("failing", [("maml", "fomaml"), ("fomaml",)])
+def test_runs_failing_together_say_what_was_written(tmp_path, capsys, monkeypatch, failing):
+    build = runner._build
+
+    def refuse(run):  # a per-run refusal, like a setting a benchmark cannot take
+        if run.method in failing:
+            raise UserError(f"{run.method} refused")
+        return build(run)
+
+    monkeypatch.setattr(runner, "_build", refuse)
+    out = tmp_path / "out"
+    assert main(["run", "sinusoid-table2-v1", "--scale", "tiny", "--method", "maml",
+                 "--method", "fomaml", "--no-report", "--out", str(out)]) == 2
+    line = one_error(capsys)
+    assert f"{len(failing)} of 2 runs failed" in line and "others" not in line
+    if len(failing) == 2:
+        assert "no records were written" in line
+        assert list(out.rglob("*")) == []  # no run folder left to look like a started run
+    else:
+        assert "records of 1 run were written" in line
