@@ -17,6 +17,7 @@ import uuid
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_validation import assert_refused, run_cli
 
 from maml_bench import cli
 from maml_bench.config import config_hash
@@ -35,24 +36,6 @@ from maml_bench.runner import resolve_config
 SINUSOID = "sinusoid-table2-v1"
 HYPOTHESIS = settings(max_examples=40, deadline=None,
                       suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def run_cli(capsys, argv: list[str]) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        code = cli.main(argv)
-    except SystemExit as stop:  # argparse's usage errors
-        code = stop.code
-    return code, capsys.readouterr().err
-
-
-def assert_refused(code: int, err: str, *names: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    for name in names:
-        assert name in lines[0], (name, err)
 
 
 def refused_run(capsys, tmp_path, experiment: str, *args: str, names: tuple[str, ...]) -> str:
