@@ -761,6 +761,10 @@ def _train_and_evaluate(args: argparse.Namespace, out: Path, runs: list[typing.A
 
     options = engine_options(args)
     runs = run_devices(runs, args.device, options)
+    if args.engine == "local":  # a cluster's nodes hold their own data and memory
+        from maml_bench.preflight import check_runs
+
+        check_runs(runs)
     # Under torchrun (WORLD_SIZE > 1): refuses what cannot be split, joins the process group.
     distributed.setup_run_command(runs, jobs=args.jobs or 1)
     workers = max((getattr(r.config, "workers", 1) for r in runs), default=1)
@@ -873,5 +877,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> typing.NoReturn:
+    """The `maml-bench` command: `main`, then an exit that a further Ctrl-C cannot turn into a
+    traceback (the interpreter's exit handlers join threads and free libraries, and a signal
+    meanwhile would interrupt them; everything is saved by then, so it leaves at once)."""
+    code = main()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup's ignored SIGINT stays ignored
+            signal.signal(sig, lambda *_: os._exit(code))
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

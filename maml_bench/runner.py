@@ -318,12 +318,18 @@ def _execute(run: RunSpec, mode: str, threads: int) -> Path:
 
 def _build(run: RunSpec) -> tuple[torch.device, Any, Algorithm]:
     """The run's device, benchmark and freshly initialised algorithm."""
+    device, benchmark = build_benchmark(run)
+    return device, benchmark, ALGORITHMS.get(run.method)(benchmark, run.config, run.seed)
+
+
+def build_benchmark(run: RunSpec) -> tuple[torch.device, Any]:
+    """The run's device and its benchmark there (which opens the data)."""
     device = devices.torch_device(run.device)  # a worker without the GPU: one line, exit 2
     devices.use(device)
     benchmark = BENCHMARKS.get(EXPERIMENTS.get(run.experiment).benchmark)(run.config)
     if device.type != "cpu":  # drawn on the CPU as always, then moved: the same tasks
         benchmark = devices.OnDevice(benchmark, device)
-    return device, benchmark, ALGORITHMS.get(run.method)(benchmark, run.config, run.seed)
+    return device, benchmark
 
 
 def _evaluate_and_write(run: RunSpec, algorithm: Algorithm, benchmark: Any,

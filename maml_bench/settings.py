@@ -29,7 +29,8 @@ class MetaConfig:
     meta_lr: float = setting(1e-3, STEP)
     """Adam step size of the outer (meta) optimizer"""
     inner_lr: float = setting(0.01, STEP)
-    """alpha: inner gradient step size (paper text 0.01; reference code flag 0.001)"""
+    """alpha: inner gradient step size (each experiment's default is its paper's value; its
+    notes say where the reference code used another)"""
     inner_steps: int = setting(1, Number(int, 1, 100))
     """inner gradient steps during meta-training"""
     train_shots: int = setting(10, Number(int, 1, 10_000))

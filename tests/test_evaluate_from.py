@@ -82,7 +82,8 @@ def test_omniglot_with_more_test_queries(tmp_path):
 
 
 CHANGED = {"test_seed": 5, "test_tasks": 3, "eval_chunk": 1, "test_query": 2,
-           "eval_shots": (1, 2), "evaluate_checkpoint": "last", "render": False}
+           "eval_shots": (1, 2), "evaluate_checkpoint": "last", "render": False,
+           "test_lr": 0.3, "test_lr_later": 0.25, "test_min_steps": 30}
 
 
 @pytest.mark.parametrize(("experiment", "method"), [

@@ -205,3 +205,47 @@ def test_a_navigation_rollout_is_still_drawn(tmp_path):
     assert render_in_child(out, "maml_bench/Navigation2D-v0", {"goal": (0.3, -0.2)}, policy,
                            policy.params(), horizon=5)
     assert out.read_bytes()[:3] == b"GIF"
+
+
+#: one MuJoCo env of each model, its rendering env's body pixels (orange-brown: red well above
+#: blue) before and after the body is moved 6 m along x; with a free camera as the control
+_CAMERA_CHECK = """
+import json, sys, mujoco
+from maml_bench.rl.render import rendering_env
+out = {}
+for env_id, task in (("maml_bench/HalfCheetahVel-v0", {"goal_velocity": 1.0}),
+                     ("maml_bench/AntDir-v0", {"direction": 1.0})):
+    for camera, extra in (("ours", {}), ("free", {"camera_name": None, "camera_id": -1})):
+        env = rendering_env(env_id, {**extra, "width": 160, "height": 160})
+        env.unwrapped.set_task(task)
+        env.reset(seed=0)
+        body = lambda f: float(((f[..., 0].astype(int) - f[..., 2].astype(int)) > 60).mean())
+        before = body(env.render())
+        env.unwrapped.data.qpos[0] += 6.0
+        mujoco.mj_forward(env.unwrapped.model, env.unwrapped.data)
+        out[f"{env_id} {camera}"] = (before, body(env.render()))
+        env.close()
+json.dump(out, sys.stdout)
+"""
+
+
+def test_mujoco_frames_keep_the_agent_in_view():
+    """The cheetah and the ant stay in the frame after running 6 m (the free camera loses them:
+    the check can fail)."""
+    import json
+    import sys
+
+    pytest.importorskip("mujoco")
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    proc = subprocess.run([sys.executable, "-c", _CAMERA_CHECK], capture_output=True, text=True,
+                          env=env, timeout=300)
+    if proc.returncode != 0 and "GL" in proc.stderr:
+        pytest.skip(f"no working MuJoCo GL backend here: {proc.stderr.splitlines()[-1]}")
+    assert proc.returncode == 0, proc.stderr
+    fractions = json.loads(proc.stdout)
+    for name, (before, after) in fractions.items():
+        assert before > 0.002, name  # the body is drawn at the start
+        if name.endswith("ours"):
+            assert after >= 0.5 * before, (name, before, after)
+        else:
+            assert after < 0.1 * before, (name, before, after)

@@ -31,6 +31,8 @@ class Algorithm(ABC):
     data_parallel: bool = False
     #: why this method trains on the CPU only (`maml_bench/devices.py`), or None
     cpu_only: str | None = None
+    #: meta-test holds adapted weights per task of a chunk (`maml_bench/memory_floor.py`)
+    adapts_weights_at_test: bool = True
 
     def __init__(self, benchmark: SupervisedBenchmark, config: Any, seed: int) -> None:
         self.benchmark = benchmark

@@ -82,6 +82,8 @@ class FineTuning(Algorithm):
 class NearestNeighbour(FineTuning):
     """Pre-train as FineTuning; label each query by its nearest support example (cosine)."""
 
+    adapts_weights_at_test = False
+
     def evaluate(self) -> dict[int, Tensor]:
         model = self.benchmark.make_model()
         if not hasattr(model, "batched_features"):

@@ -30,6 +30,8 @@ class MetricLearner(Algorithm):
     cross-entropy on the queries, Adam. Nothing is fine-tuned at meta-test, so `evaluate` gives
     the same accuracy after every number of steps and there is no `fine_tuner`."""
 
+    adapts_weights_at_test = False
+
     def __init__(self, benchmark: SupervisedBenchmark, config: Any, seed: int) -> None:
         super().__init__(benchmark, config, seed)
         self.model = seeded_model(benchmark, seed)

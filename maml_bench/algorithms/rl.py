@@ -61,8 +61,9 @@ class MAMLTRPO(Algorithm):
         return {"policy": self.policy, "best_policy": self.best_policy}
 
     def sample(self, params: dict[str, Tensor], tasks: list, episodes: int,
-               gen: torch.Generator) -> Any:
-        return self.benchmark.sample(self.policy, params, tasks, episodes, gen, self.oracle)
+               gen: torch.Generator, min_steps: int = 0) -> Any:
+        return self.benchmark.sample(self.policy, params, tasks, episodes, gen, self.oracle,
+                                     min_steps)
 
     def adapted(self, inner: list, step_sizes: list[float], n_tasks: int,
                 theta: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
@@ -87,15 +88,26 @@ class MAMLTRPO(Algorithm):
             params = self.adapted(inner, step_sizes, len(tasks))
         outer = self.sample(params, tasks, c.train_shots, self.gen)
         train_return = average_return(outer).mean()
-        if train_return.item() > self.info["best_train_return"]:  # theta before this update
-            self.info["best_train_return"] = train_return.item()
-            self.info["best_iteration"] = iteration
-            self.best_policy.load_state_dict(self.policy.state_dict())
+        self.keep_if_best(train_return, iteration)
         result = maml_trpo_step(self.policy, self.theta, inner, outer, step_sizes, self.trpo,
                                 self.first_order, self.adapted_names(),
                                 gauss_newton=c.kl_product == "gauss-newton")
         self.info["trpo_accepted"] = self.info.get("trpo_accepted", 0) + int(result.accepted)
         return -train_return
+
+    def keep_if_best(self, train_return: Tensor, iteration: int) -> None:
+        """Keep theta (before this iteration's update) if its training return is the best."""
+        if train_return.item() > self.info["best_train_return"]:
+            self.info["best_train_return"] = train_return.item()
+            self.info["best_iteration"] = iteration
+            self.best_policy.load_state_dict(self.policy.state_dict())
+
+    def test_step_sizes(self, steps: int) -> list[float]:
+        """Meta-test's fine-tuning step sizes: test_lr (0: inner_lr), then x test_lr_later."""
+        from maml_bench.rl.maml_rl import inner_step_sizes
+
+        c = self.config
+        return inner_step_sizes(c.test_lr or c.inner_lr, steps, c.test_lr_later)
 
     def evaluates_best(self) -> bool:
         """Meta-test uses the best training iteration's policy (the paper), once there is one."""
@@ -106,8 +118,6 @@ class MAMLTRPO(Algorithm):
         return {k: v.detach() for k, v in policy.named_parameters()}
 
     def evaluate(self) -> dict[int, Tensor]:
-        from maml_bench.rl.maml_rl import inner_step_sizes
-
         c = self.config
         tasks = self.benchmark.test_tasks()
         theta = self.evaluated_theta()
@@ -122,11 +132,11 @@ class MAMLTRPO(Algorithm):
             curve = []
             steps = c.eval_steps if self.adapts_at_test else 0
             for step in range(steps + 1):
-                episodes = self.sample(params, tasks, k, gen)
+                episodes = self.sample(params, tasks, k, gen, c.test_min_steps)
                 curve.append(average_return(episodes))
                 if step < steps:
                     inner.append(episodes)
-                    params = self.adapted(inner, inner_step_sizes(c.inner_lr, len(inner)),
+                    params = self.adapted(inner, self.test_step_sizes(len(inner)),
                                           len(tasks), theta)
             out[k] = torch.stack(curve, dim=1).expand(-1, c.eval_steps + 1).clone()
         return out
@@ -144,7 +154,7 @@ class MAMLTRPO(Algorithm):
         theta = self.evaluated_theta()
         gen = torch.Generator().manual_seed(c.test_seed)
         episodes = self.sample(theta, tasks, c.eval_shots[0], gen)
-        adapted = (self.adapted([episodes], [c.inner_lr], len(tasks), theta)
+        adapted = (self.adapted([episodes], self.test_step_sizes(1), len(tasks), theta)
                    if self.adapts_at_test else {k: v.expand(len(tasks), *v.shape)
                                                 for k, v in theta.items()})
         paths = []
@@ -166,9 +176,36 @@ class FOMAMLTRPO(MAMLTRPO):
 class PretrainedRL(MAMLTRPO):
     """One policy trained with TRPO on all tasks, fine-tuned at meta-test (paper's "pretrained").
 
-    No inner step in training; at meta-test the same policy-gradient steps as MAML."""
+    No inner step in training; at meta-test the same policy-gradient steps as MAML. With
+    `pretrain_update=adam` each iteration is one Adam step on the policy-gradient loss of the
+    meta-batch's episodes, as the reference trained it (its MAML script, use_maml=False)."""
 
     train_inner_steps = 0
+
+    def __init__(self, benchmark: MetaRL, config: Any, seed: int) -> None:
+        super().__init__(benchmark, config, seed)
+        self.optimizer = (torch.optim.Adam(self.policy.parameters(), lr=config.pretrain_lr)
+                          if config.pretrain_update == "adam" else None)
+
+    def modules(self) -> dict[str, Any]:
+        extra = {"optimizer": self.optimizer} if self.optimizer is not None else {}
+        return {**super().modules(), **extra}
+
+    def train_step(self, iteration: int) -> Tensor:
+        if self.optimizer is None:
+            return super().train_step(iteration)
+        from maml_bench.rl.maml_rl import vpg_loss
+
+        c = self.config
+        tasks = self.benchmark.sample_tasks(self.gen, c.meta_batch)
+        episodes = self.sample({k: v.detach() for k, v in self.theta.items()}, tasks,
+                               c.train_shots, self.gen)
+        train_return = average_return(episodes).mean()
+        self.keep_if_best(train_return, iteration)
+        self.optimizer.zero_grad()
+        vpg_loss(self.policy, self.theta, episodes).mean().backward()  # mean over tasks
+        self.optimizer.step()
+        return -train_return
 
 
 class RandomRL(MAMLTRPO):

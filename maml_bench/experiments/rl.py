@@ -67,6 +67,37 @@ NAVIGATION_CODELR = replace(
           "navigation2d-v1 navigation2d-codelr-v1 --method maml-trpo --shots 40 --steps 0,1,2,3`.",
 )
 
+# The reference code's own protocol (cbfinn/maml_rl: maml_trpo_point.py, trpo_point.py,
+# test_maml_point.py; docs/rl.md "Protocol"): MAML trained with alpha 0.5 for 100 iterations and
+# its last snapshot tested; every method fine-tuned with 0.5, then 0.25; the pretrained policy
+# trained with Adam on the policy-gradient loss (use_maml=False), the random one with tanh
+# units (several draws), the oracle with plain TRPO on 10 trajectories of new goals.
+NAVIGATION_V2 = replace(
+    NAVIGATION, id="navigation2d-v2",
+    title="2D navigation by the reference code's protocol (paper Table 4, Figure 4)",
+    config=replace(NAVIGATION.config, iterations=100, inner_lr=0.5, test_lr=0.5,
+                   test_lr_later=0.5, test_min_steps=4_000, evaluate_checkpoint="last"),
+    methods=(MethodSpec("maml-trpo", "MAML", seeds=3),
+             MethodSpec("fomaml-trpo", "first-order MAML", seeds=1),
+             MethodSpec("rl-pretrained", "pretrained", seeds=1,
+                        overrides={"pretrain_update": "adam", "pretrain_lr": 1e-3}),
+             MethodSpec("rl-random", "random", seeds=5, overrides={"nonlinearity": "tanh"}),
+             MethodSpec("rl-oracle", "oracle", seeds=1,
+                        overrides={"meta_batch": 10, "train_shots": 1, "baseline": "shared"}),
+             MethodSpec("rl-context-vector", "context vector", seeds=1)),
+    scales={**NAVIGATION.scales, "paper": Scale(
+        "the reference code's protocol: 100 meta-iterations of 20 tasks x 20 trajectories, "
+        "the last snapshot tested on 40 tasks x at least 4,000 steps of whole trajectories"),
+        "tiny": replace(NAVIGATION.scales["tiny"], overrides={
+            **NAVIGATION.scales["tiny"].overrides, "test_min_steps": 25})},
+    notes="The reference code's protocol (docs/rl.md): alpha 0.5, the last of 100 "
+          "meta-iterations; fine-tuning steps 0.5 then 0.25 for every method; pretrained by Adam "
+          "(lr 1e-3) on the policy-gradient loss; at least 4,000 environment steps per "
+          "fine-tuning step; random with tanh units over 5 draws; oracle by "
+          "TRPO on 10 trajectories of new goals with one baseline. navigation2d-v1 keeps the "
+          "paper text's alpha 0.1, the best iteration of 500 and the converged oracle.",
+)
+
 #: paper Table 5, half-cheetah forward/backward (rllab's cheetah; ours runs gymnasium v5)
 PAPER_CHEETAH_DIR = {"maml-trpo": (-50.69, 293.19, 313.48, 315.65),
                      "rl-context-vector": (-40.49, -44.08, -38.27, -42.50)}
@@ -128,4 +159,4 @@ CHEETAH_VEL = locomotion("cheetah-vel", "maml_bench/HalfCheetahVel-v0",
 ANT_DIR = locomotion("ant-dir", "maml_bench/AntDir-v0", "Ant goal direction", 40)
 ANT_VEL = locomotion("ant-vel", "maml_bench/AntVel-v0", "Ant goal velocity", 20)
 
-RL = [NAVIGATION, NAVIGATION_CODELR, CHEETAH_DIR, CHEETAH_VEL, ANT_DIR, ANT_VEL]
+RL = [NAVIGATION, NAVIGATION_CODELR, NAVIGATION_V2, CHEETAH_DIR, CHEETAH_VEL, ANT_DIR, ANT_VEL]

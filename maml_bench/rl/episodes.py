@@ -85,6 +85,17 @@ class Episodes:
         return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})
 
 
+def join_episodes(first: Episodes, more: Episodes) -> Episodes:
+    """The episodes of both batches per task (same tasks and horizon), before processing."""
+    def cat(a: Tensor, b: Tensor, per_step: bool) -> Tensor:
+        return torch.cat([a, b], dim=-2 if per_step else -1)
+
+    return Episodes(observations=cat(first.observations, more.observations, True),
+                    actions=cat(first.actions, more.actions, True),
+                    rewards=cat(first.rewards, more.rewards, False),
+                    mask=cat(first.mask, more.mask, False))
+
+
 def stack_tasks(per_task: Sequence[Episodes]) -> Episodes:
     """Stack one-task batches [T_i, B_i, ...] into [N, max T, max B, ...], zero-padded with mask
     0, so tasks with different horizons or episode counts share one batched computation."""

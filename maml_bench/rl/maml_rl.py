@@ -33,14 +33,15 @@ from maml_bench.rl.policy import Gaussian, GaussianMLPPolicy, gaussian_kl, gauss
 from maml_bench.rl.trpo import TRPOConfig, TRPOResult, trpo_step
 
 
-def inner_step_sizes(alpha: float, steps: int) -> list[float]:
-    """alpha for the first inner step and alpha / 2 after (the paper's evaluation protocol).
+def inner_step_sizes(alpha: float, steps: int, later: float = 0.5) -> list[float]:
+    """alpha for the first inner step and alpha x `later` after (the paper's evaluation
+    protocol: alpha / 2).
 
     Training with one step uses alpha alone; a list passes straight to `adapt` (the core's
     step-size rule keeps the last entry for later steps)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return [alpha] + [alpha / 2.0] * (steps - 1)
+    return [alpha] + [alpha * later] * (steps - 1)
 
 
 def _advantages(episodes: Episodes) -> Tensor:

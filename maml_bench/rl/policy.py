@@ -51,6 +51,11 @@ def gaussian_kl(old: Gaussian, new: Gaussian) -> Tensor:
     return (new.log_std - old.log_std + 0.5 * (var_ratio + mean_term - 1.0)).sum(-1)
 
 
+#: hidden units by name (a name travels to the drawing process; rllab's default is tanh, the
+#: paper's MAML policies ReLU)
+NONLINEARITIES: dict[str, Callable[[Tensor], Tensor]] = {"relu": torch.relu, "tanh": torch.tanh}
+
+
 class GaussianMLPPolicy(nn.Module):
     """Diagonal Gaussian policy: MLP mean, state-independent learned log-std.
 
@@ -65,7 +70,7 @@ class GaussianMLPPolicy(nn.Module):
         hidden_sizes: Sequence[int] = (100, 100),
         init_std: float = 1.0,
         min_std: float = 1e-6,
-        nonlinearity: Callable[[Tensor], Tensor] = torch.relu,
+        nonlinearity: str = "relu",
     ) -> None:
         super().__init__()
         sizes = [obs_dim, *hidden_sizes, act_dim]
@@ -74,7 +79,8 @@ class GaussianMLPPolicy(nn.Module):
         self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.min_log_std = math.log(min_std)
-        self.nonlinearity = nonlinearity
+        self.nonlinearity_name = nonlinearity
+        self.nonlinearity = NONLINEARITIES[nonlinearity]
         self._keys = [(f"layers.{i}.weight", f"layers.{i}.bias") for i in range(len(self.layers))]
         with torch.no_grad():  # rllab / the paper's code: Xavier-uniform weights, zero biases
             for layer in self.layers:

@@ -27,16 +27,23 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 
+def rendering_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> Any:
+    """`env_id` made to draw RGB frames, with its class's camera (one that follows the body)."""
+    import gymnasium
+
+    from maml_bench.rl.envs import env_class  # registers the ids
+
+    return gymnasium.make(env_id, render_mode="rgb_array",
+                          **{**env_class(env_id).RENDER_KWARGS, **dict(env_kwargs or {})})
+
+
 def rollout_frames(env_id: str, task: Mapping[str, Any], policy: Any,
                    params: Mapping[str, Tensor], horizon: int, seed: int = 0,
                    env_kwargs: Mapping[str, Any] | None = None, every: int = 1) -> list[np.ndarray]:
     """One episode of the policy's mean action on `task`, every `every`-th frame."""
-    import gymnasium
-
-    import maml_bench.rl.envs  # noqa: F401  (registers the ids)
     from maml_bench.rl.sampler import scale_actions
 
-    env = gymnasium.make(env_id, render_mode="rgb_array", **dict(env_kwargs or {}))
+    env = rendering_env(env_id, env_kwargs)
     try:
         env.unwrapped.set_task(dict(task))
         obs, _ = env.reset(seed=seed)
@@ -75,11 +82,11 @@ def policy_spec(policy: Any) -> dict[str, Any]:
     from maml_bench.rl.policy import ContextPolicy, GaussianMLPPolicy
 
     known = type(policy) in (GaussianMLPPolicy, ContextPolicy)
-    if not known or policy.nonlinearity is not torch.relu:
+    if not known:
         raise ValueError(f"cannot rebuild a {type(policy).__name__} in the drawing process")
     spec = {"class": type(policy).__name__, "obs_dim": policy.obs_dim, "act_dim": policy.act_dim,
             "hidden_sizes": [layer.out_features for layer in policy.layers[:-1]],
-            "min_std": math.exp(policy.min_log_std)}
+            "min_std": math.exp(policy.min_log_std), "nonlinearity": policy.nonlinearity_name}
     if isinstance(policy, ContextPolicy):
         spec["context_size"] = policy.context.numel()
     return spec

@@ -65,11 +65,23 @@ def standardize_advantages(advantages: Tensor, mask: Tensor, eps: float = 1e-8) 
 
 
 def process_episodes(episodes: Episodes, gamma: float = 0.99, gae_lambda: float = 1.0,
-                     reg_coeff: float = 1e-5, standardize: bool = True) -> Episodes:
-    """Episodes with returns, the per-task fitted linear baseline and advantages filled in."""
-    returns = discounted_returns(episodes.rewards, episodes.mask, gamma)
-    baselines = linear_feature_baseline(episodes.observations, returns, episodes.mask, reg_coeff)
-    advantages = gae_advantages(episodes.rewards, baselines, episodes.mask, gamma, gae_lambda)
+                     reg_coeff: float = 1e-5, standardize: bool = True, shared: bool = False
+                     ) -> Episodes:
+    """Episodes with returns, the per-task fitted linear baseline and advantages filled in.
+
+    `shared`: one baseline fitted, and the advantages standardised, over every task's episodes
+    together (the reference's plain TRPO: one batch of paths, each of its own goal)."""
+    obs, rewards, mask = episodes.observations, episodes.rewards, episodes.mask
+    if shared and rewards.dim() == 3:  # [N, T, B] -> one task of N * B episodes [T, N * B]
+        n, t, b = rewards.shape
+        obs, rewards, mask = (x.transpose(0, 1).reshape(t, n * b, *x.shape[3:])
+                              for x in (obs, rewards, mask))
+    returns = discounted_returns(rewards, mask, gamma)
+    baselines = linear_feature_baseline(obs, returns, mask, reg_coeff)
+    advantages = gae_advantages(rewards, baselines, mask, gamma, gae_lambda)
     if standardize:
-        advantages = standardize_advantages(advantages, episodes.mask)
+        advantages = standardize_advantages(advantages, mask)
+    if shared and episodes.rewards.dim() == 3:  # back to [N, T, B]
+        returns, baselines, advantages = (x.reshape(t, n, b).transpose(0, 1)
+                                          for x in (returns, baselines, advantages))
     return replace(episodes, returns=returns, baselines=baselines, advantages=advantages)

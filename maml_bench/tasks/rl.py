@@ -20,7 +20,7 @@ from torch import Tensor
 from maml_bench.domains import Flag, Items, Number, OneOf, require, setting
 from maml_bench.errors import UserError
 from maml_bench.rl.env_ids import ENV_IDS
-from maml_bench.settings import MetaConfig
+from maml_bench.settings import STEP, MetaConfig
 
 INSTALL = 'the RL benchmarks need gymnasium with MuJoCo: pip install -e ".[rl]"'
 
@@ -57,6 +57,36 @@ class RLConfig(MetaConfig):
     """draw a GIF of the evaluated policy after one step on two test tasks (run folder)"""
     workers: int = setting(1, Number(int, 1, 64))
     """sampler processes (1: sampled in the run's process)"""
+    # --- the reference code's protocol (cbfinn/maml_rl; docs/rl.md "Protocol"); added after
+    # runs existed, so left out of the hash at their defaults
+    nonlinearity: str = setting("relu", OneOf(("relu", "tanh")), hashed_at_default=False)
+    """the policy's hidden units (the paper's policies: relu; the reference test script's
+    random-init policy: tanh, rllab's default)"""
+    test_lr: float = setting(0.0, Number(float, 0.0, 100.0), hashed_at_default=False,
+                             evaluation_only=True)
+    """meta-test: the first fine-tuning step's size, 0 = inner_lr (the reference's test scripts
+    set it per method and domain, "manually tuned", paper App. A.2)"""
+    test_lr_later: float = setting(0.5, Number(float, 0.0, 1.0), hashed_at_default=False,
+                                   evaluation_only=True)
+    """meta-test: every later fine-tuning step's size as a fraction of the first (the
+    reference: 0.5; ant direction 0.01)"""
+    baseline: str = setting("per-task", OneOf(("per-task", "shared")), hashed_at_default=False)
+    """the linear feature baseline and the advantages' standardisation: per task (MAML's) or
+    one for the whole batch (the reference's plain TRPO, which trains its oracle on
+    trajectories each of a new goal)"""
+    pretrain_update: str = setting("trpo", OneOf(("trpo", "adam")), hashed_at_default=False,
+                                   used_by=("rl-pretrained", "rl-oracle"))
+    """how the pretrained and oracle policies train: a TRPO step on the pre-update surrogate |
+    adam: one Adam step of pretrain_lr on the policy-gradient loss (the reference's pretrained
+    policy: its MAML script with use_maml=False)"""
+    test_min_steps: int = setting(0, Number(int, 0, 10_000_000), hashed_at_default=False,
+                                  evaluation_only=True)
+    """meta-test: each task's sample (before and after every fine-tuning step) takes whole
+    episodes until at least this many environment steps (the reference: 4,000, i.e. more than
+    K episodes where episodes end early); 0 = exactly K episodes"""
+    pretrain_lr: float = setting(1e-3, STEP, hashed_at_default=False,
+                                 used_by=("rl-pretrained", "rl-oracle"))
+    """pretrain_update=adam: Adam's step size (the reference: 1e-3, Adam's default)"""
 
     def validate(self) -> None:
         super().validate()
@@ -101,7 +131,8 @@ class MetaRL:
         from maml_bench.rl.policy import GaussianMLPPolicy
 
         return GaussianMLPPolicy(self.obs_dim + extra_inputs, self.act_dim,
-                                 hidden_sizes=tuple(self.config.hidden))
+                                 hidden_sizes=tuple(self.config.hidden),
+                                 nonlinearity=self.config.nonlinearity)
 
     def sample_tasks(self, gen: torch.Generator, n: int) -> list[dict[str, Any]]:
         """`n` training tasks; the numpy generator is seeded from the run's torch generator, so
@@ -124,10 +155,33 @@ class MetaRL:
         return torch.as_tensor(np.stack([cls.task_array(t) for t in tasks]), dtype=torch.float32)
 
     def sample(self, policy, params: Mapping[str, Tensor], tasks: Sequence[Mapping[str, Any]],
-               episodes: int, gen: torch.Generator, oracle: bool = False):  # -> Episodes
+               episodes: int, gen: torch.Generator, oracle: bool = False, min_steps: int = 0
+               ):  # -> Episodes
         """K = `episodes` trajectories per task with `params` (shared or [N, ...]), returns and
-        standardised advantages filled in (linear feature baseline per task)."""
+        standardised advantages filled in (linear feature baseline per task).
+
+        `min_steps`: then more whole episodes for each task whose episodes took fewer
+        environment steps than that, until they reach it (the reference's sampler: at least
+        `batch_size` steps of whole paths); a task's unneeded extra episodes are masked out."""
+        from maml_bench.rl.episodes import join_episodes
         from maml_bench.rl.returns import process_episodes
+
+        batch = self._draw(policy, params, tasks, episodes, gen, oracle)
+        while min_steps:
+            steps = batch.mask.sum((-2, -1))  # [N]
+            if bool((steps >= min_steps).all()):
+                break
+            need = int(min_steps - steps.min().item())
+            extra = self._draw(policy, params, tasks, -(-need // self.horizon), gen, oracle)
+            lengths = extra.mask.sum(-2)  # [N, B]: steps of each extra episode
+            before = steps.unsqueeze(-1) + lengths.cumsum(-1) - lengths
+            extra.mask = extra.mask * (before < min_steps).unsqueeze(-2).to(extra.mask.dtype)
+            batch = join_episodes(batch, extra)
+        return process_episodes(batch, self.config.gamma, self.config.gae_lambda,
+                                shared=self.config.baseline == "shared")
+
+    def _draw(self, policy, params: Mapping[str, Tensor], tasks: Sequence[Mapping[str, Any]],
+              episodes: int, gen: torch.Generator, oracle: bool):  # -> Episodes
         from maml_bench.rl.sampler import Sampler
 
         key = (episodes, len(tasks), oracle)
@@ -136,8 +190,7 @@ class MetaRL:
                                           {"oracle": True} if oracle else None,
                                           self.config.workers)
         seed = int(torch.randint(0, 2**62, (1,), generator=gen))
-        batch = self._samplers[key].sample(policy, params, tasks, seed)
-        return process_episodes(batch, self.config.gamma, self.config.gae_lambda)
+        return self._samplers[key].sample(policy, params, tasks, seed)
 
     def close(self) -> None:
         for sampler in self._samplers.values():
@@ -149,5 +202,7 @@ class MetaRL:
 
 
 def average_return(episodes) -> Tensor:
-    """Per task: the undiscounted return of each episode, averaged over its K episodes -> [N]."""
-    return (episodes.rewards * episodes.mask).sum(-2).mean(-1)
+    """Per task: the undiscounted return of each episode, averaged over its episodes -> [N]
+    (episodes masked out from their first step, padding or unneeded extras, do not count)."""
+    taken = episodes.mask[..., 0, :]
+    return (episodes.rewards * episodes.mask).sum(-2).mul(taken).sum(-1) / taken.sum(-1)

@@ -81,6 +81,8 @@ class Sinusoid(SupervisedBenchmark):
     metric_name = "mse"
     higher_is_better = False
     config_class = SinusoidConfig
+    #: the settings the network's size grows with (named by a memory refusal)
+    size_settings = ("hidden",)
 
     def make_model(self, extra_inputs: int = 0) -> nn.Module:
         model = MLP(1 + extra_inputs, self.config.hidden, 1)

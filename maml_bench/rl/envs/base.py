@@ -45,6 +45,8 @@ class TaskMixin:
     TASK_DIM: ClassVar[int] = 0
     #: seed of the legacy ``RandomState`` that draws the test tasks (the original scripts' seed)
     TEST_TASK_SEED: ClassVar[int] = 1
+    #: ``gymnasium.make`` arguments of a rendering env (`rl/render.py`)
+    RENDER_KWARGS: ClassVar[dict[str, Any]] = {}
 
     _task: Task | None = None
     _oracle: bool = False

@@ -139,6 +139,10 @@ class _DirectionTask(_LocomotionTask):
 class _TaskMujocoMixin(_LocomotionTask):
     """What the cheetah and ant share: task options, oracle observation, pickling."""
 
+    #: the models' own "track" camera (mode trackcom): it follows the body's centre of mass,
+    #: where gymnasium's default free camera stays put and the runner leaves the frame
+    RENDER_KWARGS: ClassVar[dict[str, Any]] = {"camera_name": "track"}
+
     def _setup_task(self, task: Mapping[str, Any] | None, oracle: bool, velocity: str) -> None:
         if velocity not in VELOCITY_MODES:
             raise ValueError(f"velocity must be one of {VELOCITY_MODES}, got {velocity!r}")

@@ -130,6 +130,8 @@ class FewShot(SupervisedBenchmark):
     metric_name = "accuracy"
     higher_is_better = True
     config_class = FewShotConfig
+    #: the settings the network's size grows with (named by a memory refusal)
+    size_settings = ("filters", "network")
 
     def __init__(self, config: FewShotConfig) -> None:
         super().__init__(config)

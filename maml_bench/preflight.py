@@ -1,0 +1,44 @@
+"""The checks that need the data or the network, made for every run of a command before the
+first one starts (the settings' own domains are checked when they are parsed, config.py).
+
+For each run not yet done (seeds of one method share the check): the benchmark is built, which
+opens the data once and refuses what it cannot give (a missing or damaged dataset, fewer
+classes than ways, fewer images per class than K + Q); the memory floor is compared with this
+machine's memory (memory_floor.py); and the method is built, which refuses its own impossible
+settings (e.g. more ProtoNets training ways than training classes). Each ends the command in one
+line naming the fix, before any run has written anything.
+"""
+
+from __future__ import annotations
+
+from maml_bench.algorithms import ALGORITHMS
+from maml_bench.config import config_hash
+from maml_bench.memory_floor import check_fits, machine_bytes, rl_parts, supervised_parts
+from maml_bench.runner import RunSpec, build_benchmark, is_done
+
+
+def check_runs(runs: list[RunSpec]) -> None:
+    """Refuse, in one line, the first run of `runs` that could not run to its end here."""
+    seen: set[tuple[str, str, str]] = set()
+    for run in runs:
+        key = (run.experiment, run.method, config_hash(run.config))
+        if key in seen or is_done(run):
+            continue
+        seen.add(key)
+        check_run(run)
+
+
+def check_run(run: RunSpec) -> None:
+    """One run's data, memory floor and method settings (see the module docstring)."""
+    device, benchmark = build_benchmark(run)
+    try:
+        method = ALGORITHMS.get(run.method)
+        if hasattr(benchmark, "make_policy"):  # meta-RL
+            phases = rl_parts(benchmark, run.config)
+        else:
+            phases = supervised_parts(benchmark, run.config, method.adapts_weights_at_test)
+        check_fits(phases, machine_bytes(str(device)), run.run_id)
+        method(benchmark, run.config, run.seed)
+    finally:
+        if hasattr(benchmark, "close"):
+            benchmark.close()
