@@ -882,9 +882,16 @@ def entry() -> typing.NoReturn:
     traceback (the interpreter's exit handlers join threads and free libraries, and a signal
     meanwhile would interrupt them; everything is saved by then, so it leaves at once)."""
     code = main()
+
+    def leave(*_: typing.Any) -> None:
+        with contextlib.suppress(Exception):  # what was printed still reaches its file
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup's ignored SIGINT stays ignored
-            signal.signal(sig, lambda *_: os._exit(code))
+            signal.signal(sig, leave)
     sys.exit(code)
 
 

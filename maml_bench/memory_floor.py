@@ -39,10 +39,11 @@ class Part:
 REAL_FORWARD_PARAMS = 2**26
 
 
-def model_sizes(make_model: Callable[[], nn.Module], example: Tensor) -> tuple[int, int]:
-    """(parameter entries, activation entries of one example's forward pass) of the network
-    `make_model` builds from `example` [1, ...]; one too large for the machine is sized without
-    allocating it."""
+def model_sizes(make_model: Callable[[], nn.Module], example: Tensor
+                ) -> tuple[int, int, int]:
+    """(parameter entries, activation entries of one example's forward pass: all its layers'
+    outputs, and its largest one) of the network `make_model` builds from `example` [1, ...];
+    one too large for the machine is sized without allocating it."""
     with torch.device("meta"):
         model = make_model()
     params = sum(p.numel() for p in model.parameters())
@@ -67,7 +68,7 @@ def model_sizes(make_model: Callable[[], nn.Module], example: Tensor) -> tuple[i
     finally:
         for handle in handles:
             handle.remove()
-    return params, sum(outputs) // 2
+    return params, sum(outputs) // 2, max(outputs, default=0) // 2
 
 
 def batch_bytes(batch: Any) -> int:
@@ -86,7 +87,9 @@ def supervised_parts(benchmark: Any, config: Any, adapts_weights: bool) -> list[
     query = getattr(benchmark, "test_query", lambda k: config.test_query or k)
     one_test = {k: benchmark.train_batch(gen, 1, k, query(k)) for k in config.eval_shots}
     largest = one_test[max(config.eval_shots)]
-    params, per_example = model_sizes(benchmark.make_model, largest.x_support[0, :1])
+    params, per_example, widest = model_sizes(benchmark.make_model, largest.x_support[0, :1])
+    if not adapts_weights:  # no gradient at meta-test: a layer's output is freed after the next
+        per_example = 2 * widest
     item = 4  # float32
     chunk = min(config.eval_chunk, config.test_tasks)
     examples = largest.x_support.shape[1]  # support examples of a test task at the largest K
@@ -96,7 +99,9 @@ def supervised_parts(benchmark: Any, config: Any, adapts_weights: bool) -> list[
                            ("meta_batch", "train_shots", "train_query"))]
     test = [
         Part(params * item, "the network", size_settings),
-        Part(config.test_tasks * sum(batch_bytes(b) for b in one_test.values()),
+        # Sinusoid's sets for each K are views of one draw at the largest K: held once
+        Part(config.test_tasks * (max if getattr(benchmark, "eval_sets_shared", False) else sum)(
+            batch_bytes(b) for b in one_test.values()),
              "the test tasks, drawn once", ("test_tasks", "eval_shots", "test_query")),
         Part(chunk * examples * per_example * item,
              "the activations of a chunk of test tasks", ("eval_chunk", "eval_shots")),
@@ -108,23 +113,25 @@ def supervised_parts(benchmark: Any, config: Any, adapts_weights: bool) -> list[
     return [train, test]
 
 
-def rl_parts(benchmark: Any, config: Any) -> list[list[Part]]:
+def rl_parts(benchmark: Any, config: Any, inner_steps: int | None = None) -> list[list[Part]]:
     """Meta-RL: the policy, and per meta-iteration every task's adapted policy and the
     trajectories of its inner and outer steps (observations, actions, rewards, returns,
-    advantages, mask per time step)."""
+    advantages, mask per time step). `inner_steps`: the method's own in training (the
+    pretrained and oracle policies take none), None: the config's."""
     with torch.device("meta"):
         policy = benchmark.make_policy()
     params = sum(p.numel() for p in policy.parameters())
     item = 4
+    inner = config.inner_steps if inner_steps is None else inner_steps
     per_step = benchmark.obs_dim + benchmark.act_dim + 4
-    steps = config.train_shots * benchmark.horizon * (config.inner_steps + 1)
-    return [[
-        Part(2 * params * item, "the policy and its gradient", ("hidden",)),
-        Part(config.meta_batch * params * item, "every task's adapted policy",
-             ("meta_batch", "hidden")),
-        Part(config.meta_batch * steps * per_step * item, "the meta-batch's trajectories",
-             ("meta_batch", "train_shots", "horizon", "inner_steps")),
-    ]]
+    steps = config.train_shots * benchmark.horizon * (inner + 1)
+    parts = [Part(2 * params * item, "the policy and its gradient", ("hidden",)),
+             Part(config.meta_batch * steps * per_step * item, "the meta-batch's trajectories",
+                  ("meta_batch", "train_shots", "horizon", "inner_steps"))]
+    if inner:
+        parts.append(Part(config.meta_batch * params * item, "every task's adapted policy",
+                          ("meta_batch", "hidden")))
+    return [parts]
 
 
 def floor(phases: list[list[Part]]) -> tuple[int, list[Part]]:

@@ -34,7 +34,7 @@ def check_run(run: RunSpec) -> None:
     try:
         method = ALGORITHMS.get(run.method)
         if hasattr(benchmark, "make_policy"):  # meta-RL
-            phases = rl_parts(benchmark, run.config)
+            phases = rl_parts(benchmark, run.config, getattr(method, "train_inner_steps", None))
         else:
             phases = supervised_parts(benchmark, run.config, method.adapts_weights_at_test)
         check_fits(phases, machine_bytes(str(device)), run.run_id)

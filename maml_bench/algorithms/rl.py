@@ -237,7 +237,8 @@ class RLContextVector(MAMLTRPO):
         from maml_bench.rl.policy import ContextPolicy
 
         return ContextPolicy(benchmark.obs_dim, benchmark.act_dim, self.config.context_size,
-                             hidden_sizes=tuple(self.config.hidden))
+                             hidden_sizes=tuple(self.config.hidden),
+                             nonlinearity=self.config.nonlinearity)
 
     def adapted_names(self) -> list[str]:
         return ["context"]

@@ -172,6 +172,7 @@ class MetaRL:
             if bool((steps >= min_steps).all()):
                 break
             need = int(min_steps - steps.min().item())
+            # each count keeps a sampler of its own (at most min_steps / horizon of them)
             extra = self._draw(policy, params, tasks, -(-need // self.horizon), gen, oracle)
             lengths = extra.mask.sum(-2)  # [N, B]: steps of each extra episode
             before = steps.unsqueeze(-1) + lengths.cumsum(-1) - lengths

@@ -83,6 +83,8 @@ class Sinusoid(SupervisedBenchmark):
     config_class = SinusoidConfig
     #: the settings the network's size grows with (named by a memory refusal)
     size_settings = ("hidden",)
+    #: the test sets of every K are views of one draw (`_cached_eval_sets`)
+    eval_sets_shared = True
 
     def make_model(self, extra_inputs: int = 0) -> nn.Module:
         model = MLP(1 + extra_inputs, self.config.hidden, 1)
