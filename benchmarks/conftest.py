@@ -18,7 +18,7 @@ import torch
 
 TIMINGS: dict[str, float] = {}  # minimum seconds per step
 MEDIANS: dict[str, float] = {}
-RATIOS_FILE = Path(os.environ.get("MAML_BENCH_RATIOS", "results/benchmarks/meta-step-ratios.json"))
+RATIOS_FILE = Path(os.environ.get("MAML_BENCH_RATIOS", "runs/benchmarks/meta-step-ratios.json"))
 
 torch.set_num_threads(1)
 # As the runner does during training: long-lived objects out of the garbage collector's scans.

@@ -54,7 +54,7 @@ def best_ms(experiment: str, first_order: bool, repeats: int) -> tuple[dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("results/benchmarks/factored-cpu.md"))
+    parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/factored-cpu.md"))
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -43,7 +43,7 @@ from maml_bench.profile.configs import CONFIG_NAMES as PROFILE_CONFIG_NAMES
 EPILOG = """\
 examples:
   maml-bench run                                  # sinusoid Table 2 at quick scale, then report
-  maml-bench run sinusoid-table2-v1 --scale paper # the paper's protocol, into results/
+  maml-bench run sinusoid-table2-v1 --scale paper # the paper's protocol, into runs/paper/
   maml-bench run sinusoid-table2-v1 --method maml --set inner_lr=0.001 --seeds 3
   maml-bench show sinusoid-table2-v1              # every setting you can --set, with defaults
   maml-bench report sinusoid-table2-v1 --out results --ci t
@@ -137,7 +137,8 @@ def int_list(text: str) -> tuple[int, ...]:
 
 
 def default_out(scale: str) -> Path:
-    return Path("results") if scale == "paper" else Path("runs") / scale
+    """runs/SCALE: no command writes into the committed results/ unless told (--out results)."""
+    return Path("runs") / scale
 
 
 #: output folders this command created (writable_dir), for the clean-up of a failed command
@@ -278,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "days (Omniglot 5-way 5-shot and 20-way, half-cheetah and ant); tiny: "
                    "seconds, for smoke tests; `maml-bench show EXPERIMENT` lists an experiment's")
     p.add_argument("--out", type=path_arg, default=None,
-                   help="output root (default: results/ for --scale paper, runs/SCALE otherwise)")
+                   help="output root (default runs/SCALE; the committed tables are regenerated "
+                   "or resumed with --out results)")
     p.add_argument("--jobs", type=option(JOBS), default=None,
                    help="runs at once: local processes (default 1; a lone run splits its "
                    "meta-batch over every CPU, N runs share them: task_threads), the local "
@@ -308,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "tables and figures under --out")
     _add_engine_options(p)
 
-    out_help = ("root holding the experiment's records (default: where `run` writes at --scale: "
-                "results/ for paper, runs/SCALE otherwise)")
+    out_help = ("root holding the experiment's records (default: where `run` writes at --scale, "
+                "runs/SCALE; the committed ones: --out results)")
     for name, text in (("report", "paper-vs-ours tables (markdown, CSV, LaTeX) with 95%% CIs"),
                        ("plot", "learning-curve figures (PNG) with 95%% CI bands")):
         p = sub.add_parser(name, help=text)
@@ -438,8 +440,9 @@ def _add_profile_parser(sub: typing.Any) -> None:
                    f"paper's; {PROFILE_META_BATCH.describe()})")
     p.add_argument("--device", type=option(PROFILE_DEVICE, str), default=None,
                    help="cpu | cuda (default: cuda if torch sees one, else cpu)")
-    p.add_argument("--out", type=path_arg, default=Path("results/profile"),
-                   help="output folder (default results/profile)")
+    p.add_argument("--out", type=path_arg, default=Path("runs/profile"),
+                   help="output folder (default runs/profile; the committed report: "
+                   "--out results/profile)")
     p.add_argument("--repeats", type=option(PROFILE_REPEATS), default=None, metavar="N",
                    help="timed steps per measurement after warm-up; the minimum is reported "
                    f"(default 5; with --quick 2; {PROFILE_REPEATS.describe()})")
