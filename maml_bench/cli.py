@@ -619,8 +619,18 @@ def cmd_list(args: argparse.Namespace) -> None:
         width = max((len(n) for n in names), default=0) + 2
         for name in names:
             entry = registry.get(name)
-            text = getattr(entry, "title", None) or (entry.__doc__ or "").strip().split("\n")[0]
+            text = getattr(entry, "title", None) or first_sentence(entry.__doc__ or "")
             print(f"  {name:<{width}} {text}")
+
+
+def first_sentence(doc: str) -> str:
+    """A docstring's first sentence on one line (its first paragraph if no sentence ends)."""
+    import re
+
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    # a full stop before a capital, not the one of "et al." or "App."
+    end = re.search(r"(?<!\bal)(?<!\bApp)\.\s+(?=[A-Z])", paragraph)
+    return paragraph if end is None else paragraph[:end.start() + 1]
 
 
 def cmd_show(args: argparse.Namespace) -> None:
