@@ -42,6 +42,8 @@ DEFINITIONS = {
     "maml_bench/HalfCheetahDir-v0": (17, 6, 0.05, 200, 1),
     "maml_bench/HalfCheetahVelRllabDt-v0": (17, 6, 0.01, 200, 1),
     "maml_bench/HalfCheetahDirRllabDt-v0": (17, 6, 0.01, 200, 1),
+    "maml_bench/HalfCheetahVelRllab-v0": (20, 6, 0.01, 200, 1),
+    "maml_bench/HalfCheetahDirRllab-v0": (20, 6, 0.01, 200, 1),
     "maml_bench/AntVel-v0": (105, 8, 0.05, 200, 1),
     "maml_bench/AntDir-v0": (105, 8, 0.05, 200, 1),
 }
@@ -204,6 +206,10 @@ def test_locomotion_reward_terms(env_id):
             terms = ("reward_forward", "reward_ctrl", "reward_contact", "reward_survive")
         else:
             v = (inner.data.qpos[0] - x_before) / inner.dt
+            if inner.velocity_mode == "rllab":  # the centre of mass's, at the step's end
+                from maml_bench.rl.envs.locomotion import subtree_com_velocity
+
+                v = subtree_com_velocity(inner.model, inner.data, inner._torso)[0]
             assert info["reward_ctrl"] == pytest.approx(-0.05 * np.sum(clipped ** 2))
             assert not terminated
             terms = ("reward_forward", "reward_ctrl")

@@ -171,3 +171,55 @@ def test_meta_test_samples_whole_episodes_until_the_minimum_steps(tmp_path):
     returns = (episodes.rewards * episodes.mask).sum(-2)
     expected = torch.stack([returns[t][kept[t]].mean() for t in range(len(tasks))])
     assert torch.allclose(average_return(episodes), expected)
+
+
+#: test_maml_cheetah.py / test_maml_cheetah_direc.py and the snapshots they load
+CHEETAH = {
+    "cheetah-vel-v2": {"maml-trpo": {"test_lr": 0.1, "train_shots": 10, "max_kl": 0.01,
+                                     "iterations": 475, "inner_lr": 0.1, "meta_batch": 40},
+                       "rl-pretrained": {"test_lr": 0.02, "iterations": 475},
+                       "rl-random": {"test_lr": 0.1, "nonlinearity": "relu"},
+                       "rl-oracle": {"iterations": 975}},
+    "cheetah-dir-v2": {"maml-trpo": {"test_lr": 0.1, "train_shots": 20, "max_kl": 0.02,
+                                     "iterations": 100, "inner_lr": 0.1, "meta_batch": 40},
+                       "rl-pretrained": {"test_lr": 0.2, "iterations": 1000},
+                       "rl-random": {"test_lr": 1.0, "nonlinearity": "relu"},
+                       "rl-oracle": {"iterations": 1000}},
+}
+
+
+@pytest.mark.parametrize(("experiment", "method"),
+                         [(e, m) for e, methods in CHEETAH.items() for m in methods])
+def test_the_cheetah_methods_have_the_reference_settings(experiment, method, tmp_path):
+    (run,) = plan_runs(experiment, "paper", [], [method], 1, tmp_path)
+    c = run.config
+    for key, value in CHEETAH[experiment][method].items():
+        assert getattr(c, key) == value, (experiment, method, key)
+    assert "Rllab-v0" in c.env and c.horizon == 0 and c.eval_shots == (20,)
+    assert c.test_min_steps == 4_000 and c.test_lr_later == 0.5 and c.test_tasks == 40
+    assert c.evaluate_checkpoint == "last"
+    if method in ("rl-pretrained", "rl-oracle"):  # plain TRPO on 100 trajectories
+        assert c.meta_batch * c.train_shots == 100 and c.baseline == "shared"
+
+
+@pytest.mark.parametrize("oracle", [False, True])
+def test_the_rllab_cheetah_observes_and_steps_as_rllab(oracle):
+    """dt 0.01 s, velocity of the centre of mass, observation qpos[1:], qvel and the torso
+    subtree's centre of mass (20-d, the original's get_current_obs)."""
+    import gymnasium
+    import numpy as np
+
+    import maml_bench.rl.envs  # noqa: F401
+
+    env = gymnasium.make("maml_bench/HalfCheetahVelRllab-v0", oracle=oracle)
+    try:
+        env.unwrapped.set_task({"goal_velocity": 1.0})
+        obs, _ = env.reset(seed=0)
+        u = env.unwrapped
+        assert obs.shape == env.observation_space.shape == (20 + oracle,)
+        assert u.dt == pytest.approx(0.01) and u.velocity_mode == "rllab"
+        obs, *_ = env.step(np.ones(env.action_space.shape))
+        assert np.allclose(obs[:8], u.data.qpos[1:]) and np.allclose(obs[8:17], u.data.qvel)
+        assert np.allclose(obs[17:20], u.data.subtree_com[u._torso])
+    finally:
+        env.close()

@@ -17,6 +17,11 @@ _ENVS: dict[str, tuple[str, int, dict[str, Any]]] = {
                                               {"frame_skip": 1}),
     f"{NAMESPACE}/HalfCheetahDirRllabDt-v0": ("locomotion:HalfCheetahDirEnv", 200,
                                               {"frame_skip": 1}),
+    # the original rllab cheetah: its dt, its centre-of-mass velocity and 20-d observation
+    f"{NAMESPACE}/HalfCheetahVelRllab-v0": ("locomotion:HalfCheetahVelEnv", 200, {
+        "frame_skip": 1, "velocity": "rllab", "observation": "rllab"}),
+    f"{NAMESPACE}/HalfCheetahDirRllab-v0": ("locomotion:HalfCheetahDirEnv", 200, {
+        "frame_skip": 1, "velocity": "rllab", "observation": "rllab"}),
     f"{NAMESPACE}/AntVel-v0": ("locomotion:AntVelEnv", 200, {}),
     f"{NAMESPACE}/AntDir-v0": ("locomotion:AntDirEnv", 200, {}),
 }

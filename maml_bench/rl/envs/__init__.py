@@ -7,6 +7,8 @@ Importing this package registers (MAML paper section 5.3; the original rllab env
   ``locomotion.HalfCheetah{Vel,Dir}Env``, obs 17, action 6, dt 0.05 s, horizon 200
 * ``maml_bench/HalfCheetahVelRllabDt-v0``, ``maml_bench/HalfCheetahDirRllabDt-v0``: the same
   with ``frame_skip=1``, the original rllab cheetah's dt 0.01 s, horizon 200
+* ``maml_bench/HalfCheetahVelRllab-v0``, ``maml_bench/HalfCheetahDirRllab-v0``: the original
+  rllab cheetah on v5's model: dt 0.01 s, velocity of the centre of mass, 20-d observation
 * ``maml_bench/AntVel-v0``, ``maml_bench/AntDir-v0``: ``locomotion.Ant{Vel,Dir}Env``, obs 105,
   action 8, dt 0.05 s, horizon 200
 

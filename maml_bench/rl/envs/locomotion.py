@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 
 import mujoco
 import numpy as np
-from gymnasium import utils
+from gymnasium import spaces, utils
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 
@@ -183,18 +183,37 @@ class _TaskMujocoMixin(_LocomotionTask):
 
 class _TaskHalfCheetah(_TaskMujocoMixin, HalfCheetahEnv):
     """Half-cheetah with a task reward. Args: task, oracle, velocity ("gymnasium" | "rllab"),
-    ctrl_cost_weight (0.05, the original's 0.5 * 0.1), frame_skip (5; 1 for the rllab dt),
-    and gymnasium's ``HalfCheetahEnv`` keyword arguments."""
+    observation ("gymnasium": qpos[1:] and qvel, 17-d | "rllab": then the torso subtree's
+    centre of mass, 20-d, as the original's ``get_current_obs``), ctrl_cost_weight (0.05, the
+    original's 0.5 * 0.1), frame_skip (5; 1 for the rllab dt), and gymnasium's
+    ``HalfCheetahEnv`` keyword arguments."""
 
     def __init__(self, task: Mapping[str, Any] | None = None, oracle: bool = False,
-                 velocity: str = "gymnasium", ctrl_cost_weight: float = 0.05,
-                 frame_skip: int = 5, **kwargs: Any) -> None:
+                 velocity: str = "gymnasium", observation: str = "gymnasium",
+                 ctrl_cost_weight: float = 0.05, frame_skip: int = 5, **kwargs: Any) -> None:
+        if observation not in VELOCITY_MODES:
+            raise ValueError(f"observation must be one of {VELOCITY_MODES}, got {observation!r}")
+        self.observation_mode = observation
         HalfCheetahEnv.__init__(self, frame_skip=frame_skip, ctrl_cost_weight=ctrl_cost_weight,
                                 **kwargs)
         utils.EzPickle.__init__(self, task=task, oracle=oracle, velocity=velocity,
-                                ctrl_cost_weight=ctrl_cost_weight, frame_skip=frame_skip,
-                                **kwargs)
+                                observation=observation, ctrl_cost_weight=ctrl_cost_weight,
+                                frame_skip=frame_skip, **kwargs)
+        if observation == "rllab":
+            size = self.observation_space.shape[0] + 3
+            self.observation_space = spaces.Box(-np.inf, np.inf, (size,), np.float64)
         self._setup_task(task, oracle, velocity)
+
+    def _get_obs(self) -> np.ndarray:
+        obs = HalfCheetahEnv._get_obs(self)
+        if getattr(self, "observation_mode", "gymnasium") == "rllab":
+            mujoco.mj_kinematics(self.model, self.data)  # rllab's forward() before reading it
+            mujoco.mj_comPos(self.model, self.data)
+            obs = np.concatenate([obs, self.data.subtree_com[self._torso_id()]])
+        return self._observe(obs)
+
+    def _torso_id(self) -> int:
+        return mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "torso")
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         task = self._ensure_task()
