@@ -22,6 +22,20 @@ def tiny_runs(tmp_path):
     return plan
 
 
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """Decoded copies go to a temporary cache, and no pools of another root leak in."""
+    from maml_bench.tasks.fewshot import episodes, pools
+    from maml_bench.tasks.fewshot.data_root import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    pools.load.cache_clear()
+    episodes._cached_episodes.cache_clear()
+    yield
+    pools.load.cache_clear()
+    episodes._cached_episodes.cache_clear()
+
+
 @pytest.fixture(autouse=True)
 def _restore_data_root():
     """`--data-root` sets MAML_BENCH_DATA in this process (so pool workers inherit it): put it

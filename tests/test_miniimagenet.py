@@ -17,9 +17,8 @@ import torch
 
 from maml_bench.errors import UserError
 from maml_bench.experiments import EXPERIMENTS
-from maml_bench.tasks.fewshot import episodes as episodes_module
 from maml_bench.tasks.fewshot import pools
-from maml_bench.tasks.fewshot.data_root import CACHE_ENV, DATA_ENV
+from maml_bench.tasks.fewshot.data_root import DATA_ENV
 from maml_bench.tasks.fewshot.miniimagenet import SPLITS, load_miniimagenet, scan
 from maml_bench.tasks.fewshot.synth import synth_miniimagenet
 
@@ -37,14 +36,8 @@ def generated(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    """Decoded copies go to a temporary cache, and no pools of another root leak in."""
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    pools.load.cache_clear()
-    episodes_module._cached_episodes.cache_clear()
-    yield
-    pools.load.cache_clear()
-    episodes_module._cached_episodes.cache_clear()
+def _private_cache(private_cache):
+    """Every test here: decoded copies in a temporary cache (conftest.py)."""
 
 
 def copy_of(generated: dict[str, Path], form: str, tmp_path: Path) -> Path:

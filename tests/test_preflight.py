@@ -21,9 +21,8 @@ from maml_bench.errors import UserError
 from maml_bench.experiments import EXPERIMENTS
 from maml_bench.memory_floor import GIB, Part, check_fits, floor, supervised_parts
 from maml_bench.runner import resolve_config
-from maml_bench.tasks.fewshot import episodes as episodes_module
 from maml_bench.tasks.fewshot import pools
-from maml_bench.tasks.fewshot.data_root import CACHE_ENV, DATA_ENV
+from maml_bench.tasks.fewshot.data_root import DATA_ENV
 from maml_bench.tasks.fewshot.synth import synth_miniimagenet
 from maml_bench.tasks.sinusoid import Sinusoid
 
@@ -43,15 +42,9 @@ def demo_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def demo_data(demo_root, tmp_path, monkeypatch):
+def demo_data(demo_root, private_cache, monkeypatch):
     monkeypatch.setenv(DATA_ENV, str(demo_root))
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    pools.load.cache_clear()
-    episodes_module._cached_episodes.cache_clear()
-    yield
-    pools.load.cache_clear()
-    episodes_module._cached_episodes.cache_clear()
-
+    pools.load.cache_clear()  # the pools of the root set here
 
 @pytest.mark.parametrize(("methods", "sets", "names"), [
     # the later method's refusal comes before the earlier one trains

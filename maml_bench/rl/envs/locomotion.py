@@ -209,11 +209,8 @@ class _TaskHalfCheetah(_TaskMujocoMixin, HalfCheetahEnv):
         if getattr(self, "observation_mode", "gymnasium") == "rllab":
             mujoco.mj_kinematics(self.model, self.data)  # rllab's forward() before reading it
             mujoco.mj_comPos(self.model, self.data)
-            obs = np.concatenate([obs, self.data.subtree_com[self._torso_id()]])
+            obs = np.concatenate([obs, self.data.subtree_com[self._torso]])
         return self._observe(obs)
-
-    def _torso_id(self) -> int:
-        return mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "torso")
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         task = self._ensure_task()
