@@ -16,7 +16,7 @@ from maml_bench.tasks.fewshot.data_root import DATA_ENV, data_root
 # The generated sets and the broken copies of tests/test_miniimagenet.py, checked by the CLI.
 BROKEN, copy_of = generated_data.BROKEN, generated_data.copy_of
 generated = generated_data.generated
-private_cache = generated_data.private_cache  # autouse: a temporary cache, fresh pools
+_private_cache = generated_data._private_cache  # autouse: a temporary cache, fresh pools
 
 OMNIGLOT = data_root() / "omniglot"
 
