@@ -770,6 +770,7 @@ def _train_and_evaluate(args: argparse.Namespace, out: Path, runs: list[typing.A
                         points: list[typing.Any]) -> None:
     from maml_bench import distributed
     from maml_bench.engines import run_with_engine
+    from maml_bench.executors import setup_run_command
     from maml_bench.grid import write_index
 
     options = engine_options(args)
@@ -779,7 +780,7 @@ def _train_and_evaluate(args: argparse.Namespace, out: Path, runs: list[typing.A
 
         check_runs(runs)
     # Under torchrun (WORLD_SIZE > 1): refuses what cannot be split, joins the process group.
-    distributed.setup_run_command(runs, jobs=args.jobs or 1)
+    setup_run_command(runs, jobs=args.jobs or 1)
     workers = max((getattr(r.config, "workers", 1) for r in runs), default=1)
     if args.engine == "local" and (args.jobs or 1) > 1 and workers > 1 and len(runs) > 1:
         # pool workers are daemonic and cannot start the sampler's own worker processes

@@ -29,7 +29,7 @@ from maml_bench.tasks.base import SupervisedBenchmark
 
 if TYPE_CHECKING:
     from maml_bench.engines.options import EngineOptions
-    from maml_bench.runner import RunSpec
+    from maml_bench.run_spec import RunSpec
 
 DEFAULT = "cpu"
 #: engines whose runs see only the GPUs the engine reserves for them (--gpus-per-run)

@@ -22,7 +22,7 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -30,10 +30,17 @@ from torch import Tensor
 
 from maml_bench.errors import UserError
 
-if TYPE_CHECKING:
-    from maml_bench.core.functional import SupervisedBatch
-
 T = TypeVar("T")
+
+
+class _Tasks(Protocol):
+    """What `shard` needs of a batch (SupervisedBatch has it): typed here without importing the
+    core, which imports this module."""
+
+    @property
+    def n_tasks(self) -> int: ...
+
+    def select(self, start: int, stop: int) -> Any: ...
 
 #: seconds a process waits in one collective for the others (MAML_BENCH_DIST_TIMEOUT): a
 #: backstop for a peer that hangs without exiting. A peer that exits closes its connections,
@@ -99,31 +106,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def setup_run_command(runs: Sequence[Any], jobs: int) -> None:
-    """`maml-bench run` under a launcher: refuse what cannot be split, before any work, then
-    join the process group. Nothing to do without one."""
-    if not launched():
-        return
-    from maml_bench.algorithms import ALGORITHMS  # here: algorithms import this module
-
-    world = int(os.environ["WORLD_SIZE"])
-    if jobs > 1:
-        raise UserError(f"--jobs {jobs} under torchrun ({world} processes): each run's "
-                        "meta-batch is already split over the processes; use --jobs 1")
-    unsupported = sorted({r.method for r in runs
-                          if not ALGORITHMS.get(r.method).data_parallel})
-    if unsupported:
-        supported = [n for n in ALGORITHMS.names() if ALGORITHMS.get(n).data_parallel]
-        raise UserError(f"{', '.join(unsupported)}: no data-parallel meta-batch under "
-                        f"torchrun; choose --method among {', '.join(supported)}, or run "
-                        "without torchrun")
-    small = sorted({r.config.meta_batch for r in runs if r.config.meta_batch < world})
-    if small:
-        raise UserError(f"meta_batch {small[0]} is smaller than torchrun's {world} processes; "
-                        f"--set meta_batch={world} or more, or launch fewer processes")
-    init_from_env(runs[0].device if runs else "cpu")  # a command's runs share one device
-
-
 def bounds(n_tasks: int, part: int | None = None, parts: int | None = None
            ) -> tuple[int, int]:
     """[start, stop) of process `part`'s contiguous share of n_tasks (default: this rank's).
@@ -135,7 +117,7 @@ def bounds(n_tasks: int, part: int | None = None, parts: int | None = None
     return start, start + size + (part < extra)
 
 
-def shard(batch: SupervisedBatch) -> SupervisedBatch:
+def shard(batch: _Tasks) -> Any:
     """This rank's contiguous share of the batch's tasks (the whole batch without a group)."""
     return batch.select(*bounds(batch.n_tasks))
 

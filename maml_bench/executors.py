@@ -5,18 +5,46 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from maml_bench import distributed
+from maml_bench.algorithms import ALGORITHMS
 from maml_bench.core.chunking import machine_cpus
 from maml_bench.errors import UserError, one_line
 from maml_bench.progress import duration, say, terminal
 from maml_bench.results import RUN_INFO_FILE, read_run_info
-from maml_bench.runner import RunSpec, execute, is_done
+from maml_bench.run_spec import RunSpec
+from maml_bench.runner import execute, is_done
 
 log = logging.getLogger(__name__)
+
+
+def setup_run_command(runs: Sequence[RunSpec], jobs: int) -> None:
+    """`maml-bench run` under a launcher: refuse what cannot be split, before any work, then
+    join the process group. Nothing to do without one."""
+    if not distributed.launched():
+        return
+    world = int(os.environ["WORLD_SIZE"])
+    if jobs > 1:
+        raise UserError(f"--jobs {jobs} under torchrun ({world} processes): each run's "
+                        "meta-batch is already split over the processes; use --jobs 1")
+    unsupported = sorted({r.method for r in runs
+                          if not ALGORITHMS.get(r.method).data_parallel})
+    if unsupported:
+        supported = [n for n in ALGORITHMS.names() if ALGORITHMS.get(n).data_parallel]
+        raise UserError(f"{', '.join(unsupported)}: no data-parallel meta-batch under "
+                        f"torchrun; choose --method among {', '.join(supported)}, or run "
+                        "without torchrun")
+    small = sorted({r.config.meta_batch for r in runs if r.config.meta_batch < world})
+    if small:
+        raise UserError(f"meta_batch {small[0]} is smaller than torchrun's {world} processes; "
+                        f"--set meta_batch={world} or more, or launch fewer processes")
+    # a command's runs share one device
+    distributed.init_from_env(runs[0].device if runs else "cpu")
 
 
 def _run_one(run: RunSpec, progress: bool | str | None, announce: bool,

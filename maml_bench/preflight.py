@@ -14,7 +14,8 @@ from __future__ import annotations
 from maml_bench.algorithms import ALGORITHMS
 from maml_bench.config import config_hash
 from maml_bench.memory_floor import check_fits, machine_bytes, rl_parts, supervised_parts
-from maml_bench.runner import RunSpec, build_benchmark, is_done
+from maml_bench.run_spec import RunSpec
+from maml_bench.runner import build_benchmark, is_done
 
 
 def check_runs(runs: list[RunSpec]) -> None:

@@ -18,8 +18,6 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass
-from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +56,7 @@ from maml_bench.results import (
     write_json,
     write_records,
 )
+from maml_bench.run_spec import RunSpec
 from maml_bench.stopping import StopAtIterationEnd
 from maml_bench.tasks import BENCHMARKS
 
@@ -66,36 +65,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 TRAIN_LOG_FILE = "train_log.csv"
 LOCK_FILE = ".run.lock"
-
-
-def derive_seed(experiment: str, method: str, repetition: int) -> int:
-    """A seed from (experiment id, method, repetition) alone, stored in every record."""
-    digest = sha256(f"{experiment}|{method}|{repetition}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    experiment: str
-    method: str
-    repetition: int
-    config: Any
-    out: Path
-    #: where it trains (`devices.py`): cpu, auto, cuda, cuda:N. Not part of the config or its
-    #: hash: the same run continues on another device, and run.json says which trained it.
-    device: str = "cpu"
-
-    @property
-    def run_id(self) -> str:
-        return f"{self.experiment}/{self.method}/seed-{self.repetition}"
-
-    @property
-    def directory(self) -> Path:
-        return self.out / self.experiment / "raw" / self.method / f"seed-{self.repetition}"
-
-    @property
-    def seed(self) -> int:
-        return derive_seed(self.experiment, self.method, self.repetition)
 
 
 def resolve_config(experiment: Experiment, scale: str, overrides: list[str],

@@ -27,6 +27,7 @@ from maml_bench.core.functional import (
     task_mse,
 )
 from maml_bench.errors import UserError
+from maml_bench.executors import setup_run_command
 from maml_bench.results import (
     KEY_COLUMNS,
     RECORD_COLUMNS,
@@ -214,7 +215,7 @@ def test_without_a_launcher_nothing_changes(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert not distributed.launched() and not distributed.active()
     assert distributed.is_main() and distributed.world_size() == 1
-    distributed.setup_run_command([], jobs=4)  # no-op
+    setup_run_command([], jobs=4)  # no-op
     assert not dist.is_initialized()
     monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc-per-node 1: one process
     assert not distributed.launched()

@@ -221,7 +221,8 @@ def test_runs_in_the_runner_with_a_validation_curve(tmp_path):
     """Checkpoints, NaN checks, records and the periodic validation curve, end to end."""
     import pandas as pd
 
-    from maml_bench.runner import RunSpec, execute
+    from maml_bench.run_spec import RunSpec
+    from maml_bench.runner import execute
 
     config = tiny_config(tmp_path)
     directory = execute(RunSpec("omniglot-5w1s-v1", "metalstm", 0, config, tmp_path),

@@ -16,8 +16,8 @@ import torch  # noqa: E402
 
 from maml_bench.algorithms import ALGORITHMS  # noqa: E402
 from maml_bench.rl.episodes import Episodes  # noqa: E402
-from maml_bench.rl.maml_rl import vpg_loss  # noqa: E402
 from maml_bench.rl.returns import process_episodes  # noqa: E402
+from maml_bench.rl.vpg import vpg_loss  # noqa: E402
 from maml_bench.runner import plan_runs  # noqa: E402
 from maml_bench.tasks.rl import MetaRL, average_return  # noqa: E402
 

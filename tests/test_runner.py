@@ -24,7 +24,8 @@ from maml_bench.results import (
     load_records,
     read_records,
 )
-from maml_bench.runner import CHECKPOINT_FILE, derive_seed, execute
+from maml_bench.run_spec import derive_seed
+from maml_bench.runner import CHECKPOINT_FILE, execute
 
 SINUSOID_METHODS = [m.algorithm for m in EXPERIMENTS.get("sinusoid-table2-v1").methods]
 

@@ -194,7 +194,7 @@ class PretrainedRL(MAMLTRPO):
     def train_step(self, iteration: int) -> Tensor:
         if self.optimizer is None:
             return super().train_step(iteration)
-        from maml_bench.rl.maml_rl import vpg_loss
+        from maml_bench.rl.vpg import vpg_loss
 
         c = self.config
         tasks = self.benchmark.sample_tasks(self.gen, c.meta_batch)

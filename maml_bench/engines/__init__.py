@@ -15,7 +15,7 @@ from maml_bench.engines.options import ENGINE_NAMES, EngineOptions, require_modu
 from maml_bench.errors import UserError
 
 if TYPE_CHECKING:  # the runner imports torch: not needed for `--help` or option checks
-    from maml_bench.runner import RunSpec
+    from maml_bench.run_spec import RunSpec
 
 __all__ = ["ENGINE_NAMES", "EngineOptions", "check_options", "run_with_engine"]
 

@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass
 
 from maml_bench.errors import RunBusy, UserError, one_line
-from maml_bench.runner import RunSpec, execute
+from maml_bench.run_spec import RunSpec
+from maml_bench.runner import execute
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from maml_bench.engines.job import JobResult, run_job
 from maml_bench.engines.options import EngineOptions, require_module
 from maml_bench.engines.summary import Summary, Waiting
 from maml_bench.errors import UserError, one_line
-from maml_bench.runner import RunSpec
+from maml_bench.run_spec import RunSpec
 
 #: environment the workers need from the driver (datasets, caches, progress cadence)
 FORWARDED_ENV = ("MAML_BENCH_DATA", "MAML_BENCH_CACHE", "MAML_BENCH_PROGRESS_SECONDS")

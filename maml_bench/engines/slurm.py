@@ -21,7 +21,7 @@ from maml_bench.engines.options import EngineOptions
 from maml_bench.engines.summary import Summary, Waiting
 from maml_bench.errors import UserError, one_line
 from maml_bench.progress import say
-from maml_bench.runner import RunSpec
+from maml_bench.run_spec import RunSpec
 
 POLL_SECONDS = 1.0
 

@@ -9,7 +9,8 @@ import time
 from collections.abc import Iterable
 
 from maml_bench.progress import duration, line_seconds, say
-from maml_bench.runner import LOCK_FILE, RunSpec, is_done
+from maml_bench.run_spec import RunSpec
+from maml_bench.runner import LOCK_FILE, is_done
 
 STATES = ("done", "running", "failed", "pending")
 

@@ -25,9 +25,9 @@ from torch.func import jvp
 
 from maml_bench.core.functional import StepSizes, step_size
 from maml_bench.rl.episodes import Episodes
-from maml_bench.rl.maml_rl import vpg_loss
 from maml_bench.rl.policy import GaussianMLPPolicy
 from maml_bench.rl.trpo import flatten
+from maml_bench.rl.vpg import vpg_loss
 
 
 def gauss_newton_kl_product(

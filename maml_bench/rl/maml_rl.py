@@ -29,8 +29,10 @@ from torch import Tensor
 
 from maml_bench.core.functional import Params, StepSizes, expand_params, gradient_step
 from maml_bench.rl.episodes import Episodes, masked_mean
+from maml_bench.rl.fisher import gauss_newton_kl_product
 from maml_bench.rl.policy import Gaussian, GaussianMLPPolicy, gaussian_kl, gaussian_log_prob
 from maml_bench.rl.trpo import TRPOConfig, TRPOResult, trpo_step
+from maml_bench.rl.vpg import advantages_of, vpg_loss
 
 
 def inner_step_sizes(alpha: float, steps: int, later: float = 0.5) -> list[float]:
@@ -42,20 +44,6 @@ def inner_step_sizes(alpha: float, steps: int, later: float = 0.5) -> list[float
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     return [alpha] + [alpha * later] * (steps - 1)
-
-
-def _advantages(episodes: Episodes) -> Tensor:
-    if episodes.advantages is None:
-        raise ValueError("episodes have no advantages: run rl.returns.process_episodes first")
-    return episodes.advantages
-
-
-def vpg_loss(policy: GaussianMLPPolicy, params: Mapping[str, Tensor], episodes: Episodes
-             ) -> Tensor:
-    """REINFORCE surrogate -mean(log pi(a|s) A) over each task's valid steps -> [N] (or a scalar
-    for unbatched params and one-task episodes)."""
-    log_prob = policy.log_prob(params, episodes.observations, episodes.actions)
-    return -masked_mean(log_prob * _advantages(episodes), episodes.mask)
 
 
 def adapt(
@@ -105,7 +93,7 @@ def surrogate_loss(new: Gaussian, old: Gaussian, episodes: Episodes) -> Tensor:
     """TRPO's importance-weighted surrogate -mean(pi_new / pi_old A) per task -> [N]."""
     ratio = torch.exp(gaussian_log_prob(new, episodes.actions)
                       - gaussian_log_prob(old.detach(), episodes.actions))
-    return -masked_mean(ratio * _advantages(episodes), episodes.mask)
+    return -masked_mean(ratio * advantages_of(episodes), episodes.mask)
 
 
 def mean_kl(new: Gaussian, old: Gaussian, mask: Tensor) -> Tensor:
@@ -174,7 +162,6 @@ def maml_trpo_step(
 
     product = None
     if gauss_newton and len(inner) == 1:  # the same product without third derivatives
-        from maml_bench.rl.fisher import gauss_newton_kl_product
 
         product = gauss_newton_kl_product(policy, theta, inner[0], outer, step_sizes,
                                           config.damping, first_order, names)
