@@ -344,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=path_arg, default=None, help=out_help.replace("quick", "paper"))
     _add_data_parser(sub)
     _add_profile_parser(sub)
+    _add_docs_parser(sub)
     return parser
 
 
@@ -415,6 +416,35 @@ def run_devices(runs: list[typing.Any], device: str | None, options: typing.Any
                 raise UserError("--set cuda_graph=on under torchrun: each process's share "
                                 "goes through an all-reduce the graph does not hold; drop one")
     return runs
+
+
+def _add_docs_parser(sub: typing.Any) -> None:
+    text = ("regenerate the numbers in README.md and docs/ from the committed records: every "
+            "table and value between a '<!-- table: ... -->' or '<!-- value: ... -->' marker "
+            "and '<!-- end -->' (maml_bench/report/docs.py says how to write one)")
+    p = sub.add_parser("docs", help="regenerate the docs' numbers from results/",
+                       description=text[0].upper() + text[1:] + ".")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing: list the pages whose numbers differ from the records "
+                   "and exit 1 if any does (CI)")
+    p.add_argument("--repo", type=existing_dir, default=Path("."), metavar="DIR",
+                   help="the checkout holding README.md, docs/ and results/ (default: here)")
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from maml_bench.report.docs import pages, sync_docs
+
+    if not pages(args.repo):
+        raise UserError(f"{args.repo} holds neither README.md nor docs/*.md; run this in the "
+                        "checkout or give --repo DIR")
+    stale = sync_docs(args.repo, write=not args.check)
+    if args.check and stale:
+        print(f"maml-bench: {len(stale)} page(s) differ from the records; run `maml-bench docs` "
+              "and commit the pages", file=sys.stderr)
+        return 1
+    if not stale:
+        print("every page's numbers match the records")
+    return 0
 
 
 def _add_profile_parser(sub: typing.Any) -> None:
@@ -581,7 +611,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from maml_bench.reporting import build_comparison
+    from maml_bench.report.experiment import build_comparison
 
     if args.grid is not None:
         from maml_bench.grid import read_index
@@ -801,7 +831,7 @@ def _grid_comparison(experiment: str, out: Path, points: list[typing.Any], metho
     the steps shown: 0, 1 and the last."""
     from maml_bench.grid import GRID_DIR, point_dir
     from maml_bench.progress import say
-    from maml_bench.reporting import build_grid_comparison, experiment_records
+    from maml_bench.report.experiment import build_grid_comparison, experiment_records
 
     rows = [(p.name, point_dir(out, p)) for p in points]
     frames = [experiment_records(experiment, root) for _, root in rows]
@@ -831,14 +861,14 @@ def _grid_comparison(experiment: str, out: Path, points: list[typing.Any], metho
 
 
 def _report(experiment: str, out: Path, ci: str, level: float) -> None:
-    from maml_bench.reporting import build_tables
+    from maml_bench.report.experiment import build_tables
 
     for path in build_tables(experiment, out, ci, level):
         print(f"wrote {path}")
 
 
 def _plot(experiment: str, out: Path) -> None:
-    from maml_bench.reporting import build_figures
+    from maml_bench.report.experiment import build_figures
 
     for path in build_figures(experiment, out):
         print(f"wrote {path}")
@@ -874,6 +904,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_data(args)
         elif args.command == "profile":
             cmd_profile(args)
+        elif args.command == "docs":
+            return cmd_docs(args)
     except UserError as err:
         if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, not one per process
             print(f"maml-bench: error: {one_line(str(err))}", file=sys.stderr)

@@ -32,8 +32,8 @@ FORBIDDEN = {
     "maml_bench.distributed": ["maml_bench.core", "maml_bench.algorithms", "maml_bench.runner"],
     "maml_bench.results": ["maml_bench.runner", "maml_bench.report"],
 }
-UPPER = ["maml_bench.cli", "maml_bench.reporting", "maml_bench.profile", "maml_bench.engines",
-         "maml_bench.executors", "maml_bench.preflight", "maml_bench.grid"]
+UPPER = ["maml_bench.cli", "maml_bench.report.experiment", "maml_bench.profile",
+         "maml_bench.engines", "maml_bench.executors", "maml_bench.preflight", "maml_bench.grid"]
 for low in FORBIDDEN:
     FORBIDDEN[low] += UPPER
 # Only the command line imports the command line.

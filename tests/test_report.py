@@ -8,7 +8,13 @@ import pandas as pd
 import pytest
 
 from maml_bench.report.plots import plot_learning_curves
-from maml_bench.report.tables import SUMMARY_COLUMNS, format_table, summarize, write_table
+from maml_bench.report.tables import (
+    SUMMARY_COLUMNS,
+    TOO_WIDE,
+    format_table,
+    summarize,
+    write_table,
+)
 from maml_bench.stats import CI_METHODS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -216,3 +222,22 @@ def test_records_without_scale_are_never_compared_with_the_paper(records, paper)
     wide = format_table(summary, shots=5, steps=[1, 5])
     assert not wide.map(lambda cell: "✓" in cell or "✗" in cell).any().any()
     assert wide.set_index("method").loc["maml", "1 step paper"] == "2.50 ± 0.10"
+
+
+def test_an_interval_too_wide_to_tell_is_not_marked() -> None:
+    """Table 2's `185.62 ± 362.34 ✓`: an interval wider than the value holds nearly any paper
+    number, so it is not compared; one just narrow enough is."""
+    wide_rows = [("maml", 0, 1, task, v) for task, v in enumerate([-400.0, 10.0, 950.0])]
+    narrow_rows = [("fomaml", 0, 1, task, v) for task, v in enumerate([9.0, 10.0, 11.0])]
+    paper = pd.DataFrame([("exp", "maml", 5, 1, "mse", 0.38, np.nan),
+                          ("exp", "fomaml", 5, 1, "mse", 20.0, np.nan)],
+                         columns=["experiment", "method", "shots", "steps", "metric", "paper",
+                                  "paper_ci"])
+    summary = summarize(_records(wide_rows + narrow_rows), paper)
+    maml, fomaml = _row(summary, "maml", 1), _row(summary, "fomaml", 1)
+    assert maml["ci_high"] - maml["mean"] >= TOO_WIDE * abs(maml["mean"])
+    assert pd.isna(maml["paper_in_ci"])  # 0.38 is inside, but the interval cannot tell
+    assert bool(fomaml["paper_in_ci"]) is False  # half width 1.31 on 10: 20 is outside
+    cells = format_table(summary, shots=5, steps=[1]).set_index("method")["1 step ours"]
+    assert cells["maml"].endswith("(too wide to compare)") and "✓" not in cells["maml"]
+    assert cells["fomaml"].endswith("✗")

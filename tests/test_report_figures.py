@@ -12,8 +12,8 @@ import pytest
 from test_report_scale import EXPERIMENT, config_at, write_run
 
 from maml_bench.report import plots
+from maml_bench.report.experiment import build_figures
 from maml_bench.report.plots import learning_curve_stats, plot_learning_curves, y_axis
-from maml_bench.reporting import build_figures
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_build_figures_draws_meta_training_curves(tmp_path, figures) -> None:
 
 def test_build_figures_without_train_logs_warns(tmp_path, caplog) -> None:
     write_run(tmp_path, EXPERIMENT, "maml", 0, config_at("quick"), 0.67)
-    with caplog.at_level(logging.WARNING, logger="maml_bench.reporting"):
+    with caplog.at_level(logging.WARNING, logger="maml_bench.report.experiment"):
         paths = build_figures(EXPERIMENT, tmp_path)
     assert "training-curves.png not drawn" in caplog.text
     assert not (tmp_path / EXPERIMENT / "figures" / "training-curves.png").exists()

@@ -12,7 +12,7 @@ import pytest
 
 from maml_bench.config import config_dict, config_hash
 from maml_bench.experiments import EXPERIMENTS
-from maml_bench.reporting import (
+from maml_bench.report.experiment import (
     build_comparison,
     build_tables,
     experiment_records,
@@ -191,7 +191,7 @@ def test_long_scale_is_planned_and_labelled_as_such(experiment_id, iterations) -
     others refuse it with the scales they do have."""
     from maml_bench.config import config_hash
     from maml_bench.errors import UserError
-    from maml_bench.reporting import scale_of
+    from maml_bench.report.experiment import scale_of
     from maml_bench.runner import plan_runs
 
     runs = plan_runs(experiment_id, "long", [], ["maml"])

@@ -71,7 +71,7 @@ def test_the_training_curve_of_rl_is_the_return(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from maml_bench.reporting import build_figures
+    from maml_bench.report.experiment import build_figures
 
     (run,) = plan_runs("navigation2d-v1", "tiny", ["iterations=3"], ["maml-trpo"], 1, tmp_path)
     execute(run, progress=False)

@@ -69,6 +69,8 @@ class Experiment:
     methods: tuple[MethodSpec, ...]
     paper: tuple[tuple[str, int, int, float], ...] = ()
     """(method, shots, steps, value) as printed in the paper"""
+    paper_ci: dict[tuple[str, int], float] = field(default_factory=dict)
+    """(method, shots) -> the half width of the paper's interval, where it prints one"""
     metric: str = "mse"
     scales: dict[str, Scale] = field(default_factory=dict)
     tables: tuple[TableSpec, ...] = ()
@@ -90,7 +92,7 @@ class Experiment:
     def paper_frame(self) -> pd.DataFrame:
         rows = [
             {"experiment": self.id, "method": m, "shots": k, "steps": s, "metric": self.metric,
-             "paper": v, "paper_ci": float("nan")}
+             "paper": v, "paper_ci": self.paper_ci.get((m, k), float("nan"))}
             for m, k, s, v in self.paper
         ]
         return pd.DataFrame(rows, columns=["experiment", "method", "shots", "steps", "metric",

@@ -12,6 +12,12 @@ from maml_bench.tasks.fewshot.episodes import FewShotConfig
 #: Ravi & Larochelle's numbers as the MAML paper cites them)
 PAPER = {1: {"finetune": 28.86, "nearest-neighbour": 41.08, "fomaml": 48.07, "maml": 48.70},
          5: {"finetune": 49.79, "nearest-neighbour": 51.04, "fomaml": 63.15, "maml": 63.11}}
+#: the half widths of those numbers' 95% intervals, and of the cited matching nets and
+#: meta-learner LSTM rows (paper Table 1)
+PAPER_CI = {1: {"finetune": 0.54, "nearest-neighbour": 0.70, "matchingnets": 0.84,
+                "metalstm": 0.77, "fomaml": 1.75, "maml": 1.84},
+            5: {"finetune": 0.79, "nearest-neighbour": 0.65, "matchingnets": 0.73,
+                "metalstm": 0.71, "fomaml": 0.91, "maml": 0.92}}
 METHODS = (MethodSpec("maml", "MAML", seeds=1), MethodSpec("fomaml", "first-order MAML", seeds=1),
            MethodSpec("finetune", "fine-tuning baseline", seeds=1),
            MethodSpec("nearest-neighbour", "nearest neighbour baseline", seeds=1))
@@ -74,6 +80,10 @@ def miniimagenet(shots: int, demo: bool = False) -> Experiment:
     own_steps = final_steps(later, steps)
     paper = tuple((m, shots, steps, v) for m, v in PAPER[shots].items())
     paper += published_rows(config.dataset, 5, shots, own_steps)
+    if shots == 1:  # the released model is the paper's MAML model: compared with its number
+        paper += ((AUTHORS.algorithm, shots, steps, PAPER[shots]["maml"]),)
+    ci = {(m, shots): half for m, half in PAPER_CI[shots].items()}
+    ci[(AUTHORS.algorithm, shots)] = PAPER_CI[shots]["maml"]
     return Experiment(
         id=f"miniimagenet-5w{shots}s-demo-v1" if demo else f"miniimagenet-5w{shots}s-v2",
         title=f"MiniImagenet 5-way {shots}-shot ({what})",
@@ -81,6 +91,7 @@ def miniimagenet(shots: int, demo: bool = False) -> Experiment:
         config=config,
         methods=METHODS + ((AUTHORS,) if shots == 1 and not demo else ()) + later,
         paper=() if demo else paper,
+        paper_ci={} if demo else ci,
         metric="accuracy",
         scales=scales,
         tables=(TableSpec("table1", f"MiniImagenet 5-way {shots}-shot ({what}), query "

@@ -97,6 +97,7 @@ def omniglot(ways: int, shots: int, network: str = "conv") -> Experiment:
         config=config,
         methods=methods,
         paper=paper,
+        paper_ci={("maml", shots): PAPER_CI[(ways, shots, network)]},
         metric="accuracy",
         scales={
             "paper": Scale("the paper's protocol: 60,000 meta-iterations (about 8 hours per "

@@ -158,7 +158,7 @@ def plot_learning_curves(
     Methods are drawn in the order of `methods`; those absent from `records` are skipped with a
     warning. `paper` (columns experiment, method, shots, steps, metric, paper) adds the paper's
     numbers as unconnected hollow diamonds. `records` must hold a single experiment; its
-    `scale` column (see `reporting.experiment_records`) is named in the title.
+    `scale` column (see `report.experiment.experiment_records`) is named in the title.
 
     Where lower is better, the y axis is capped (see `y_axis`) and may be logarithmic; a mean
     that is NaN/inf or above the cap is marked with a triangle at the top edge where it leaves,

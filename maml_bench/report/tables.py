@@ -25,7 +25,7 @@ from maml_bench.stats import ci_label, mean_ci, mean_keep_nan
 SUMMARY_COLUMNS = [
     "experiment",
     "method",
-    "scale",  # the runs' experiment scale ("paper", "quick", "custom", ...); see reporting
+    "scale",  # the runs' scale ("paper", "quick", "custom", ...); see report/experiment.py
     "shots",
     "steps",
     "metric",
@@ -125,9 +125,10 @@ def summarize(
     out["n_seeds"] = out["n_seeds"].fillna(0).astype("int64")
     out["ci_method"] = ci
 
-    # A run below (or other than) the paper's protocol is not a test of the paper's number.
+    # A run below (or other than) the paper's protocol is not a test of the paper's number, and
+    # an interval wider than the value cannot tell (`too_wide`).
     valid = (out["paper"].notna() & out["ci_low"].notna() & out["ci_high"].notna()
-             & (out["scale"] == PAPER_SCALE))
+             & (out["scale"] == PAPER_SCALE) & ~too_wide(out))
     inside = (out["ci_low"] <= out["paper"]) & (out["paper"] <= out["ci_high"])
     out["paper_in_ci"] = inside.astype("boolean").mask(~valid, pd.NA)
 
@@ -140,6 +141,17 @@ def summarize(
     out = out[SUMMARY_COLUMNS].reset_index(drop=True)
     out.attrs["ci_level"] = level
     return out
+
+
+#: An interval whose half width is this fraction of |mean| or more cannot say whether the paper's
+#: value agrees (a mean of 185 +- 362 holds nearly anything): such a cell is not marked ✓ / ✗.
+TOO_WIDE = 0.5
+
+
+def too_wide(summary: pd.DataFrame) -> pd.Series:
+    """Rows whose interval is too wide to compare a value with (see TOO_WIDE)."""
+    half = (summary["ci_high"] - summary["ci_low"]) / 2
+    return (half >= TOO_WIDE * summary["mean"].abs()).fillna(False)
 
 
 def method_scales(records: pd.DataFrame) -> dict[tuple[str, str], str]:
@@ -280,6 +292,9 @@ def _cells(sub: pd.DataFrame, method: str, step: int, metric_fmt: str, prefix: s
             ours = f"{_fmt(metric_fmt, r['mean'])} ± {_fmt(metric_fmt, half)}"
             if not pd.isna(r["paper_in_ci"]):
                 ours += " ✓" if r["paper_in_ci"] else " ✗"
+            elif r["scale"] == PAPER_SCALE and not pd.isna(r["paper"]) and half >= TOO_WIDE * abs(
+                    r["mean"]):
+                ours += " (too wide to compare)"
             if r["nonfinite"] > 0:  # diverged tasks: say how many, not just "nan"
                 ours += f" ({int(r['nonfinite'])}/{int(r['n'])} non-finite)"
             seeds = _seeds_cell(r, metric_fmt)
@@ -327,7 +342,8 @@ def _ci_note(summary: pd.DataFrame, level: float | None) -> str:
         level = summary.attrs.get("ci_level", 0.95)
     methods = list(dict.fromkeys(summary["ci_method"].dropna())) or ["normal"]
     label = "; ".join(ci_label(m, level) for m in methods)
-    marks = ("✓ / ✗: paper value inside / outside our interval; "
+    marks = ("✓ / ✗: paper value inside / outside our interval (not marked where the interval's "
+             f"half width is {TOO_WIDE:g} x |mean| or more: too wide to compare); "
              if PAPER_SCALE in _summary_scales(summary).values() else "")
     return (
         f"Ours: mean over test tasks (each task averaged over seeds) ± half width of the {label}. "

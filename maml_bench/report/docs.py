@@ -1,0 +1,246 @@
+"""The numbers in the docs, generated from the committed records (`maml-bench docs`).
+
+A page keeps its prose by hand; every number that comes from results/ sits between two markers
+that say where it comes from, and this module rewrites what is between them:
+
+    <!-- table: ROOT EXPERIMENT shots=K steps=0,1,3 [methods=a,b] [digits=2] -->
+    ...a Markdown table, regenerated...
+    <!-- end -->
+
+    <!-- value: ROOT EXPERIMENT METHOD shots=K steps=S [digits=2] [form=ci|mean|range] -->
+    99.37 ± 0.32<!-- end -->
+
+ROOT is a results folder relative to the repository (results, results/long, results/variants/
+...). Tables and values are computed from the verified records with the same statistics as the
+experiment's own tables (`report.tables.summarize`), so a changed record changes the page, and
+`maml-bench docs --check` (and tests/test_docs_sync.py) fail until the page is regenerated.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from maml_bench.errors import UserError
+
+MARKER = re.compile(r"<!-- (table|value): ([^\n]*?) -->(.*?)<!-- end -->", re.DOTALL)
+_DASH = "–"
+
+
+@dataclass(frozen=True)
+class Source:
+    """What one marker asks for."""
+
+    kind: str  # table | value
+    root: str
+    experiment: str
+    method: str | None
+    shots: int
+    steps: tuple[int, ...]
+    methods: tuple[str, ...] = ()
+    digits: int = 2
+    form: str = "ci"
+
+
+def parse_marker(kind: str, text: str, where: str) -> Source:
+    """The marker's words -> a Source; a malformed marker is one line naming the page."""
+    words = text.split()
+    positional = [w for w in words if "=" not in w]
+    options = dict(w.split("=", 1) for w in words if "=" in w)
+    expected = 2 if kind == "table" else 3
+    allowed = {"table": {"shots", "steps", "methods", "digits"},
+               "value": {"shots", "steps", "digits", "form"}}[kind]
+    unknown = sorted(set(options) - allowed)
+    if len(positional) != expected or unknown or "shots" not in options or "steps" not in options:
+        raise UserError(f"{where}: bad marker '<!-- {kind}: {text} -->'; expected "
+                        + ("ROOT EXPERIMENT shots=K steps=S[,S] [methods=a,b] [digits=N]"
+                           if kind == "table" else
+                           "ROOT EXPERIMENT METHOD shots=K steps=S [digits=N] "
+                           "[form=ci|mean|range]"))
+    try:
+        steps = tuple(int(s) for s in options["steps"].split(","))
+        source = Source(kind, positional[0], positional[1],
+                        positional[2] if kind == "value" else None, int(options["shots"]),
+                        steps, tuple(m for m in options.get("methods", "").split(",") if m),
+                        int(options.get("digits", 2)), options.get("form", "ci"))
+    except ValueError as err:
+        raise UserError(f"{where}: bad marker '<!-- {kind}: {text} -->': {err}") from None
+    if source.form not in ("ci", "mean", "range") or (kind == "value" and len(steps) != 1):
+        raise UserError(f"{where}: bad marker '<!-- {kind}: {text} -->': a value has one step "
+                        "and form ci, mean or range")
+    return source
+
+
+class Summaries:
+    """Each (root, experiment)'s summary, computed once from its verified records."""
+
+    def __init__(self, repo: Path) -> None:
+        self.repo = repo
+        self._cache: dict[tuple[str, str], pd.DataFrame] = {}
+        self._iterations: dict[tuple[str, str], dict[str, list[int]]] = {}
+
+    def get(self, root: str, experiment: str) -> pd.DataFrame:
+        key = (root, experiment)
+        if key not in self._cache:
+            from maml_bench.experiments import EXPERIMENTS
+            from maml_bench.report.experiment import experiment_records, experiment_runs
+            from maml_bench.report.tables import summarize
+
+            spec = EXPERIMENTS.get(experiment)
+            records = experiment_records(experiment, self.repo / root)
+            self._cache[key] = summarize(records, spec.paper_frame(), include_paper_only=True)
+            runs = experiment_runs(experiment, self.repo / root)
+            self._iterations[key] = {
+                str(m): sorted({int(n) for n in group.dropna()})
+                for m, group in runs.groupby("method", sort=False)["iterations"]}
+        return self._cache[key]
+
+    def iterations(self, root: str, experiment: str) -> dict[str, list[int]]:
+        """method -> the meta-iterations its runs trained for (after `get`)."""
+        return self._iterations[(root, experiment)]
+
+
+def _row(summary: pd.DataFrame, method: str, shots: int, step: int) -> pd.Series | None:
+    hit = summary[(summary["method"] == method) & (summary["shots"] == shots)
+                  & (summary["steps"] == step) & (summary["n"] > 0)]
+    return hit.iloc[0] if len(hit) else None
+
+
+def _number(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}"
+
+
+def format_value(row: pd.Series | None, digits: int, form: str) -> str:
+    """One result as prose shows it: "99.37 ± 0.32" (ci), "99.37" (mean), "99.05-99.69"
+    (range: the interval's ends)."""
+    if row is None:
+        return _DASH
+    if form == "mean":
+        return _number(row["mean"], digits)
+    if form == "range":
+        return f"{_number(row['ci_low'], digits)}-{_number(row['ci_high'], digits)}"
+    half = (row["ci_high"] - row["ci_low"]) / 2
+    return f"{_number(row['mean'], digits)} ± {_number(half, digits)}"
+
+
+def _marked(row: pd.Series | None, digits: int) -> str:
+    """A table cell: the value, with ✓ / ✗ where the experiment's own tables mark it (paper
+    scale, a paper value at this step, an interval narrow enough to tell)."""
+    cell = format_value(row, digits, "ci")
+    if row is not None and not pd.isna(row["paper_in_ci"]):
+        cell += " ✓" if row["paper_in_ci"] else " ✗"
+    return cell
+
+
+def _trained(iterations: dict[str, list[int]], methods: list[str], labels: dict[str, str]
+             ) -> str:
+    """"60,000 meta-iterations", or per method where they differ."""
+    counts = {m: iterations[m] for m in methods if iterations.get(m)}
+    if not counts:
+        return ""
+    if len({tuple(c) for c in counts.values()}) == 1:
+        return f" ({_count(next(iter(counts.values())))} meta-iterations)"
+    return " (meta-iterations: " + "; ".join(
+        f"{labels.get(m, m)} {_count(c)}" for m, c in counts.items()) + ")"
+
+
+def _count(values: list[int]) -> str:
+    return "/".join(f"{v:,}" for v in values)
+
+
+def render_table(summary: pd.DataFrame, source: Source,
+                 iterations: dict[str, list[int]] | None = None) -> str:
+    """Method | one column per step | the paper's value, with a caption line naming the scale."""
+    from maml_bench.experiments import EXPERIMENTS
+    from maml_bench.report.tables import describe_scales
+
+    labels = EXPERIMENTS.get(source.experiment).labels()
+    rows = summary[summary["shots"] == source.shots]
+    ran = rows[rows["n"] > 0]
+    # by default the methods that ran; named ones may include a paper-only row
+    methods = list(source.methods) or list(dict.fromkeys(ran["method"]))
+    missing = [m for m in methods if m not in set(rows["method"])]
+    if missing or not methods:
+        raise UserError(f"{source.root}/{source.experiment}: no records or paper values for "
+                        f"{', '.join(missing) or 'any method'} at K={source.shots}")
+    step_names = [f"{s} step" if s == 1 else f"{s} steps" for s in source.steps]
+    lines = ["| method | " + " | ".join(step_names) + " | paper |",
+             "|---" * (len(step_names) + 2) + "|"]
+    for method in methods:
+        cells = [_marked(_row(rows, method, source.shots, s), source.digits)
+                 for s in source.steps]
+        paper = rows[(rows["method"] == method) & rows["paper"].notna()]
+        paper_cell = _DASH
+        if len(paper):
+            last = paper.sort_values("steps").iloc[-1]
+            paper_cell = _number(last["paper"], source.digits)
+            if not pd.isna(last["paper_ci"]):
+                paper_cell += f" ± {_number(last['paper_ci'], source.digits)}"
+            if int(last["steps"]) not in source.steps:
+                paper_cell += f" ({_steps(int(last['steps']))})"
+        lines.append(f"| {labels.get(method, method)} | " + " | ".join(cells)
+                     + f" | {paper_cell} |")
+    scales = dict(zip(ran["method"], ran["scale"], strict=False))
+    tasks = sorted({int(n) for n in ran[ran["method"].isin(methods)]["n"]})
+    trained = _trained(iterations or {}, methods, labels)
+    caption = (f"Scale: {describe_scales({m: scales[m] for m in methods if m in scales})}"
+               f"{trained}; "
+               f"{'/'.join(map(str, tasks))} test tasks; ± the 95% interval over test tasks; "
+               "✓ / ✗: the paper's value inside / outside it (paper scale only); "
+               f"from `{source.root}/{source.experiment}`.")
+    return "\n" + "\n".join(lines) + "\n\n" + caption + "\n"
+
+
+def _steps(n: int) -> str:
+    return f"{n} step" if n == 1 else f"{n} steps"
+
+
+def render(source: Source, summaries: Summaries) -> str:
+    summary = summaries.get(source.root, source.experiment)
+    if source.kind == "table":
+        return render_table(summary, source, summaries.iterations(source.root, source.experiment))
+    assert source.method is not None
+    row = _row(summary, source.method, source.shots, source.steps[0])
+    if row is None:
+        raise UserError(f"{source.root}/{source.experiment}: no records for {source.method} "
+                        f"at K={source.shots}, {_steps(source.steps[0])}")
+    return format_value(row, source.digits, source.form)
+
+
+def regenerate(text: str, summaries: Summaries, where: str) -> str:
+    """The page with every marked number recomputed."""
+
+    def replace(match: re.Match[str]) -> str:
+        kind, spec = match.group(1), match.group(2)
+        body = render(parse_marker(kind, spec, where), summaries)
+        return f"<!-- {kind}: {spec} -->{body}<!-- end -->"
+
+    return MARKER.sub(replace, text)
+
+
+def pages(repo: Path) -> list[Path]:
+    """The pages that may hold generated numbers: README.md and docs/*.md."""
+    found = [repo / "README.md"] if (repo / "README.md").is_file() else []
+    return found + sorted((repo / "docs").glob("*.md"))
+
+
+def sync_docs(repo: Path, write: bool, report: Callable[[str], None] = print) -> list[Path]:
+    """Regenerate every page's numbers; -> the pages whose committed text differs. With
+    `write`, those pages are rewritten (atomically)."""
+    from maml_bench.results import atomic_write_text
+
+    summaries = Summaries(repo)
+    stale = []
+    for page in pages(repo):
+        text = page.read_text(encoding="utf-8")
+        new = regenerate(text, summaries, str(page.relative_to(repo)))
+        if new != text:
+            stale.append(page)
+            if write:
+                atomic_write_text(page, new)
+            report(f"{'rewrote' if write else 'stale'}: {page.relative_to(repo)}")
+    return stale
