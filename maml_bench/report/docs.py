@@ -10,6 +10,10 @@ that say where it comes from, and this module rewrites what is between them:
     <!-- value: ROOT EXPERIMENT METHOD shots=K steps=S [digits=2] [form=ci|mean|range] -->
     99.37 ± 0.32<!-- end -->
 
+    <!-- table: ROOT EXPERIMENT shots=K steps=1,5 methods=M variants=ROOT2:EXP2,ROOT3:EXP3 -->
+    ...one method, one row per experiment (the first, then each variant)...
+    <!-- end -->
+
 ROOT is a results folder relative to the repository (results, results/long, results/variants/
 ...). Tables and values are computed from the verified records with the same statistics as the
 experiment's own tables (`report.tables.summarize`), so a changed record changes the page, and
@@ -44,6 +48,7 @@ class Source:
     methods: tuple[str, ...] = ()
     digits: int = 2
     form: str = "ci"
+    variants: tuple[tuple[str, str], ...] = ()  # (root, experiment) rows after the first
 
 
 def parse_marker(kind: str, text: str, where: str) -> Source:
@@ -52,7 +57,7 @@ def parse_marker(kind: str, text: str, where: str) -> Source:
     positional = [w for w in words if "=" not in w]
     options = dict(w.split("=", 1) for w in words if "=" in w)
     expected = 2 if kind == "table" else 3
-    allowed = {"table": {"shots", "steps", "methods", "digits"},
+    allowed = {"table": {"shots", "steps", "methods", "digits", "variants"},
                "value": {"shots", "steps", "digits", "form"}}[kind]
     unknown = sorted(set(options) - allowed)
     if len(positional) != expected or unknown or "shots" not in options or "steps" not in options:
@@ -66,9 +71,15 @@ def parse_marker(kind: str, text: str, where: str) -> Source:
         source = Source(kind, positional[0], positional[1],
                         positional[2] if kind == "value" else None, int(options["shots"]),
                         steps, tuple(m for m in options.get("methods", "").split(",") if m),
-                        int(options.get("digits", 2)), options.get("form", "ci"))
+                        int(options.get("digits", 2)), options.get("form", "ci"),
+                        tuple(tuple(v.split(":", 1)) for v in options.get("variants", "").split(",")
+                              if v))
     except ValueError as err:
         raise UserError(f"{where}: bad marker '<!-- {kind}: {text} -->': {err}") from None
+    if source.variants and (len(source.methods) != 1
+                            or any(len(v) != 2 for v in source.variants)):
+        raise UserError(f"{where}: bad marker '<!-- {kind}: {text} -->': variants=ROOT:EXPERIMENT"
+                        ",... needs exactly one method (methods=M)")
     if source.form not in ("ci", "mean", "range") or (kind == "value" and len(steps) != 1):
         raise UserError(f"{where}: bad marker '<!-- {kind}: {text} -->': a value has one step "
                         "and form ci, mean or range")
@@ -111,7 +122,9 @@ def _row(summary: pd.DataFrame, method: str, shots: int, step: int) -> pd.Series
 
 
 def _number(value: float, digits: int) -> str:
-    return f"{value:.{digits}f}"
+    from maml_bench.report.tables import format_number  # tiny and huge values as the tables
+
+    return format_number(f"{{:.{digits}f}}", value)
 
 
 def format_value(row: pd.Series | None, digits: int, form: str) -> str:
@@ -124,15 +137,23 @@ def format_value(row: pd.Series | None, digits: int, form: str) -> str:
     if form == "range":
         return f"{_number(row['ci_low'], digits)}-{_number(row['ci_high'], digits)}"
     half = (row["ci_high"] - row["ci_low"]) / 2
-    return f"{_number(row['mean'], digits)} ± {_number(half, digits)}"
+    text = f"{_number(row['mean'], digits)} ± {_number(half, digits)}"
+    if row["nonfinite"] > 0:  # as the experiment's tables: say how many tasks diverged
+        text += f" ({int(row['nonfinite'])}/{int(row['n'])} non-finite)"
+    return text
 
 
 def _marked(row: pd.Series | None, digits: int) -> str:
     """A table cell: the value, with ✓ / ✗ where the experiment's own tables mark it (paper
     scale, a paper value at this step, an interval narrow enough to tell)."""
+    from maml_bench.report.tables import PAPER_SCALE, TOO_WIDE
+
     cell = format_value(row, digits, "ci")
     if row is not None and not pd.isna(row["paper_in_ci"]):
         cell += " ✓" if row["paper_in_ci"] else " ✗"
+    elif (row is not None and row["scale"] == PAPER_SCALE and not pd.isna(row["paper"])
+          and (row["ci_high"] - row["ci_low"]) / 2 >= TOO_WIDE * abs(row["mean"])):
+        cell += " (too wide to compare)"
     return cell
 
 
@@ -152,9 +173,27 @@ def _count(values: list[int]) -> str:
     return "/".join(f"{v:,}" for v in values)
 
 
+def _paper_cell(paper: pd.DataFrame, source: Source) -> str:
+    """The paper's value at the last step it prints; its values at each shown step, separated
+    by " / ", where it prints several of them."""
+    if paper.empty:
+        return _DASH
+    shown = paper[paper["steps"].isin(source.steps)].sort_values("steps")
+    if len(shown) > 1:
+        at = {int(r["steps"]): _number(r["paper"], source.digits) for _, r in shown.iterrows()}
+        return " / ".join(at.get(s, _DASH) for s in source.steps)
+    last = paper.sort_values("steps").iloc[-1]
+    cell = _number(last["paper"], source.digits)
+    if not pd.isna(last["paper_ci"]):
+        cell += f" ± {_number(last['paper_ci'], source.digits)}"
+    if int(last["steps"]) not in source.steps:
+        cell += f" ({_steps(int(last['steps']))})"
+    return cell
+
+
 def render_table(summary: pd.DataFrame, source: Source,
                  iterations: dict[str, list[int]] | None = None) -> str:
-    """Method | one column per step | the paper's value, with a caption line naming the scale."""
+    """Method | one column per step | the paper's value(s), and a caption naming the scale."""
     from maml_bench.experiments import EXPERIMENTS
     from maml_bench.report.tables import describe_scales
 
@@ -173,15 +212,8 @@ def render_table(summary: pd.DataFrame, source: Source,
     for method in methods:
         cells = [_marked(_row(rows, method, source.shots, s), source.digits)
                  for s in source.steps]
-        paper = rows[(rows["method"] == method) & rows["paper"].notna()]
-        paper_cell = _DASH
-        if len(paper):
-            last = paper.sort_values("steps").iloc[-1]
-            paper_cell = _number(last["paper"], source.digits)
-            if not pd.isna(last["paper_ci"]):
-                paper_cell += f" ± {_number(last['paper_ci'], source.digits)}"
-            if int(last["steps"]) not in source.steps:
-                paper_cell += f" ({_steps(int(last['steps']))})"
+        paper_cell = _paper_cell(rows[(rows["method"] == method) & rows["paper"].notna()],
+                                 source)
         lines.append(f"| {labels.get(method, method)} | " + " | ".join(cells)
                      + f" | {paper_cell} |")
     scales = dict(zip(ran["method"], ran["scale"], strict=False))
@@ -199,7 +231,38 @@ def _steps(n: int) -> str:
     return f"{n} step" if n == 1 else f"{n} steps"
 
 
+def render_variants(source: Source, summaries: Summaries) -> str:
+    """One method across experiments (protocol variants): a row each, as `maml-bench compare`."""
+    (method,) = source.methods
+    step_names = [_steps(s) for s in source.steps]
+    lines = ["| experiment | " + " | ".join(step_names) + " | paper |",
+             "|---" * (len(step_names) + 2) + "|"]
+    scales = {}
+    for root, experiment in ((source.root, source.experiment), *source.variants):
+        rows = summaries.get(root, experiment)
+        rows = rows[rows["shots"] == source.shots]
+        if rows[(rows["method"] == method) & (rows["n"] > 0)].empty:
+            raise UserError(f"{root}/{experiment}: no records for {method} at K={source.shots}")
+        cells = [_marked(_row(rows, method, source.shots, s), source.digits)
+                 for s in source.steps]
+        paper = _paper_cell(rows[(rows["method"] == method) & rows["paper"].notna()], source)
+        its = summaries.iterations(root, experiment).get(method, [])
+        label = f"`{experiment}` ({_count(its)} meta-iterations)" if its else f"`{experiment}`"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {paper} |")
+        ran = rows[(rows["method"] == method) & (rows["n"] > 0)]
+        scales[experiment] = str(ran["scale"].iloc[0])
+        tasks = int(ran["n"].iloc[0])
+    from maml_bench.report.tables import describe_scales
+
+    caption = (f"{method}, K = {source.shots}. Scale: {describe_scales(scales)}; {tasks} test "
+               "tasks; ± the 95% interval over test tasks; ✓ / ✗: the paper's value inside / "
+               f"outside it (paper scale only); from `{source.root}`.")
+    return "\n" + "\n".join(lines) + "\n\n" + caption + "\n"
+
+
 def render(source: Source, summaries: Summaries) -> str:
+    if source.variants:
+        return render_variants(source, summaries)
     summary = summaries.get(source.root, source.experiment)
     if source.kind == "table":
         return render_table(summary, source, summaries.iterations(source.root, source.experiment))

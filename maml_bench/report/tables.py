@@ -221,7 +221,7 @@ def _steps_name(steps: int) -> str:
     return f"{steps} step" if steps == 1 else f"{steps} steps"
 
 
-def _fmt(fmt: str, value: float) -> str:
+def format_number(fmt: str, value: float) -> str:
     # A diverged mean (1e20) in fixed notation would swamp the table; a tiny one (an oracle's
     # 0.0012) would read as 0.00.
     if np.isfinite(value) and (abs(value) >= 1e4 or 0 < abs(value) < 0.01):
@@ -289,7 +289,7 @@ def _cells(sub: pd.DataFrame, method: str, step: int, metric_fmt: str, prefix: s
         r = hit.iloc[0]
         if r["n"] > 0:
             half = (r["ci_high"] - r["ci_low"]) / 2
-            ours = f"{_fmt(metric_fmt, r['mean'])} ± {_fmt(metric_fmt, half)}"
+            ours = f"{format_number(metric_fmt, r['mean'])} ± {format_number(metric_fmt, half)}"
             if not pd.isna(r["paper_in_ci"]):
                 ours += " ✓" if r["paper_in_ci"] else " ✗"
             elif r["scale"] == PAPER_SCALE and not pd.isna(r["paper"]) and half >= TOO_WIDE * abs(
@@ -299,9 +299,9 @@ def _cells(sub: pd.DataFrame, method: str, step: int, metric_fmt: str, prefix: s
                 ours += f" ({int(r['nonfinite'])}/{int(r['n'])} non-finite)"
             seeds = _seeds_cell(r, metric_fmt)
         if not pd.isna(r["paper"]):
-            paper = _fmt(metric_fmt, r["paper"])
+            paper = format_number(metric_fmt, r["paper"])
             if not pd.isna(r["paper_ci"]):
-                paper += f" ± {_fmt(metric_fmt, r['paper_ci'])}"
+                paper += f" ± {format_number(metric_fmt, r['paper_ci'])}"
     return {f"{prefix}ours": ours, f"{prefix}{SEEDS_HEADER}": seeds, f"{prefix}paper": paper}
 
 
@@ -310,7 +310,7 @@ def _seeds_cell(row: pd.Series, metric_fmt: str) -> str:
     n = int(row["n_seeds"])
     if n <= 1:
         return f"{n} seed"
-    low, high = (_fmt(metric_fmt, row[c]) for c in ("seed_min", "seed_max"))
+    low, high = (format_number(metric_fmt, row[c]) for c in ("seed_min", "seed_max"))
     return f"{low}–{high} ({n} seeds)"
 
 
