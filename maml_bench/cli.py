@@ -104,8 +104,11 @@ examples:
   maml-bench data synth miniimagenet /tmp/data/miniimagenet   # small generated set (seconds)
   maml-bench data check miniimagenet /tmp/data/miniimagenet --expect any
   maml-bench run EXPERIMENT --data-root /tmp/data             # train on it
+  maml-bench data fetch omniglot                              # the official zips -> data/omniglot
 A dataset folder lives under the data root as omniglot/ or miniimagenet/. The data root is
---data-root, else $MAML_BENCH_DATA, else ../shared/data beside the checkout.
+--data-root, else $MAML_BENCH_DATA, else the first that exists of ./data, ../shared/data and
+../shared/data beside the checkout. Omniglot: the two zips of brendenlake/omniglot, python/
+(`data fetch omniglot`). MiniImagenet: Ravi & Larochelle's split CSVs and the 84 x 84 images.
 """
 
 
@@ -549,6 +552,20 @@ def _add_data_parser(sub: typing.Any) -> None:
     p.add_argument("--data-root", type=existing_dir, default=None, metavar="DIR",
                    help="folder holding the datasets, for the default PATH")
     p = actions.add_parser(
+        "fetch", help="download the official Omniglot files into the data root",
+        description=textwrap.fill(
+            "Download Omniglot's official files (images_background.zip, images_evaluation.zip "
+            "and Lake's 20 one-shot runs, all_runs.zip, from brendenlake/omniglot) into "
+            "DATA_ROOT/omniglot, each checked against the release's SHA-256 before it is put in "
+            "place; files already there and intact are kept. Offline: one line with the URLs and "
+            "the folder to put them in. MiniImagenet has no official single download: the command "
+            "says how its folder is made."), epilog=DATA_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", choices=["omniglot", "miniimagenet"], metavar="DATASET",
+                   help="omniglot | miniimagenet")
+    p.add_argument("--data-root", type=path_arg, default=None, metavar="DIR",
+                   help="where to put it (default: the data root; data/ here if there is none)")
+    p = actions.add_parser(
         "synth", help="write a small generated dataset in the real on-disk formats",
         description=textwrap.fill(
             "Write a seeded dataset in MiniImagenet's real formats (JPEGs in images/ "
@@ -588,6 +605,16 @@ def cmd_data(args: argparse.Namespace) -> int:
               f"--expect any`; train on it with --data-root {out.resolve().parent}: the "
               "miniimagenet-*-demo-v1 experiments (labelled as generated data) read the folder "
               "miniimagenet-demo/, the miniimagenet-*-v1 ones miniimagenet/")
+        return 0
+    if args.data_command == "fetch":
+        from maml_bench.tasks.fewshot.fetch import MINIIMAGENET_HELP, fetch_omniglot
+
+        folder = (args.data_root or data_root()) / args.dataset
+        if args.dataset == "miniimagenet":
+            raise UserError(MINIIMAGENET_HELP.format(folder=folder))
+        fetch_omniglot(writable_dir(folder, "--data-root"))
+        print(f"{folder}: the official Omniglot files; check them with `maml-bench data check "
+              f"omniglot {folder}`")
         return 0
     from maml_bench.tasks.fewshot.check import check
 

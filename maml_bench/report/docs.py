@@ -31,6 +31,9 @@ import pandas as pd
 
 from maml_bench.errors import UserError
 
+#: how a value reads: "99.37 ± 0.32", "99.37", "99.05-99.69" (the interval's ends), "vs paper"
+#: ("99.37 ± 0.32 against 98.70 ± 0.40"), "scale" ("paper, 60,000 meta-iterations")
+FORMS = ("ci", "mean", "range", "vs-paper", "scale")
 MARKER = re.compile(r"<!-- (table|value): ([^\n]*?) -->(.*?)<!-- end -->", re.DOTALL)
 _DASH = "–"
 
@@ -65,7 +68,7 @@ def parse_marker(kind: str, text: str, where: str) -> Source:
                         + ("ROOT EXPERIMENT shots=K steps=S[,S] [methods=a,b] [digits=N]"
                            if kind == "table" else
                            "ROOT EXPERIMENT METHOD shots=K steps=S [digits=N] "
-                           "[form=ci|mean|range]"))
+                           f"[form={'|'.join(FORMS)}]"))
     try:
         steps = tuple(int(s) for s in options["steps"].split(","))
         source = Source(kind, positional[0], positional[1],
@@ -80,9 +83,9 @@ def parse_marker(kind: str, text: str, where: str) -> Source:
                             or any(len(v) != 2 for v in source.variants)):
         raise UserError(f"{where}: bad marker '<!-- {kind}: {text} -->': variants=ROOT:EXPERIMENT"
                         ",... needs exactly one method (methods=M)")
-    if source.form not in ("ci", "mean", "range") or (kind == "value" and len(steps) != 1):
+    if source.form not in FORMS or (kind == "value" and len(steps) != 1):
         raise UserError(f"{where}: bad marker '<!-- {kind}: {text} -->': a value has one step "
-                        "and form ci, mean or range")
+                        f"and a form among {', '.join(FORMS)}")
     return source
 
 
@@ -271,6 +274,16 @@ def render(source: Source, summaries: Summaries) -> str:
     if row is None:
         raise UserError(f"{source.root}/{source.experiment}: no records for {source.method} "
                         f"at K={source.shots}, {_steps(source.steps[0])}")
+    if source.form == "scale":
+        its = summaries.iterations(source.root, source.experiment).get(source.method, [])
+        return str(row["scale"]) + (f", {_count(its)} meta-iterations" if its else "")
+    if source.form == "vs-paper":
+        paper = summary[(summary["method"] == source.method) & (summary["shots"] == source.shots)
+                        & (summary["steps"] == source.steps[0]) & summary["paper"].notna()]
+        text = _marked(row, source.digits)
+        if len(paper):
+            text += " against " + _paper_cell(paper, source)
+        return text
     return format_value(row, source.digits, source.form)
 
 
