@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from maml_bench.config import STEP, MetaConfig
 from maml_bench.domains import Flag, Items, Number, OneOf, require, setting
 from maml_bench.errors import UserError
 from maml_bench.rl.env_ids import ENV_IDS
-from maml_bench.settings import STEP, MetaConfig
 
 INSTALL = 'the RL benchmarks need gymnasium with MuJoCo: pip install -e ".[rl]"'
 

@@ -10,10 +10,10 @@ from functools import cache
 import torch
 from torch import Tensor, nn
 
+from maml_bench.config import COUNT, SIZE, STEP, MetaConfig
 from maml_bench.core.functional import SupervisedBatch, task_mse
 from maml_bench.domains import Items, Number, OneOf, require, setting
 from maml_bench.models.mlp import MLP, reference_code_init_
-from maml_bench.settings import COUNT, SIZE, STEP, MetaConfig
 from maml_bench.tasks.base import SupervisedBenchmark
 
 PARAM = Number(float, -1e4, 1e4)  # a coordinate or phase

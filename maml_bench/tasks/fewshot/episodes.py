@@ -15,11 +15,11 @@ from functools import cache
 import torch
 from torch import Tensor, nn
 
+from maml_bench.config import COUNT, MetaConfig
 from maml_bench.core.functional import SupervisedBatch, task_cross_entropy
 from maml_bench.domains import Number, OneOf, require, setting
 from maml_bench.errors import UserError
 from maml_bench.models import MLP, Conv4
-from maml_bench.settings import COUNT, MetaConfig
 from maml_bench.tasks.base import SupervisedBenchmark
 from maml_bench.tasks.fewshot import pools
 
