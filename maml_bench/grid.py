@@ -1,13 +1,16 @@
 """Hyperparameter grids: `--grid key=v1,v2` (repeatable) is the cartesian product of settings,
 each point an ordinary run command with those extra `--set`s, written under its own output
-directory `OUT/grid/key=v1,other=w1/`. `grid.json` there lists the points, so `compare --grid`
-finds them again."""
+directory `OUT/grid/key-v1__other-w1/` (letters, digits, '-', '_' and '.' only, so every file
+system and tool takes it). `grid.json` there lists the points, so `compare --grid` finds them
+again."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ MAX_NAME = 200
 
 @dataclass(frozen=True)
 class GridPoint:
-    name: str  # also its directory: "inner_lr=0.01,meta_batch=5"
+    name: str  # also its directory: "inner_lr-0.01__meta_batch-5"
     overrides: tuple[str, ...]  # "key=value" strings, applied after --set
 
 
@@ -62,15 +65,49 @@ def grid_points(items: list[str]) -> list[GridPoint]:
     return points
 
 
+_NOT_PORTABLE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def point_name(pairs: list[tuple[str, str]]) -> str:
+    """A point's directory name: `key-value` pairs joined by `__`. A value with characters
+    outside letters, digits, '-', '_' and '.' (a list's commas) has them replaced by '_', and
+    then, as a name too long for a file system, ends in a hash of the exact settings, so two
+    points never share a folder."""
+    name = "__".join(f"{key}-{_NOT_PORTABLE.sub('_', value)}" for key, value in pairs)
+    if any(_NOT_PORTABLE.search(v) for _, v in pairs) or len(name.encode()) > MAX_NAME:
+        exact = ",".join(f"{key}={value}" for key, value in pairs)
+        name = name[:MAX_NAME - 17] + "-" + hashlib.sha256(exact.encode()).hexdigest()[:16]
+    return name
+
+
 def canonical(point: GridPoint, config: Any) -> GridPoint:
     """The point named by the values its config holds, keys sorted: `inner_lr=1e-2` and
     `inner_lr=0.01`, or the axes given in another order, name the same directory, so a
     resumed sweep finds its runs."""
     keys = sorted(override.partition("=")[0] for override in point.overrides)
-    name = ",".join(f"{key}={show_value(getattr(config, key))}" for key in keys)
-    if len(name.encode()) > MAX_NAME:
-        name = name[:MAX_NAME - 17] + "-" + hashlib.sha256(name.encode()).hexdigest()[:16]
-    return GridPoint(name, point.overrides)
+    return GridPoint(point_name([(key, show_value(getattr(config, key))) for key in keys]),
+                     point.overrides)
+
+
+def _portable_names(grid: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """Grids written before names were portable ("key=v1,other=w1"): each point's folder is
+    renamed to its portable name, so a resumed sweep finds its runs and `compare` its records;
+    -> the index with the new names (rewritten if any changed)."""
+    changed = False
+    for entry in data["points"]:
+        old = entry["name"]
+        if not _NOT_PORTABLE.search(old):
+            continue
+        pairs = [tuple(text.split("=", 1)) for text in re.split(r",(?=[A-Za-z_]\w*=)", old)]
+        if any(len(pair) != 2 for pair in pairs):
+            continue  # a name cut short and hashed: left as it is
+        new = point_name(pairs)  # type: ignore[arg-type]
+        if (grid / old).is_dir() and not (grid / new).exists():
+            os.replace(grid / old, grid / new)
+        entry["name"], changed = new, True
+    if changed:
+        write_json(grid / GRID_INDEX, data)
+    return data
 
 
 def check_points(points: list[GridPoint], overrides: list[str]) -> None:
@@ -118,7 +155,7 @@ def read_index(root: Path) -> tuple[str, list[GridPoint]]:
     """(experiment, points) of the grid written under `root` (OUT or OUT/grid)."""
     path = root / GRID_INDEX if (root / GRID_INDEX).exists() else root / GRID_DIR / GRID_INDEX
     try:
-        data = json.loads(path.read_text())
+        data = _portable_names(path.parent, json.loads(path.read_text()))
         return data["experiment"], [GridPoint(p["name"], tuple(p["overrides"]))
                                     for p in data["points"]]
     except (OSError, ValueError, KeyError, TypeError):

@@ -87,3 +87,15 @@ def test_a_changed_record_makes_the_page_stale(tiny_repo, capsys):
 def test_a_bad_marker_is_one_line(tiny_repo, capsys, marker, expected):
     (tiny_repo / "docs" / "page.md").write_text(marker + "\n")
     assert_refused(*run_cli(capsys, ["docs", "--repo", str(tiny_repo)]), expected)
+
+
+def test_committed_result_names_are_portable():
+    """Every path under results/ uses letters, digits, '-', '_', '.' (and '/'): no '=' or ','
+    that shells, URLs and some file systems handle badly."""
+    import re
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "results"], cwd=REPO, text=True,
+                           capture_output=True, check=True).stdout.splitlines()
+    assert files, "results/ is committed"
+    assert [f for f in files if not re.fullmatch(r"[A-Za-z0-9._/-]+", f)] == []

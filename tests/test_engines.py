@@ -4,7 +4,9 @@ output directory per point with a comparison across them; bad engine options are
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import threading
 import time
@@ -92,12 +94,12 @@ def test_grid_runs_each_point_and_compares_them(tmp_path, capsys):
                                  "--out", str(out)])
     assert code == 0, err
     points = sorted(p.name for p in (out / "grid").iterdir() if p.name.startswith("inner_lr"))
-    assert points == [f"inner_lr={a},meta_batch={b}" for a in ("0.001", "0.01")
+    assert points == [f"inner_lr-{a}__meta_batch-{b}" for a in ("0.001", "0.01")
                       for b in ("10", "5")]
     for point in points:
         info = (out / "grid" / point / EXPERIMENT / "raw" / "maml" / "seed-0" / "run.json")
         text = info.read_text()
-        lr, mb = point.replace("inner_lr=", "").split(",meta_batch=")
+        lr, mb = point.replace("inner_lr-", "").split("__meta_batch-")
         assert f'"inner_lr": {lr}' in text and f'"meta_batch": {mb}' in text
     table = (out / "grid" / "comparisons" / "maml-k5.md").read_text()
     assert all(p in table for p in points)
@@ -139,7 +141,7 @@ def test_ray_sweep_matches_local_even_with_a_killed_worker(ray_cluster, tmp_path
     grid = ["--grid", "inner_lr=0.01,0.001"]
     assert cli.main([*TINY, *LONG, *grid, "--out", str(tmp_path / "local")]) == 0
     out = tmp_path / "ray"
-    run_dir = out / "grid" / "inner_lr=0.01" / EXPERIMENT / "raw" / "maml" / "seed-0"
+    run_dir = out / "grid" / "inner_lr-0.01" / EXPERIMENT / "raw" / "maml" / "seed-0"
     killed: list[int] = []
     killer = threading.Thread(target=kill_when_checkpointed, args=(run_dir, killed))
     killer.start()
@@ -181,17 +183,45 @@ def test_grid_names_points_by_their_values(tmp_path, capsys):
     code, err = run_cli(capsys, [*TINY, "--out", str(out), "--grid", "meta_batch=5",
                                  "--grid", "inner_lr=1e-2"])
     assert code == 0, err
-    assert (out / "grid" / "inner_lr=0.01,meta_batch=5").is_dir()
+    assert (out / "grid" / "inner_lr-0.01__meta_batch-5").is_dir()
     code, err = run_cli(capsys, [*TINY, "--out", str(out), "--grid", "inner_lr=0.02",
                                  "--grid", "meta_batch=5"])  # a later grid adds its point
     assert code == 0, err
     from maml_bench.grid import read_index
 
-    assert [p.name for p in read_index(out)[1]] == ["inner_lr=0.01,meta_batch=5",
-                                                    "inner_lr=0.02,meta_batch=5"]
+    assert [p.name for p in read_index(out)[1]] == ["inner_lr-0.01__meta_batch-5",
+                                                    "inner_lr-0.02__meta_batch-5"]
     code, err = run_cli(capsys, ["compare", EXPERIMENT, "--grid", str(out), "--method",
                                  "reptile"])
     assert code == 2 and "no reptile records" in err, err
+
+
+def test_point_names_are_portable_and_never_shared():
+    from maml_bench.grid import point_name
+
+    assert point_name([("inner_lr", "0.01"), ("meta_batch", "5")]) == "inner_lr-0.01__meta_batch-5"
+    lists = [point_name([("eval_shots", v)]) for v in ("5,10", "5_10", "5,1,0")]
+    assert len(set(lists)) == 3 and all(re.fullmatch(r"[A-Za-z0-9._-]+", n) for n in lists)
+    assert len(point_name([("inner_lr", "0.01" * 100)]).encode()) <= 200
+
+
+def test_a_grid_with_the_old_names_is_renamed_and_resumes(tmp_path, capsys):
+    """Grids written before names were portable ("inner_lr=0.01"): their folders are renamed
+    once, and the same command then finds every run done."""
+    out = tmp_path / "g"
+    argv = [*TINY, "--out", str(out), "--grid", "inner_lr=0.01,0.02"]
+    assert run_cli(capsys, argv)[0] == 0
+    index = json.loads((out / "grid" / "grid.json").read_text())
+    for entry in index["points"]:  # back to the old layout
+        old = entry["name"].replace("-", "=", 1)
+        (out / "grid" / entry["name"]).rename(out / "grid" / old)
+        entry["name"] = old
+    (out / "grid" / "grid.json").write_text(json.dumps(index))
+    code, err = run_cli(capsys, argv)
+    assert code == 0, err
+    assert "started" not in err  # nothing retrained
+    assert sorted(p.name for p in (out / "grid").iterdir() if p.name.startswith("inner")) == [
+        "inner_lr-0.01", "inner_lr-0.02"]
 
 
 def test_slurm_refusing_the_jobs_is_one_line(tmp_path, capsys, monkeypatch):

@@ -154,3 +154,4 @@ def test_only_the_command_line_imports_it():
                    if not _under(m, "maml_bench.cli") for d in deps
                    for up in FORBIDDEN_EVERYWHERE if _under(d, up))
     assert wrong == []
+
