@@ -1,5 +1,8 @@
 """Errors meant for people: the CLI prints them as one line, without a traceback."""
 
+import shlex
+import sys
+
 
 class UserError(Exception):
     """Bad input (unknown id, bad override, missing data...): the message names the fix."""
@@ -23,3 +26,9 @@ def one_line(text: str) -> str:
     """`text` with control characters escaped, so that a message quoting user input stays on
     one line (a value may hold a newline or carriage return)."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def install_command(extra: str) -> str:
+    """The command that installs an optional extra into the Python running this (its venv's
+    own pip: a bare `pip` may be another environment's)."""
+    return f'{shlex.quote(sys.executable)} -m pip install -e ".[{extra}]"'

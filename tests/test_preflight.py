@@ -161,3 +161,14 @@ def test_a_second_ctrl_c_while_stopping_leaves_without_a_traceback(tmp_path):
     assert "Traceback" not in err, err
     assert "interrupted; run the same command again to resume" in err
     assert proc.returncode in (130, -signal.SIGINT)  # the shell shows both as 130
+
+
+def test_a_missing_extra_is_refused_before_any_run_with_this_venvs_pip(tmp_path, capsys,
+                                                                     monkeypatch):
+    """Without the rl extra, every run of the command is refused at once, in one line giving
+    the install command of the Python that runs the suite (not a bare pip)."""
+    monkeypatch.setitem(sys.modules, "gymnasium", None)  # import gymnasium -> ImportError
+    code, err = run_cli(capsys, ["run", "navigation2d-v1", "--scale", "tiny", "--out",
+                                 str(tmp_path / "out")])
+    assert_refused(code, err, f"{sys.executable} -m pip install -e", ".[rl]")
+    assert "started" not in err and not (tmp_path / "out").exists()

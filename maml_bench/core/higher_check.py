@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from maml_bench.core.functional import SupervisedBatch, TaskLoss
+from maml_bench.errors import install_command
 
 
 def higher_meta_gradient(
@@ -68,7 +69,7 @@ def higher_unsupported(lrs: object, adapted: Sequence[str] | None) -> str | None
     try:
         import higher  # noqa: F401  (optional dependency, extra "check")
     except ImportError:
-        return "the optional package `higher` is not installed (pip install 'maml-bench[check]')"
+        return f"the optional package `higher` is not installed ({install_command('check')})"
     if adapted is not None:
         return ("it adapts all of theta with one optimizer; this method adapts only "
                 f"{', '.join(adapted)}")

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import ModuleType
 
 from maml_bench.domains import Number, OneOf
-from maml_bench.errors import UserError
+from maml_bench.errors import UserError, install_command
 
 ENGINE_NAMES = ("local", "ray", "slurm", "submitit-local")
 ENGINE = OneOf(ENGINE_NAMES)
@@ -43,5 +43,5 @@ def require_module(name: str, extra: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError:
-        raise UserError(f"--engine needs the {name} package: pip install -e \".[cluster]\" "
+        raise UserError(f"--engine needs the {name} package: {install_command('cluster')} "
                         f"(or pip install {extra})") from None

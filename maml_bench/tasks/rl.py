@@ -19,10 +19,10 @@ from torch import Tensor
 
 from maml_bench.config import STEP, MetaConfig
 from maml_bench.domains import Flag, Items, Number, OneOf, require, setting
-from maml_bench.errors import UserError
+from maml_bench.errors import UserError, install_command
 from maml_bench.rl.env_ids import ENV_IDS
 
-INSTALL = 'the RL benchmarks need gymnasium with MuJoCo: pip install -e ".[rl]"'
+INSTALL = f"the RL benchmarks need gymnasium with MuJoCo: {install_command('rl')}"
 
 
 @dataclass(frozen=True)
