@@ -165,3 +165,19 @@ def test_training_curves_show_the_validation_curve_when_recorded(tmp_path, figur
     plots.plot_training_curves(logs.drop(columns="val_metric"), tmp_path / "u.png", ["maml"],
                                {"maml": "MAML"})
     assert len(figures[-1].axes) == 1  # no validation curve recorded: one panel
+
+
+def test_a_method_has_one_colour_and_style_in_every_figure_of_its_experiment():
+    """Navigation's oracle was navy in curves.png and yellow in training-curves.png: colours
+    came from the methods each figure drew. Assigned over the experiment's methods, a subset
+    keeps them."""
+    from maml_bench.experiments import EXPERIMENTS
+    from maml_bench.report.plots import _palette, method_styles
+
+    everyone = [m.algorithm for m in EXPERIMENTS.get("navigation2d-v1").methods]
+    full = _palette(everyone, everyone), method_styles(everyone, everyone)
+    for subset in (everyone[::-1], everyone[2:], ["rl-oracle"], [everyone[-1], everyone[0]]):
+        colors, styles = _palette(subset, everyone), method_styles(subset, everyone)
+        assert colors == {m: full[0][m] for m in subset}
+        assert styles == {m: full[1][m] for m in subset}
+    assert len(set(full[0].values())) == len(everyone)  # and distinct

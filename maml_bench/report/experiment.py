@@ -137,6 +137,7 @@ def build_figures(experiment_id: str, out: Path) -> list[Path]:
     figure_dir = out / experiment_id / "figures"
     paths = []
     present = set(records["method"])
+    everyone = [m.algorithm for m in experiment.methods]  # one colour per method throughout
     for spec in experiment.figures:
         if spec.kind == "fits":
             path = _fits_figure(experiment, spec, out, figure_dir)
@@ -149,7 +150,7 @@ def build_figures(experiment_id: str, out: Path) -> list[Path]:
         paths.append(plot_learning_curves(
             records, figure_dir / f"{spec.name}.png", list(spec.methods), experiment.labels(),
             list(spec.shots), metric=experiment.metric, ylabel=spec.ylabel, title=spec.title,
-            paper=experiment.paper_frame(),
+            paper=experiment.paper_frame(), everyone=everyone,
             lower_is_better=not BENCHMARKS.get(experiment.benchmark).higher_is_better))
     logs = training_logs(experiment_runs(experiment_id, out))
     if logs.empty:
@@ -163,6 +164,7 @@ def build_figures(experiment_id: str, out: Path) -> list[Path]:
             logs, figure_dir / "training-curves.png", order, experiment.labels(),
             title=f"{experiment.title}: meta-training {curve[0] if curve else 'loss'}",
             val_label=f"validation {experiment.metric} after fine-tuning",
+            everyone=everyone,
             **({"loss_label": curve[1], "sign": -1.0, "log_y": False} if curve else {})))
     return paths
 

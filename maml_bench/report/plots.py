@@ -68,16 +68,25 @@ _DIVERGED_MARKER = "^"
 _DIVERGED_TEXT = "diverged: mean NaN/inf or above the axis from here"
 
 
-def _palette(methods: list[str]) -> dict[str, str]:
+def _palette(methods: list[str], everyone: list[str] | None = None) -> dict[str, str]:
+    """A colour per method of `methods`, assigned over `everyone` (the experiment's methods,
+    in its order) so that a method has one colour in every figure of the experiment, whichever
+    of them a figure draws."""
     spare = iter(c for c in _SPARE_COLORS if c not in METHOD_COLORS.values())
-    return {m: METHOD_COLORS.get(m) or next(spare, "black") for m in methods}
+    pool = list(dict.fromkeys([*(everyone or []), *methods]))
+    colors = {m: METHOD_COLORS.get(m) or next(spare, "black") for m in pool}
+    return {m: colors[m] for m in methods}
 
 
-def method_styles(methods: list[str]) -> dict[str, tuple[object, str]]:
-    """(line style, marker) per method, distinct within `methods`."""
-    used = {METHOD_STYLES[m] for m in methods if m in METHOD_STYLES}
+def method_styles(methods: list[str], everyone: list[str] | None = None
+                  ) -> dict[str, tuple[object, str]]:
+    """(line style, marker) per method, distinct within `everyone` + `methods` and the same
+    in every figure drawn with the same `everyone`."""
+    pool = list(dict.fromkeys([*(everyone or []), *methods]))
+    used = {METHOD_STYLES[m] for m in pool if m in METHOD_STYLES}
     spare = iter(s for s in _SPARE_STYLES if s not in used)
-    return {m: METHOD_STYLES.get(m) or next(spare) for m in methods}
+    styles = {m: METHOD_STYLES.get(m) or next(spare) for m in pool}
+    return {m: styles[m] for m in methods}
 
 
 def scale_title(frame: pd.DataFrame, methods: list[str]) -> str:
@@ -152,6 +161,7 @@ def plot_learning_curves(
     title: str | None = None,
     paper: pd.DataFrame | None = None,
     lower_is_better: bool = True,
+    everyone: list[str] | None = None,
 ) -> Path:
     """Write a PNG (dpi 150) of `metric` against gradient steps, one panel per shots value.
 
@@ -178,7 +188,7 @@ def plot_learning_curves(
     data = data[data["method"].isin(drawn)]
     curves = learning_curve_stats(data, metric)
     curves = curves[curves["shots"].isin(shots_list)]
-    colors, styles = _palette(drawn), method_styles(drawn)
+    colors, styles = _palette(drawn, everyone), method_styles(drawn, everyone)
 
     if paper is not None:
         paper = paper[(paper["metric"] == metric) & paper["method"].isin(drawn)]
@@ -321,6 +331,7 @@ def plot_training_curves(
     loss_label: str = "training loss (mean over the logging interval)",
     sign: float = 1.0,
     log_y: bool = True,
+    everyone: list[str] | None = None,
 ) -> Path:
     """Write a PNG of meta-training loss against iteration, one line per (method, seed), log y
     (RL: `sign=-1`, `log_y=False` draw the average return that its train_loss negates);
@@ -328,13 +339,15 @@ def plot_training_curves(
     reader sees whether training had converged.
 
     `logs` has columns method, seed, iteration, train_loss (and `scale`, named in the title).
+    `everyone` (both functions): the experiment's methods, over which colours and line styles
+    are assigned, so a method looks the same in all of its figures.
     Methods follow the order of `methods` (others after them). A NaN/inf loss cannot be drawn
     on a log axis: the line ends and a cross on the top edge marks the first such iteration.
     """
     out_path = Path(out_path)
     present = list(dict.fromkeys(logs["method"]))
     order = [m for m in methods if m in present] + sorted(set(present) - set(methods))
-    colors, styles = _palette(order), method_styles(order)
+    colors, styles = _palette(order, everyone), method_styles(order, everyone)
     has_val = "val_metric" in logs.columns and logs["val_metric"].notna().any()
     fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(13 if has_val else 8, 4.5),
                              squeeze=False)
