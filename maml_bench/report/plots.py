@@ -42,6 +42,10 @@ METHOD_COLORS: dict[str, str] = {
     "random": "tab:gray",
     "context": "tab:olive",
 }
+# The RL methods in the colours of their supervised counterparts.
+METHOD_COLORS |= {"maml-trpo": "tab:blue", "fomaml-trpo": "tab:red", "rl-pretrained": "tab:orange",
+                  "rl-oracle": "tab:green", "rl-random": "tab:gray",
+                  "rl-context-vector": "tab:olive"}
 _SPARE_COLORS = ["tab:pink", "tab:cyan", "black", "gold", "navy", "teal", "maroon", "lime"]
 
 _DENSE_DASH = (0, (5, 1))
@@ -61,6 +65,10 @@ METHOD_STYLES: dict[str, tuple[object, str]] = {
     "random": ("-.", "p"),
     "context": (_DENSE_DASH, "d"),
 }
+METHOD_STYLES |= {"maml-trpo": METHOD_STYLES["maml"], "fomaml-trpo": METHOD_STYLES["fomaml"],
+                  "rl-pretrained": METHOD_STYLES["pretrain"], "rl-oracle": METHOD_STYLES["oracle"],
+                  "rl-random": METHOD_STYLES["random"],
+                  "rl-context-vector": METHOD_STYLES["context"]}
 # "^" marks a diverged curve and "D" the paper's values, so no method uses them.
 _SPARE_STYLES = [(ls, mk) for mk in ("o", "s", "v", "P", "X", "*", "h", "<", ">", "p", "d")
                  for ls in ("-", "--", "-.", ":", _DENSE_DASH, _DASH_DOT_DOT)]
