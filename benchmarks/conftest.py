@@ -1,9 +1,9 @@
 """Speed benchmarks: each records its timings here; ratios are printed and saved at the end so
 that every ratio compares timings taken in the same run on the same machine.
 
-Ratios and the 70k projection use each benchmark's minimum round: this shared VM's timings
-swing by up to 50% between seconds (neighbours), and the minimum is the reading least affected
-by that; medians are saved beside them.
+Ratios and the 70k projection use each benchmark's minimum round: a shared VM's timings swing
+from second to second with its neighbours (docs/speed.md), and the minimum is the reading least
+affected by that; medians are saved beside them.
 """
 
 from __future__ import annotations

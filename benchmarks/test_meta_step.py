@@ -69,8 +69,8 @@ def test_higher(benchmark, record_timing):
 
 
 def test_vmap_functional_call(benchmark, record_timing):
-    # Last on purpose: in two runs here the per-task loop, measured after this test, had a
-    # minimum of 44-46 ms against 23-24 ms when measured before it.
+    # Last on purpose: the per-task loop timed after this test ran about twice as slow as when
+    # timed before it (docs/speed.md).
     bench, algo = maml_setup()
     forward = make_batched_forward(algo.model, prefer_fast=False)
 

@@ -78,8 +78,9 @@ class MetaConfig:
     """on: each meta-gradient (of the `path` backend) captured once and replayed as one CUDA
     graph, for the fixed shapes of the training batches (core/graphed.py; --device cuda, one
     process). Checked at capture against eager's own run-to-run spread; refused with the
-    reason (then eager, in run.json info.cuda_graph) if it differs. Measured on an H200: the
-    Omniglot 5-way 1-shot step 3.0 ms against 17 ms eager (docs/speed.md "On a GPU")"""
+    reason (then eager, in run.json info.cuda_graph) if it differs. Worth it where kernel
+    launches, not arithmetic, bound the eager step, as at MAML's small shapes (docs/speed.md
+    "On a GPU")"""
     task_chunk: int = setting(-1, Number(int, -1, 100_000), hashed_at_default=False,
                               used_by=(*MAML_STEP, "metalstm"), words={"auto": -1, "whole": 0})
     """tasks per meta-gradient pass, their gradients summed: the same gradient up to rounding,

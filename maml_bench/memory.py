@@ -1,11 +1,10 @@
 """Keep freed memory in the process instead of returning it to the OS after every step.
 
 PyTorch's CPU allocator is plain malloc. glibc serves the large tensors of a meta-step with
-mmap and hands them back on free, so every step faults all of its pages in again: ~19,000 minor
-page faults per Omniglot 5-way 1-shot meta-step (about 10% of its time, measured with
-`getrusage`). Turning glibc's mmap off and raising its trim threshold lets freed blocks be
-reused instead. It changes no number, only where memory comes from; elsewhere than glibc it
-does nothing.
+mmap and hands them back on free, so every step faults all of its pages in again, a cost
+measured in docs/speed.md ("Omniglot 5-way 1-shot on this CPU"). Turning glibc's mmap off and
+raising its trim threshold lets freed blocks be reused instead. It changes no number, only
+where memory comes from; elsewhere than glibc it does nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl, ...): leave malloc alone
         return False
     # Every block from the heap (no mmap at all), whose top is kept up to 2 GiB free rather than
-    # trimmed after each step. Raising the mmap threshold instead (at most 32 MiB) left larger
-    # tensors (MiniImagenet, 20-way) on mmap: ~370,000 page faults per MiniImagenet meta-step.
+    # trimmed after each step. Raising the mmap threshold instead (at most 32 MiB) would leave
+    # larger tensors (MiniImagenet, 20-way) on mmap, faulting in again (docs/speed.md).
     _done = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _done

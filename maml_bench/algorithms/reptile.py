@@ -99,7 +99,7 @@ class Reptile(MAML):
     data_parallel = False  # its own train_step, without the all-reduce of MAML's
     # It never differentiates through an inner loop: its backend is gated (and chosen) for
     # first-order use. As second order, the gate checked fused second derivatives it never
-    # uses (12 minutes at MiniImagenet's 84 x 84 before the first iteration).
+    # uses, a long wait at MiniImagenet's 84 x 84 before the first iteration (docs/speed.md).
     first_order = True
     needs_forward = True  # its inner optimizer steps through `self.forward`
 

@@ -12,11 +12,11 @@ results/benchmarks/task-chunks-cpu.md). On a GPU the whole batch is one pass, as
 differentiated (in its own chunks) by a thread of its own on one intra-op thread, the shares'
 gradients summed in order: the same gradient up to rounding, deterministic for a given count.
 On the CPU a chunk's small convolutions and batch-norm passes gain less from torch's own threads
-(Omniglot, 2 threads: 1.4-1.6x) than independent tasks side by side (2 task threads: 1.6-1.8x;
-results/benchmarks/task-threads-cpu.md). `auto` uses the CPUs the run was given
-(`set_run_cpus`) where tasks are large enough for a thread hand-off not to matter and small
-enough not to contend for memory; only backends whose forwards leave the module alone
-(`backends.THREAD_SAFE`) run on task threads.
+than independent tasks side by side (Omniglot: results/benchmarks/task-threads-cpu.md,
+docs/speed.md "Using every CPU"). `auto` uses the CPUs the run was given (`set_run_cpus`) where
+tasks are large enough for a thread hand-off not to matter and small enough not to contend for
+memory; only backends whose forwards leave the module alone (`backends.THREAD_SAFE`) run on
+task threads.
 """
 
 from __future__ import annotations
@@ -39,12 +39,11 @@ WHOLE = 0  # task_chunk's "the whole meta-batch in one pass"
 #: on the CPU, `auto` puts as many tasks in a pass as keep its first layer's activations
 #: (support and query images) within this many MiB: the whole batch where it fits, else a
 #: power of two and at most CPU_MAX_TASKS. Fitted to the fastest chunk measured at the six
-#: paper conv configurations, within 1.5% of it at each (results/benchmarks/task-chunks-cpu.md):
-#: 8 tasks for Omniglot 5-way 1-shot, 4 for 5-shot and 20-way 1-shot, 1 for 20-way 5-shot and
-#: MiniImagenet
+#: paper conv configurations (results/benchmarks/task-chunks-cpu.md, docs/speed.md): 8 tasks for
+#: Omniglot 5-way 1-shot, 4 for 5-shot and 20-way 1-shot, 1 for 20-way 5-shot and MiniImagenet
 CPU_PASS_MIB = 10.0
-#: more tasks per pass were slower at every configuration measured (16 for 5-way 1-shot: 1.3x
-#: the time of 8, though its activations fit the budget)
+#: more tasks per pass were slower at every configuration in the first measurement, even where
+#: their activations fit the budget (docs/speed.md)
 CPU_MAX_TASKS = 8
 #: a whole batch whose first-layer activations fit this many MiB is one pass: the fully
 #: connected nets' tiny tasks (sinusoid 0.08 MiB for 25 tasks, no-conv Omniglot 0.3-1.6 MiB
@@ -234,8 +233,8 @@ def task_threads(setting: int, model: nn.Module, batch: SupervisedBatch) -> int:
 def torch_threads(setting: int, model: nn.Module, batch: SupervisedBatch) -> int | None:
     """The torch (intra-op) threads `task_threads=auto` gives a run whose tasks are too big for
     the cache (MiniImagenet, 69-86 MiB each): the run's CPUs. Their convolutions are large
-    enough to split, while two such tasks side by side contend for memory (measured: 1.6x
-    from 2 torch threads, 1.0-1.2x from 2 task threads). None: leave torch's threads as set."""
+    enough to split, while two such tasks side by side contend for memory (docs/speed.md
+    "Using every CPU"). None: leave torch's threads as set."""
     if setting != AUTO or next(model.parameters()).device.type != "cpu":
         return None
     return run_cpus() if task_activation_mib(model, batch) > CPU_PASS_MIB else None

@@ -64,9 +64,10 @@ def unsupported_step_sizes(lrs: StepSizes) -> str | None:
 def pays_off(model: DenseNet, theta: Mapping[str, Tensor], steps: int, support: int) -> bool:
     """Whether the factored form is worth it: the per-task weight copies of the batched path
     (sum of in x out) against the rows the corrections hold (steps x support examples x sum
-    of in + out), measured on this CPU (results/benchmarks/factored-cpu.md): at a ratio of 1
-    (sinusoid 1-40-40-1, K = 10) factored is 0.9x batched's speed, at 5.4 (no-conv Omniglot
-    5-shot) 4.2x, at 27 (1-shot) 11.8x. Below 2, auto keeps the batched path."""
+    of in + out). Below a ratio of 2 auto keeps the batched path: where the corrections are
+    as large as the copies (the sinusoid's 1-40-40-1 net, K = 10: ratio 1) factored was no
+    faster, while at the no-conv Omniglot's ratios (5.4 at 5 shots, 27 at 1) it was several
+    times faster (results/benchmarks/factored-cpu.md, docs/speed.md)."""
     shapes = [theta[w].shape for w, _ in model.linear_keys()]
     copies = sum(out * fan_in for out, fan_in in shapes)
     rows = steps * support * sum(out + fan_in for out, fan_in in shapes)

@@ -45,8 +45,8 @@ def _conv_grads(gy: Tensor, x: Tensor, w: Tensor, g: ConvGeometry, mask: tuple[b
     """The native backward: (input gradient, weight gradient) as `mask` asks; x and w may be
     stand-ins of the right shape where their own values are not needed."""
     if mask[0]:
-        # oneDNN's strided input gradient is ~1.5x faster from channels-last gy (measured,
-        # results/benchmarks/omniglot-meta-step-speed-notes.md); back to contiguous for the
+        # oneDNN's strided input gradient is faster from channels-last gy
+        # (results/benchmarks/omniglot-meta-step-speed-notes.md); back to contiguous for the
         # elementwise passes after it.
         gy = gy.contiguous(memory_format=torch.channels_last)
     gx, gw, _ = aten.convolution_backward(gy, x, w, None, g.stride, g.padding, (1, 1), False,

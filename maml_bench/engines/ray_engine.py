@@ -79,8 +79,8 @@ def _connect(ray: Any, options: EngineOptions) -> None:
                             "or leave --address out for a local one") from None
         return
     cpus = options.jobs * options.cpus_per_run if options.jobs else None  # None: every core
-    # Ray starts its workers at nice 15; on a machine doing other work that starved our runs
-    # ~10x (measured). The runs are this command's work, as in the local pool: nice 0.
+    # Ray starts its workers at nice 15, which starves our runs on a machine doing other work
+    # (docs/scale-out.md). The runs are this command's work, as in the local pool: nice 0.
     os.environ.setdefault(WORKER_NICENESS_ENV, "0")
     try:  # "local": a new cluster, never one a `ray start` or RAY_ADDRESS left on this machine
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, **kwargs)

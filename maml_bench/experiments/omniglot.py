@@ -25,15 +25,15 @@ BASELINES = {(5, "conv"): (MethodSpec("finetune", "fine-tuning baseline", seeds=
 #: tasks per meta-gradient pass (task_chunk) set explicitly. 5-way 5-shot and 20-way 1-shot:
 #: measured fastest with the `batched` backend (results/benchmarks/omniglot-task-chunks-cpu.md)
 #: before `auto` existed, kept because their long runs' checkpoints hold them in their config
-#: hash. 20-way 5-shot: 4, measured fastest with `fused` in both measurements of
-#: results/benchmarks/task-chunks-cpu.md (auto's 10 MiB rule takes 1 there, 1.5-5.5% slower).
-#: The other cells take auto (core/chunking.py).
+#: hash. 20-way 5-shot: 4, measured fastest with `fused` (results/benchmarks/task-chunks-cpu.md;
+#: auto's 10 MiB rule takes 1 there, which was slower: docs/speed.md). The other cells take
+#: auto (core/chunking.py).
 TASK_CHUNK = {(5, 5, "conv"): 4, (20, 1, "conv"): 2, (20, 5, "conv"): 4}
 
-#: the `long` scale: the meta-iterations one run of second-order MAML gets in about 4 hours on
-#: one core of this 2-core machine (measured 1.2-1.8, 3.4 and 9-14 s per meta-iteration), for
-#: the cells whose 60,000 iterations would take days here (5-way 1-shot and the no-conv cells
-#: run at the paper's scale)
+#: the `long` scale: the paper's 60,000 meta-iterations cut to a few hours of one CPU core per
+#: second-order MAML run, for the cells whose paper scale would take days on a CPU (5-way
+#: 1-shot and the no-conv cells run at the paper's scale); the timings they were sized from
+#: are in docs/omniglot.md "The long scale"
 LONG_ITERATIONS = {(5, 5): 10_000, (20, 1): 4_000, (20, 5): 1_500}
 
 
@@ -43,8 +43,8 @@ def _long_scale(ways: int, shots: int, network: str) -> dict[str, Scale]:
     if iterations is None:
         return {}
     return {"long": Scale(
-        f"the largest this machine allows (about 4 h of one core per MAML run): "
-        f"{iterations:,} meta-iterations, 600 test episodes",
+        f"{iterations:,} meta-iterations, 600 test episodes: the paper's protocol, shortened "
+        "to fit a CPU (docs/omniglot.md)",
         overrides={"iterations": iterations, "val_every": iterations // 10,
                    "checkpoint_every": min(500, iterations // 10)}, seeds=1)}
 
@@ -100,9 +100,8 @@ def omniglot(ways: int, shots: int, network: str = "conv") -> Experiment:
         paper_ci={("maml", shots): PAPER_CI[(ways, shots, network)]},
         metric="accuracy",
         scales={
-            "paper": Scale("the paper's protocol: 60,000 meta-iterations (about 8 hours per "
-                           "run on one core of this machine for 5-way 1-shot)"),
-            "quick": Scale("minutes on 2 CPU cores: 1,000 meta-iterations, 200 test episodes",
+            "paper": Scale("the paper's protocol: 60,000 meta-iterations"),
+            "quick": Scale("minutes: 1,000 meta-iterations, 200 test episodes",
                            overrides={"iterations": 1_000, "test_tasks": 200, "val_every": 250,
                                       "checkpoint_every": 250}, seeds=1),
             **_long_scale(ways, shots, network),

@@ -125,10 +125,10 @@ def locomotion(name: str, env: str, title: str, episodes: int,
         metric="return",
         scales={
             "paper": Scale("the paper's protocol: 500 meta-iterations of 40 tasks"),
-            # a paper-scale meta-iteration (40 tasks x 20 trajectories x 200 steps, twice) took
-            # 45-75 s on one core of this machine: 500 of them are 6-10 h per run
-            "long": Scale("the largest this machine allows (about 1.5-2 h of one core per "
-                          "MAML run): 100 meta-iterations of 40 tasks, the 40 test tasks",
+            # a fifth of the paper's 500 meta-iterations, sized to hours of one CPU core per MAML
+            # run (the timings it was sized from: docs/rl.md "Half-cheetah and ant")
+            "long": Scale("100 meta-iterations of 40 tasks, the 40 test tasks: the paper's "
+                          "protocol, shortened to fit a CPU (docs/rl.md)",
                           overrides={"iterations": 100}, seeds=1),
             "quick": Scale("a smoke scale: 10 meta-iterations of 10 tasks, 10 test tasks",
                            overrides={"iterations": 10, "meta_batch": 10, "test_tasks": 10},

@@ -34,7 +34,7 @@ SINUSOID_TABLE2 = Experiment(
     scales={
         "paper": Scale("the paper's protocol: 70,000 meta-iterations, 500 multi-task regressors"),
         "quick": Scale(
-            "a few minutes on 2 CPU cores: 4,000 meta-iterations, 50 multi-task regressors",
+            "a few minutes: 4,000 meta-iterations, 50 multi-task regressors",
             overrides={"iterations": 4_000, "checkpoint_every": 1_000, "log_every": 200,
                        "multitask_networks": 50, "multitask_steps": 2_000,
                        "multitask_chunk": 25},

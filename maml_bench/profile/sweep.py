@@ -93,7 +93,7 @@ class ProfileOptions:
 
 class _Progress:
     """A tqdm bar over measurements on a terminal; elsewhere a line per configuration and,
-    within one (the MiniImagenet ones take an hour on a CPU), one every line_seconds()."""
+    within one (a MiniImagenet configuration runs long on a CPU), one every line_seconds()."""
 
     def __init__(self, total: int, n_configs: int) -> None:
         self.bar: Any = None

@@ -148,7 +148,8 @@ def reference_resize(image: Any) -> np.ndarray:
 
 
 def preprocess(root: Path, resize: str = "lanczos") -> Omniglot:
-    """Decode, check and resize every image (about a minute on one core)."""
+    """Decode, check and resize every image (the slow path, whose result `load_omniglot`
+    caches)."""
     from PIL import Image, UnidentifiedImageError
 
     by_character: dict[str, list[np.ndarray]] = {}
