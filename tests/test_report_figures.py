@@ -181,3 +181,16 @@ def test_a_method_has_one_colour_and_style_in_every_figure_of_its_experiment():
         assert colors == {m: full[0][m] for m in subset}
         assert styles == {m: full[1][m] for m in subset}
     assert len(set(full[0].values())) == len(everyone)  # and distinct
+
+
+def test_baselines_trained_a_few_iterations_are_named_not_drawn(tmp_path):
+    """A baseline of 10 iterations beside runs of 70,000 was a lone dot at the left edge."""
+    from maml_bench.report.plots import brief_methods, plot_training_curves
+
+    rows = [("maml", 0, it, 1.0 / it) for it in range(100, 70_001, 100)]
+    rows += [("multitask-noreg", 0, it, 4.0) for it in (5, 10)]
+    logs = pd.DataFrame(rows, columns=["method", "seed", "iteration", "train_loss"])
+    assert brief_methods(logs, ["maml", "multitask-noreg"]) == ["multitask-noreg"]
+    assert brief_methods(logs[logs["method"] == "maml"], ["maml"]) == []
+    path = plot_training_curves(logs, tmp_path / "t.png", ["maml", "multitask-noreg"], {})
+    assert path.read_bytes().startswith(b"\x89PNG")

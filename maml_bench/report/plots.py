@@ -73,6 +73,8 @@ METHOD_STYLES |= {"maml-trpo": METHOD_STYLES["maml"], "fomaml-trpo": METHOD_STYL
 _SPARE_STYLES = [(ls, mk) for mk in ("o", "s", "v", "P", "X", "*", "h", "<", ">", "p", "d")
                  for ls in ("-", "--", "-.", ":", _DENSE_DASH, _DASH_DOT_DOT)]
 _DIVERGED_MARKER = "^"
+#: training curves leave out a method whose runs are this many times shorter than the longest
+SHORT_RUN_RATIO = 50
 _DIVERGED_TEXT = "diverged: mean NaN/inf or above the axis from here"
 
 
@@ -356,6 +358,12 @@ def plot_training_curves(
     present = list(dict.fromkeys(logs["method"]))
     order = [m for m in methods if m in present] + sorted(set(present) - set(methods))
     colors, styles = _palette(order, everyone), method_styles(order, everyone)
+    # A baseline trained a few iterations next to runs of thousands is a lone dot at the left
+    # edge that says nothing: named under the figure instead.
+    last = logs.groupby("method")["iteration"].max()
+    brief = brief_methods(logs, order)
+    order = [m for m in order if m not in brief]
+    logs = logs[logs["method"].isin(order)]
     has_val = "val_metric" in logs.columns and logs["val_metric"].notna().any()
     fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(13 if has_val else 8, 4.5),
                              squeeze=False)
@@ -399,10 +407,21 @@ def plot_training_curves(
         if has_val:
             _validation_panel(axes[0][1], logs, order, colors, styles, val_label)
         _title(fig, title, scale_title(logs, order))
+        if brief:
+            fig.text(0.01, 0.005, "not drawn (trained for at most "
+                     f"{int(last[brief].max()):,} iterations): "
+                     + ", ".join(method_labels.get(m, m) for m in brief),
+                     fontsize="small", ha="left", va="bottom")
     except BaseException:
         plt.close(fig)
         raise
     return save_png(fig, out_path)
+
+
+def brief_methods(logs: pd.DataFrame, order: list[str]) -> list[str]:
+    """The methods of `order` whose runs are SHORT_RUN_RATIO times shorter than the longest."""
+    last = logs.groupby("method")["iteration"].max()
+    return [m for m in order if last[m] * SHORT_RUN_RATIO < last.max()]
 
 
 def _validation_panel(ax: plt.Axes, logs: pd.DataFrame, order: list[str],
