@@ -46,6 +46,8 @@ DEFINITIONS = {
     "maml_bench/HalfCheetahDirRllab-v0": (20, 6, 0.01, 200, 1),
     "maml_bench/AntVel-v0": (105, 8, 0.05, 200, 1),
     "maml_bench/AntDir-v0": (105, 8, 0.05, 200, 1),
+    "maml_bench/AntVelRllab-v0": (125, 8, 0.02, 200, 1),
+    "maml_bench/AntDirRllab-v0": (125, 8, 0.02, 200, 1),
 }
 
 
@@ -198,6 +200,10 @@ def test_locomotion_reward_terms(env_id):
         clipped = np.clip(action, -1.0, 1.0)
         if ant:
             v = (inner.data.body("torso").xpos[0] - xy_before[0]) / inner.dt
+            if inner.velocity_mode == "rllab":  # the centre of mass's, at the step's end
+                from maml_bench.rl.envs.locomotion import subtree_com_velocity
+
+                v = subtree_com_velocity(inner.model, inner.data, inner._torso)[0]
             contact = 5e-4 * np.sum(np.square(np.clip(inner.data.cfrc_ext, -1, 1)))
             assert info["reward_ctrl"] == pytest.approx(-0.005 * np.sum(clipped ** 2))
             assert info["reward_contact"] == pytest.approx(-contact)

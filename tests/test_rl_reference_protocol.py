@@ -185,18 +185,33 @@ CHEETAH = {
                        "rl-pretrained": {"test_lr": 0.2, "iterations": 1000},
                        "rl-random": {"test_lr": 1.0, "nonlinearity": "relu"},
                        "rl-oracle": {"iterations": 1000}},
+    # test_maml_ant.py / test_maml_ant_direc.py
+    "ant-vel-v2": {"maml-trpo": {"test_lr": 0.1, "train_shots": 20, "max_kl": 0.01,
+                                 "iterations": 375, "inner_lr": 0.1, "meta_batch": 40},
+                   "rl-pretrained": {"test_lr": 0.2, "iterations": 575},
+                   "rl-random": {"test_lr": 1.0, "nonlinearity": "relu"},
+                   "rl-oracle": {"iterations": 550}},
+    "ant-dir-v2": {"maml-trpo": {"test_lr": 0.1, "train_shots": 40, "max_kl": 0.01,
+                                 "iterations": 575, "inner_lr": 0.1, "meta_batch": 40},
+                   "rl-pretrained": {"test_lr": 0.2, "iterations": 2000},
+                   "rl-random": {"test_lr": 1.0, "nonlinearity": "relu"},
+                   "rl-oracle": {"iterations": 1975}},
 }
+#: episodes per test task, steps per fine-tuning step at least, later steps' multiplier
+TEST_BATCH = {"cheetah-vel-v2": (20, 4_000, 0.5), "cheetah-dir-v2": (20, 4_000, 0.5),
+              "ant-vel-v2": (20, 4_000, 0.5), "ant-dir-v2": (40, 8_000, 0.01)}
 
 
 @pytest.mark.parametrize(("experiment", "method"),
                          [(e, m) for e, methods in CHEETAH.items() for m in methods])
-def test_the_cheetah_methods_have_the_reference_settings(experiment, method, tmp_path):
+def test_the_locomotion_methods_have_the_reference_settings(experiment, method, tmp_path):
     (run,) = plan_runs(experiment, "paper", [], [method], 1, tmp_path)
     c = run.config
     for key, value in CHEETAH[experiment][method].items():
         assert getattr(c, key) == value, (experiment, method, key)
-    assert "Rllab-v0" in c.env and c.horizon == 0 and c.eval_shots == (20,)
-    assert c.test_min_steps == 4_000 and c.test_lr_later == 0.5 and c.test_tasks == 40
+    episodes, min_steps, later = TEST_BATCH[experiment]
+    assert "Rllab-v0" in c.env and c.horizon == 0 and c.eval_shots == (episodes,)
+    assert c.test_min_steps == min_steps and c.test_lr_later == later and c.test_tasks == 40
     assert c.evaluate_checkpoint == "last"
     if method in ("rl-pretrained", "rl-oracle"):  # plain TRPO on 100 trajectories
         assert c.meta_batch * c.train_shots == 100 and c.baseline == "shared"
@@ -221,5 +236,35 @@ def test_the_rllab_cheetah_observes_and_steps_as_rllab(oracle):
         obs, *_ = env.step(np.ones(env.action_space.shape))
         assert np.allclose(obs[:8], u.data.qpos[1:]) and np.allclose(obs[8:17], u.data.qvel)
         assert np.allclose(obs[17:20], u.data.subtree_com[u._torso])
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("env_id", ["maml_bench/AntVelRllab-v0", "maml_bench/AntDirRllab-v0"])
+def test_the_rllab_ant_observes_and_steps_as_rllab(env_id):
+    """dt 0.02 s, velocity of the centre of mass, and the original's 125-d observation: qpos,
+    qvel, every body's contact force clipped to [-1, 1], the torso's orientation and its
+    subtree's centre of mass; ended when the torso leaves heights [0.2, 1.0]."""
+    import gymnasium
+    import numpy as np
+
+    import maml_bench.rl.envs  # noqa: F401
+
+    env = gymnasium.make(env_id)
+    try:
+        obs, _ = env.reset(seed=0)
+        u = env.unwrapped
+        assert obs.shape == env.observation_space.shape == (125,)
+        assert u.dt == pytest.approx(0.02) and u.velocity_mode == "rllab"
+        obs, _, terminated, _, _ = env.step(np.ones(env.action_space.shape))
+        nq, nv, nb = u.model.nq, u.model.nv, u.model.nbody
+        assert (nq, nv, nb) == (15, 14, 14)
+        assert np.allclose(obs[:nq], u.data.qpos) and np.allclose(obs[nq:nq + nv], u.data.qvel)
+        contact = obs[nq + nv:nq + nv + 6 * nb]
+        assert np.allclose(contact, np.clip(u.data.cfrc_ext, -1, 1).ravel())
+        assert np.allclose(obs[-12:-3], u.data.xmat[u._torso])
+        assert np.allclose(obs[-3:], u.data.subtree_com[u._torso])
+        assert terminated == (not 0.2 <= u.data.qpos[2] <= 1.0)
+        assert gymnasium.make(env_id, oracle=True).observation_space.shape == (126,)
     finally:
         env.close()

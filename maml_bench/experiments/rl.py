@@ -159,16 +159,20 @@ CHEETAH_VEL = locomotion("cheetah-vel", "maml_bench/HalfCheetahVel-v0",
 ANT_DIR = locomotion("ant-dir", "maml_bench/AntDir-v0", "Ant goal direction", 40)
 ANT_VEL = locomotion("ant-vel", "maml_bench/AntVel-v0", "Ant goal velocity", 20)
 
-def cheetah_reference(task: str, title: str, shots: int, max_kl: float, iterations: int,
-                      step: dict[str, float], baseline_iterations: dict[str, int],
-                      paper: dict[str, tuple[float, ...]] | None = None) -> Experiment:
-    """The half-cheetah by the reference code (docs/rl.md "Protocol"): rllab's dynamics (dt
-    0.01 s, centre-of-mass velocity, 20-d observation), MAML trained as the tested snapshot was
-    (`test_maml_cheetah*.py`), every method fine-tuned with its own first step (then half) on at
-    least 4,000 steps, the pretrained and oracle policies by plain TRPO on 100 trajectories
-    (20 tasks x 5, one baseline) per iteration, the random one a new ReLU policy (3 draws)."""
-    base = locomotion(f"cheetah-{task}", f"maml_bench/HalfCheetah{task.title()}Rllab-v0", title,
-                      20, paper)
+def reference_locomotion(robot: str, task: str, title: str, episodes: int, shots: int,
+                         max_kl: float, iterations: int, step: dict[str, float],
+                         baseline_iterations: dict[str, int],
+                         paper: dict[str, tuple[float, ...]] | None = None, later: float = 0.5,
+                         min_steps: int = 4_000) -> Experiment:
+    """A locomotion task by the reference code (docs/rl.md "Protocol"): rllab's dynamics (the
+    cheetah's dt 0.01 s and 20-d observation, the ant's dt 0.02 s and 125-d observation; the
+    centre of mass's velocity), MAML trained as the tested snapshot was (`test_maml_*.py`),
+    every method fine-tuned with its own first step (then x `later`) on at least `min_steps`
+    steps, the pretrained and oracle policies by plain TRPO on 100 trajectories (20 tasks x 5,
+    one baseline) per iteration, the random one a new ReLU policy (3 draws)."""
+    env = "HalfCheetah" if robot == "cheetah" else "Ant"
+    base = locomotion(f"{robot}-{task}", f"maml_bench/{env}{task.title()}Rllab-v0", title,
+                      episodes, paper)
     trpo = {"meta_batch": 20, "train_shots": 5, "baseline": "shared", "max_kl": 0.01}
     methods = (
         MethodSpec("maml-trpo", "MAML", seeds=1, overrides={"test_lr": step["maml-trpo"]}),
@@ -179,40 +183,54 @@ def cheetah_reference(task: str, title: str, shots: int, max_kl: float, iteratio
         MethodSpec("rl-oracle", "oracle", seeds=1, overrides={
             **trpo, "iterations": baseline_iterations["rl-oracle"]}),
     )
+    dynamics = ("dt 0.01 s, centre-of-mass velocity and 20-d observation" if robot == "cheetah"
+                else "dt 0.02 s, centre-of-mass velocity and 125-d observation")
     return replace(
-        base, id=f"cheetah-{task}-v2",
+        base, id=f"{robot}-{task}-v2",
         title=f"{title} by the reference code's protocol (paper Figure 5; rllab's dynamics on "
               "gymnasium's MuJoCo model)",
         config=replace(base.config, iterations=iterations, train_shots=shots, train_query=shots,
-                       max_kl=max_kl, test_lr_later=0.5, test_min_steps=4_000,
+                       max_kl=max_kl, test_lr_later=later, test_min_steps=min_steps,
                        evaluate_checkpoint="last"),
         methods=methods,
         scales={**base.scales, "paper": Scale(
             f"the reference code's protocol: MAML {iterations} meta-iterations of 40 tasks x "
-            f"{shots} trajectories, the last tested on 40 tasks x at least 4,000 steps"),
+            f"{shots} trajectories, the last tested on 40 tasks x at least {min_steps:,} steps"),
             "tiny": replace(base.scales["tiny"], overrides={
                 **base.scales["tiny"].overrides, "test_min_steps": 12})},
         figures=(FigureSpec("curves", f"{title}: return against policy-gradient steps",
-                            methods=tuple(m.algorithm for m in methods), shots=(20,),
+                            methods=tuple(m.algorithm for m in methods), shots=(episodes,),
                             ylabel="average return"),),
-        notes="The reference code's protocol (docs/rl.md): rllab's dt 0.01 s, centre-of-mass "
-              "velocity and 20-d observation; the test scripts' step sizes per method, halved "
-              "after the first; MAML trained to the iteration of the snapshot the reference "
-              "tested and that one evaluated; pretrained and oracle by plain TRPO.",
+        notes=f"The reference code's protocol (docs/rl.md): rllab's {dynamics}; the test "
+              f"scripts' step sizes per method, x {later:g} after the first; MAML trained to the "
+              "iteration of the snapshot the reference tested and that one evaluated; "
+              "pretrained and oracle by plain TRPO.",
     )
 
 
 #: test_maml_cheetah.py / test_maml_cheetah_direc.py: first fine-tuning steps per method; the
 #: tested snapshots (bugfix-trpo-maml-cheetah200: itr_475, fbs10; ...direc200: itr_100, fbs20,
 #: meta step 0.02); the baselines' (randenv itr_475 / last of 1000; oracleenv itr_975 / last)
-CHEETAH_VEL_V2 = cheetah_reference(
-    "vel", "Half-cheetah goal velocity", 10, 0.01, 475,
+CHEETAH_VEL_V2 = reference_locomotion(
+    "cheetah", "vel", "Half-cheetah goal velocity", 20, 10, 0.01, 475,
     {"maml-trpo": 0.1, "rl-pretrained": 0.02, "rl-random": 0.1},
     {"rl-pretrained": 475, "rl-oracle": 975})
-CHEETAH_DIR_V2 = cheetah_reference(
-    "dir", "Half-cheetah goal direction", 20, 0.02, 100,
+CHEETAH_DIR_V2 = reference_locomotion(
+    "cheetah", "dir", "Half-cheetah goal direction", 20, 20, 0.02, 100,
     {"maml-trpo": 0.1, "rl-pretrained": 0.2, "rl-random": 1.0},
     {"rl-pretrained": 1000, "rl-oracle": 1000}, PAPER_CHEETAH_DIR)
+#: test_maml_ant.py / test_maml_ant_direc.py: first fine-tuning steps per method (later steps
+#: x 0.5; ant direction x 0.01, on at least 8,000 steps); the tested snapshots
+#: (posticml-trpo-maml-ant200: itr_375, fbs20; bugfix-trpo-maml-antdirec200: itr_575, fbs40);
+#: the baselines' (randenv100traj itr_575 / the last of 2000; oracleenv100traj itr_550 / 1975)
+ANT_VEL_V2 = reference_locomotion(
+    "ant", "vel", "Ant goal velocity", 20, 20, 0.01, 375,
+    {"maml-trpo": 0.1, "rl-pretrained": 0.2, "rl-random": 1.0},
+    {"rl-pretrained": 575, "rl-oracle": 550})
+ANT_DIR_V2 = reference_locomotion(
+    "ant", "dir", "Ant goal direction", 40, 40, 0.01, 575,
+    {"maml-trpo": 0.1, "rl-pretrained": 0.2, "rl-random": 1.0},
+    {"rl-pretrained": 2000, "rl-oracle": 1975}, later=0.01, min_steps=8_000)
 
-RL = [NAVIGATION, NAVIGATION_CODELR, NAVIGATION_V2, CHEETAH_DIR_V2, CHEETAH_VEL_V2, CHEETAH_DIR,
-      CHEETAH_VEL, ANT_DIR, ANT_VEL]
+RL = [NAVIGATION, NAVIGATION_CODELR, NAVIGATION_V2, CHEETAH_DIR_V2, CHEETAH_VEL_V2, ANT_DIR_V2,
+      ANT_VEL_V2, CHEETAH_DIR, CHEETAH_VEL, ANT_DIR, ANT_VEL]

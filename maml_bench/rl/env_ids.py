@@ -24,5 +24,10 @@ _ENVS: dict[str, tuple[str, int, dict[str, Any]]] = {
         "frame_skip": 1, "velocity": "rllab", "observation": "rllab"}),
     f"{NAMESPACE}/AntVel-v0": ("locomotion:AntVelEnv", 200, {}),
     f"{NAMESPACE}/AntDir-v0": ("locomotion:AntDirEnv", 200, {}),
+    # the original rllab ant: dt 0.02 s, its centre-of-mass velocity and 125-d observation
+    f"{NAMESPACE}/AntVelRllab-v0": ("locomotion:AntVelEnv", 200, {
+        "frame_skip": 2, "velocity": "rllab", "observation": "rllab"}),
+    f"{NAMESPACE}/AntDirRllab-v0": ("locomotion:AntDirEnv", 200, {
+        "frame_skip": 2, "velocity": "rllab", "observation": "rllab"}),
 }
 ENV_IDS: tuple[str, ...] = tuple(_ENVS)

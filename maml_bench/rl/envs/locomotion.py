@@ -27,7 +27,12 @@ instantaneous velocity of the torso subtree's centre of mass (the whole robot) a
 step. The rllab simulators stepped 0.01 s (cheetah) and 0.02 s (ant) per action, so the same
 200-step horizon covered 2 s or 4 s instead of 10 s: ``frame_skip=1`` gives the cheetah the
 original dt (registered as ``HalfCheetah{Vel,Dir}RllabDt-v0``); ``frame_skip=2`` gives the ant
-dt 0.02 s (its integrator substeps stay 0.01 s).
+dt 0.02 s (its integrator substeps stay 0.01 s, Euler, where rllab's ant.xml stepped 0.02 s
+with RK4). ``observation="rllab"`` gives the original's observations: the cheetah's 20-d
+(qpos[1:], qvel, the torso subtree's centre of mass), the ant's 125-d (qpos, qvel, every body's
+clipped contact force, the torso's orientation matrix and subtree centre of mass); registered,
+with both rllab options and the original dt, as ``HalfCheetah{Vel,Dir}Rllab-v0`` and
+``Ant{Vel,Dir}Rllab-v0``.
 """
 
 from __future__ import annotations
@@ -241,16 +246,36 @@ class _TaskAnt(_TaskMujocoMixin, AntEnv):
     the bonus is the original's constant ``SURVIVE_BONUS``."""
 
     def __init__(self, task: Mapping[str, Any] | None = None, oracle: bool = False,
-                 velocity: str = "gymnasium", ctrl_cost_weight: float = 0.005,
-                 contact_cost_weight: float = 5e-4, frame_skip: int = 5,
-                 **kwargs: Any) -> None:
+                 velocity: str = "gymnasium", observation: str = "gymnasium",
+                 ctrl_cost_weight: float = 0.005, contact_cost_weight: float = 5e-4,
+                 frame_skip: int = 5, **kwargs: Any) -> None:
+        if observation not in VELOCITY_MODES:
+            raise ValueError(f"observation must be one of {VELOCITY_MODES}, got {observation!r}")
+        self.observation_mode = observation
         AntEnv.__init__(self, frame_skip=frame_skip, ctrl_cost_weight=ctrl_cost_weight,
                         contact_cost_weight=contact_cost_weight, **kwargs)
         utils.EzPickle.__init__(self, task=task, oracle=oracle, velocity=velocity,
-                                ctrl_cost_weight=ctrl_cost_weight,
+                                observation=observation, ctrl_cost_weight=ctrl_cost_weight,
                                 contact_cost_weight=contact_cost_weight, frame_skip=frame_skip,
                                 **kwargs)
+        if observation == "rllab":
+            size = self.model.nq + self.model.nv + 6 * self.model.nbody + 9 + 3
+            self.observation_space = spaces.Box(-np.inf, np.inf, (size,), np.float64)
         self._setup_task(task, oracle, velocity)
+
+    def _get_obs(self) -> np.ndarray:
+        if getattr(self, "observation_mode", "gymnasium") != "rllab":
+            return self._observe(AntEnv._get_obs(self))
+        # rllab's ant_env_rand.get_current_obs, read after its forward(): qpos, qvel, every
+        # body's external contact force clipped to [-1, 1], the torso's orientation matrix and
+        # its subtree's centre of mass (125-d for this model)
+        mujoco.mj_kinematics(self.model, self.data)
+        mujoco.mj_comPos(self.model, self.data)
+        obs = np.concatenate([self.data.qpos.flat, self.data.qvel.flat,
+                              np.clip(self.data.cfrc_ext, -1, 1).flat,
+                              self.data.xmat[self._torso].flat,
+                              self.data.subtree_com[self._torso].flat])
+        return self._observe(obs)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         task = self._ensure_task()
