@@ -321,7 +321,9 @@ def _evaluate_and_write(run: RunSpec, algorithm: Algorithm, benchmark: Any,
             fits.to_csv(index=False).encode(), mtime=0))
     artifacts = getattr(algorithm, "write_artifacts", None)  # e.g. RL rollout GIFs
     if artifacts is not None and run.config.render:
-        artifacts(run.directory)
+        drawn = artifacts(run.directory)
+        if drawn and distributed.is_main():
+            say(f"{run.run_id}: drew " + ", ".join(str(p) for p in drawn))
     columns = ["iteration", "train_loss"] + (["val_metric"] if getattr(
         run.config, "val_every", 0) else [])
     atomic_write_text(run.directory / TRAIN_LOG_FILE, pd.DataFrame(

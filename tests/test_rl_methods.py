@@ -120,15 +120,20 @@ def test_meta_test_evaluates_the_iteration_with_the_best_training_return(tmp_pat
         assert torch.equal(a, b)
 
 
-def test_a_run_draws_rollouts_of_the_adapted_policy_unless_told_not_to(tmp_path):
+def test_a_run_draws_rollouts_of_the_adapted_policy_unless_told_not_to(tmp_path, capsys):
     from PIL import Image
 
     (run,) = plan_runs("navigation2d-v1", "tiny", ["horizon=20", "render=true"], ["maml-trpo"],
                        1, tmp_path)
     directory = execute(run, progress=False)
+    said = capsys.readouterr()
     for i in (0, 1):
         gif = Image.open(directory / f"rollout-task{i}.gif")
         assert gif.n_frames > 1  # an episode, not a still
+        assert gif.size[0] >= 320 and gif.size[1] > gif.size[0]  # readable, a caption band
+        gif.seek(gif.n_frames - 1)
+        assert gif.info["duration"] >= 1000  # the end is held, so a short episode is seen
+        assert str(directory / f"rollout-task{i}.gif") in said.out + said.err  # listed
     (quiet,) = plan_runs("navigation2d-v1", "tiny", ["render=false"], ["maml-trpo"], 1,
                          tmp_path / "quiet")
     assert not list(execute(quiet, progress=False).glob("rollout-*.gif"))

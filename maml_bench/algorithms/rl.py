@@ -158,11 +158,13 @@ class MAMLTRPO(Algorithm):
                    if self.adapts_at_test else {k: v.expand(len(tasks), *v.shape)
                                                 for k, v in theta.items()})
         paths = []
+        what = "after one policy-gradient step" if self.adapts_at_test else "not adapted"
         for i, task in enumerate(tasks):
             out = directory / f"rollout-task{i}.gif"
             if render_in_child(out, c.env, task, self.policy, {k: v[i] for k, v in
                                                                adapted.items()},
-                               self.benchmark.horizon, {"oracle": True} if self.oracle else None):
+                               self.benchmark.horizon, {"oracle": True} if self.oracle else None,
+                               title=f"{c.env.split('/')[-1]}, test task {i}: {what}"):
                 paths.append(out)
         return paths
 

@@ -41,37 +41,93 @@ def rollout_frames(env_id: str, task: Mapping[str, Any], policy: Any,
                    params: Mapping[str, Tensor], horizon: int, seed: int = 0,
                    env_kwargs: Mapping[str, Any] | None = None, every: int = 1) -> list[np.ndarray]:
     """One episode of the policy's mean action on `task`, every `every`-th frame."""
+    return rollout(env_id, task, policy, params, horizon, seed, env_kwargs, every)[0]
+
+
+def rollout(env_id: str, task: Mapping[str, Any], policy: Any, params: Mapping[str, Tensor],
+            horizon: int, seed: int = 0, env_kwargs: Mapping[str, Any] | None = None,
+            every: int = 1) -> tuple[list[np.ndarray], list[tuple[int, float]], float | None]:
+    """(frames, (time step, return so far) per frame, the env's seconds per step or None)."""
     from maml_bench.rl.sampler import scale_actions
 
     env = rendering_env(env_id, env_kwargs)
     try:
         env.unwrapped.set_task(dict(task))
         obs, _ = env.reset(seed=seed)
-        frames = [env.render()]
+        frames, marks, total = [env.render()], [(0, 0.0)], 0.0
         low, high = env.action_space.low, env.action_space.high
         for t in range(horizon):
             with torch.no_grad():
                 mean = policy.distribution(params, torch.as_tensor(obs, dtype=torch.float32)).mean
-            obs, _, terminated, truncated, _ = env.step(scale_actions(mean.numpy(), low, high))
+            obs, reward, terminated, truncated, _ = env.step(
+                scale_actions(mean.numpy(), low, high))
+            total += float(reward)
             if (t + 1) % every == 0 or terminated or truncated:
                 frames.append(env.render())
+                marks.append((t + 1, total))
             if terminated or truncated:
                 break
-        return frames
+        return frames, marks, getattr(env.unwrapped, "dt", None)
     finally:
         env.close()
 
 
-def save_gif(frames: list[np.ndarray], path: Path, fps: int = 20) -> Path:
-    """Frames to an animated GIF, written atomically."""
+#: GIF frames are at least this wide (a 128-pixel navigation frame is scaled up 3x)
+MIN_WIDTH = 320
+#: frames per GIF at most (a 200-step episode: every 4th step), to keep the files small
+MAX_FRAMES = 50
+#: the last frame stays this long, so a short episode is seen to end
+HOLD_LAST_MS = 1500
+
+
+def task_text(task: Mapping[str, Any]) -> str:
+    """"goal velocity 1.23", "direction +1", "goal (0.30, -0.20)"."""
+    parts = []
+    for key, value in task.items():
+        name = key.replace("_", " ")
+        if isinstance(value, list | tuple | np.ndarray):
+            parts.append(f"{name} (" + ", ".join(f"{float(v):.2f}" for v in value) + ")")
+        elif key == "direction":
+            parts.append(f"{name} {float(value):+.0f}")
+        else:
+            parts.append(f"{name} {float(value):.2f}")
+    return ", ".join(parts)
+
+
+def annotate(frame: np.ndarray, lines: list[str]) -> np.ndarray:
+    """The frame scaled up to MIN_WIDTH at least, under a white band holding `lines`."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.fromarray(np.asarray(frame, dtype=np.uint8))
+    scale = max(1, math.ceil(MIN_WIDTH / image.width))
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    font = ImageFont.load_default(size=max(11, image.width // 32))
+    line_height = int(font.size * 1.35)
+    band = Image.new("RGB", (image.width, line_height * len(lines) + 6), "white")
+    draw = ImageDraw.Draw(band)
+    for i, line in enumerate(lines):
+        draw.text((6, 3 + i * line_height), line, fill="black", font=font)
+    out = Image.new("RGB", (image.width, band.height + image.height), "white")
+    out.paste(band, (0, 0))
+    out.paste(image.convert("RGB"), (0, band.height))
+    return np.asarray(out)
+
+
+def save_gif(frames: list[np.ndarray], path: Path, fps: float = 20,
+             hold_last_ms: int = 0) -> Path:
+    """Frames to an animated GIF, written atomically; the last one held `hold_last_ms`."""
     from PIL import Image
 
     from maml_bench.results import atomic_write_bytes
 
     images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames]
+    step = max(20, int(round(1000 / fps)))  # browsers play frames under 20 ms slower
+    durations = [step] * len(images)
+    durations[-1] = max(step, hold_last_ms)
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
-                   duration=int(1000 / fps), loop=0)
+                   duration=durations, loop=0)
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
@@ -104,7 +160,8 @@ def build_policy(spec: dict[str, Any]) -> Any:
 
 def render_in_child(out: Path, env_id: str, task: Mapping[str, Any], policy: Any,
                     params: Mapping[str, Tensor], horizon: int,
-                    env_kwargs: Mapping[str, Any] | None = None, timeout: float = 600) -> bool:
+                    env_kwargs: Mapping[str, Any] | None = None, timeout: float = 600,
+                    title: str = "") -> bool:
     """Draw the rollout in a child process (see the module); False, with one warning line, if
     it could not be drawn."""
     try:
@@ -117,7 +174,8 @@ def render_in_child(out: Path, env_id: str, task: Mapping[str, Any], policy: Any
         # Data alone, no pickled objects: the child loads it with weights_only=True.
         torch.save({"out": str(out), "env_id": env_id, "task": dict(task), "policy": spec,
                     "params": {k: v.detach().cpu() for k, v in params.items()},
-                    "horizon": horizon, "env_kwargs": dict(env_kwargs or {})}, state)
+                    "horizon": horizon, "env_kwargs": dict(env_kwargs or {}),
+                    "title": title}, state)
         env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
         try:
             done = subprocess.run([sys.executable, "-m", "maml_bench.rl.render", str(state)],
@@ -146,10 +204,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{state_file} is not a rollout state this suite wrote ({type(err).__name__})",
               file=sys.stderr)
         return 2
-    frames = rollout_frames(state["env_id"], state["task"], policy, state["params"],
-                            state["horizon"], env_kwargs=state["env_kwargs"],
-                            every=2 if state["horizon"] > 100 else 1)
-    save_gif(frames, Path(state["out"]))
+    every = max(1, math.ceil(state["horizon"] / MAX_FRAMES))
+    frames, marks, dt = rollout(state["env_id"], state["task"], policy, state["params"],
+                                state["horizon"], env_kwargs=state["env_kwargs"], every=every)
+    head = [line for line in (state.get("title", ""), task_text(state["task"])) if line]
+    from maml_bench.rl.envs import env_class
+
+    legend = getattr(env_class(state["env_id"]), "RENDER_LEGEND", "")
+    frames = [annotate(frame, [*head, f"step {t}/{state['horizon']}, return {total:.1f}"
+                               + (f"   {legend}" if legend else "")])
+              for frame, (t, total) in zip(frames, marks, strict=True)]
+    # real time where the env says its time step (at most 50 frames a second), else 10 a second
+    fps = min(50.0, 1.0 / (dt * every)) if dt else 10.0
+    save_gif(frames, Path(state["out"]), fps=fps, hold_last_ms=HOLD_LAST_MS)
     return 0
 
 

@@ -47,6 +47,8 @@ class TaskMixin:
     TEST_TASK_SEED: ClassVar[int] = 1
     #: ``gymnasium.make`` arguments of a rendering env (`rl/render.py`)
     RENDER_KWARGS: ClassVar[dict[str, Any]] = {}
+    #: what the colours of a rendered frame mean, printed on rollout GIFs ("" if nothing)
+    RENDER_LEGEND: ClassVar[str] = ""
 
     _task: Task | None = None
     _oracle: bool = False

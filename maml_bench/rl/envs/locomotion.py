@@ -146,7 +146,8 @@ class _TaskMujocoMixin(_LocomotionTask):
 
     #: the models' own "track" camera (mode trackcom): it follows the body's centre of mass,
     #: where gymnasium's default free camera stays put and the runner leaves the frame
-    RENDER_KWARGS: ClassVar[dict[str, Any]] = {"camera_name": "track"}
+    RENDER_KWARGS: ClassVar[dict[str, Any]] = {"camera_name": "track", "width": 320,
+                                               "height": 320}
 
     def _setup_task(self, task: Mapping[str, Any] | None, oracle: bool, velocity: str) -> None:
         if velocity not in VELOCITY_MODES:

@@ -109,6 +109,8 @@ class Navigation2DEnv(TaskMixin, gym.Env):
         info = {"goal": goal, "distance": float(squared ** 0.5)}
         return self._observe(self._state.copy()), reward, terminated, False, info
 
+    RENDER_LEGEND = "red: goal, blue: path, grey: goal region"
+
     def render(self) -> np.ndarray | None:
         """A top-down RGB image of [-1, 1]^2: the goal square (red), the path so far (blue)."""
         if self.render_mode != "rgb_array":
