@@ -2,10 +2,10 @@
 run checkpoints exactly where it stopped and loses no finished iteration.
 
 Ctrl-C, `kill -INT` and SIGTERM (a session's end, a scheduler) raise KeyboardInterrupt during a
-command (`cli.interruptible`); while training, the first of them only asks for a stop, which
-the training loop honours after the iteration in flight (a checkpoint, then KeyboardInterrupt
-as before). A second one stops at once, from the last periodic checkpoint. Only where such a
-signal would raise KeyboardInterrupt, and in the main thread.
+command (`cli.common.interruptible`); while training, the first of them only asks for a stop,
+which the training loop honours after the iteration in flight (a checkpoint, then
+KeyboardInterrupt as before). A second one stops at once, from the last periodic checkpoint.
+Only where such a signal would raise KeyboardInterrupt, and in the main thread.
 
 Under torchrun every rank must stop after the same iteration: the ranks agree at each
 iteration's end (`agreed`: a stop asked of any rank stops all of them there). A signal to

@@ -42,7 +42,7 @@ def refused(capsys, argv: list[str], *expected: str) -> None:
 
 @pytest.mark.parametrize("text", ["auto", "cpu", "cuda", "cuda:0", "cuda:7", "cuda:99"])
 def test_device_domain_holds_the_documented_choices(text):
-    from maml_bench.cli import DEVICE
+    from maml_bench.cli.run import DEVICE
 
     assert DEVICE.contains(text)
 

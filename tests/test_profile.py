@@ -14,6 +14,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from maml_bench import cli
+from maml_bench.cli.profile import (
+    PROFILE_BUDGET,
+    PROFILE_CONFIG,
+    PROFILE_DEVICE,
+    PROFILE_META_BATCH,
+    PROFILE_REPEATS,
+    PROFILE_STEPS,
+    PROFILE_THREADS,
+)
 from maml_bench.core.functional import meta_loss
 from maml_bench.profile.configs import CONFIGS
 from maml_bench.profile.measure import (
@@ -165,10 +174,10 @@ def test_default_sweeps():
     assert CONFIGS["miniimagenet-5w5s"].default_meta_batches() == (1, 2, 4)
 
 
-PROFILE_OPTIONS = [("--config", cli.PROFILE_CONFIG), ("--steps", cli.PROFILE_STEPS),
-                   ("--meta-batch", cli.PROFILE_META_BATCH), ("--device", cli.PROFILE_DEVICE),
-                   ("--repeats", cli.PROFILE_REPEATS), ("--budget", cli.PROFILE_BUDGET),
-                   ("--threads", cli.PROFILE_THREADS)]
+PROFILE_OPTIONS = [("--config", PROFILE_CONFIG), ("--steps", PROFILE_STEPS),
+                   ("--meta-batch", PROFILE_META_BATCH), ("--device", PROFILE_DEVICE),
+                   ("--repeats", PROFILE_REPEATS), ("--budget", PROFILE_BUDGET),
+                   ("--threads", PROFILE_THREADS)]
 
 
 @pytest.mark.parametrize(("option", "domain"), PROFILE_OPTIONS,

@@ -13,7 +13,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from maml_bench import cli
+from maml_bench.cli.common import NAME, SCALE
+from maml_bench.cli.data import CLASSES_PER_SPLIT, IMAGES_PER_CLASS, SYNTH_SEED
+from maml_bench.cli.report import CI, LEVEL, SHOTS, STEPS
+from maml_bench.cli.run import DEVICE, JOBS, SEEDS
 from maml_bench.domains import Domain, Flag, Items, Number, OneOf, Pattern, domain_of
+from maml_bench.engines.options import (
+    CPUS_PER_RUN,
+    ENGINE,
+    GPUS_PER_RUN,
+    MEM_GB,
+    RETRIES,
+    TIME_MIN,
+)
 from maml_bench.experiments import EXPERIMENTS
 
 FIELDS = [(experiment, field.name)
@@ -114,24 +126,24 @@ def test_bad_setting_is_refused_before_any_work(experiment, name, data, capsys, 
 #: (command line before the option, with {out} where the output goes, option, domain)
 SYNTH = ["data", "synth", "miniimagenet", "{out}"]
 OPTIONS = [
-    (["run", "--scale", "tiny", "--no-report", "--out", "{out}"], "--jobs", cli.JOBS),
-    (["run", "--scale", "tiny", "--no-report", "--out", "{out}"], "--seeds", cli.SEEDS),
-    (["run", "--scale", "tiny", "--no-report", "--out", "{out}"], "--device", cli.DEVICE),
-    (["report", "--scale", "tiny", "--out", "{out}"], "--level", cli.LEVEL),
-    (["compare", "sinusoid-table2-v1", "--out", "{out}"], "--shots", cli.SHOTS),
-    (["compare", "sinusoid-table2-v1", "--out", "{out}"], "--steps", cli.STEPS),
-    (["compare", "sinusoid-table2-v1", "--out", "{out}"], "--name", cli.NAME),
-    (["run", "--no-report", "--out", "{out}"], "--scale", cli.SCALE),
-    (["report", "--out", "{out}"], "--scale", cli.SCALE),
-    (["report", "--scale", "tiny", "--out", "{out}"], "--ci", cli.CI),
-    (SYNTH, "--classes-per-split", cli.CLASSES_PER_SPLIT),
-    (SYNTH, "--images-per-class", cli.IMAGES_PER_CLASS),
-    (SYNTH, "--seed", cli.SYNTH_SEED),
+    (["run", "--scale", "tiny", "--no-report", "--out", "{out}"], "--jobs", JOBS),
+    (["run", "--scale", "tiny", "--no-report", "--out", "{out}"], "--seeds", SEEDS),
+    (["run", "--scale", "tiny", "--no-report", "--out", "{out}"], "--device", DEVICE),
+    (["report", "--scale", "tiny", "--out", "{out}"], "--level", LEVEL),
+    (["compare", "sinusoid-table2-v1", "--out", "{out}"], "--shots", SHOTS),
+    (["compare", "sinusoid-table2-v1", "--out", "{out}"], "--steps", STEPS),
+    (["compare", "sinusoid-table2-v1", "--out", "{out}"], "--name", NAME),
+    (["run", "--no-report", "--out", "{out}"], "--scale", SCALE),
+    (["report", "--out", "{out}"], "--scale", SCALE),
+    (["report", "--scale", "tiny", "--out", "{out}"], "--ci", CI),
+    (SYNTH, "--classes-per-split", CLASSES_PER_SPLIT),
+    (SYNTH, "--images-per-class", IMAGES_PER_CLASS),
+    (SYNTH, "--seed", SYNTH_SEED),
     *[(["run", "--scale", "tiny", "--no-report", "--out", "{out}"], flag, domain)
-      for flag, domain in (("--engine", cli.ENGINE), ("--cpus-per-run", cli.CPUS_PER_RUN),
-                           ("--gpus-per-run", cli.GPUS_PER_RUN), ("--retries", cli.RETRIES),
-                           ("--time", cli.TIME_MIN), ("--mem-gb", cli.MEM_GB),
-                           ("--partition", cli.NAME))],
+      for flag, domain in (("--engine", ENGINE), ("--cpus-per-run", CPUS_PER_RUN),
+                           ("--gpus-per-run", GPUS_PER_RUN), ("--retries", RETRIES),
+                           ("--time", TIME_MIN), ("--mem-gb", MEM_GB),
+                           ("--partition", NAME))],
 ]
 
 
