@@ -73,6 +73,8 @@ METHOD_STYLES |= {"maml-trpo": METHOD_STYLES["maml"], "fomaml-trpo": METHOD_STYL
 _SPARE_STYLES = [(ls, mk) for mk in ("o", "s", "v", "P", "X", "*", "h", "<", ">", "p", "d")
                  for ls in ("-", "--", "-.", ":", _DENSE_DASH, _DASH_DOT_DOT)]
 _DIVERGED_MARKER = "^"
+#: legends with more entries than this go under the panels
+LEGEND_BESIDE_MAX = 9
 #: training curves leave out a method whose runs are this many times shorter than the longest
 SHORT_RUN_RATIO = 50
 _DIVERGED_TEXT = "diverged: mean NaN/inf or above the axis from here"
@@ -307,7 +309,13 @@ def _legend(fig: plt.Figure, handles: dict[str, object], order: list[str]) -> No
     if not handles:
         return
     keys = [k for k in order if k in handles] + [k for k in handles if k not in order]
-    # Beside the panels: inside one, a legend hides curves.
+    # Outside the panels: inside one, a legend hides curves. A long one goes under them in
+    # columns, where beside them it would be taller than the panels and as wide as one.
+    if len(keys) > LEGEND_BESIDE_MAX:
+        fig.legend([handles[k] for k in keys], keys, fontsize="small", loc="upper center",
+                   bbox_to_anchor=(0.5, 0.0), ncol=min(4, math.ceil(len(keys) / 4)),
+                   frameon=False)
+        return
     fig.legend([handles[k] for k in keys], keys, fontsize="small", loc="center left",
                bbox_to_anchor=(1.0, 0.5))
 
