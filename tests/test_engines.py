@@ -249,7 +249,7 @@ def test_local_engine_runs_the_others_when_one_fails(tmp_path, capsys, monkeypat
     real = executors._run_one
 
     def flaky(run, progress, announce):
-        if "inner_lr=0.001" in str(run.directory):
+        if "inner_lr-0.001" in str(run.directory):
             raise TrainingDiverged(f"{run.run_id}: non-finite loss (injected)")
         return real(run, progress, announce)
 
@@ -257,7 +257,7 @@ def test_local_engine_runs_the_others_when_one_fails(tmp_path, capsys, monkeypat
     out = tmp_path / "g"
     code, err = run_cli(capsys, [*TINY, "--out", str(out), "--grid", "inner_lr=0.001,0.01"])
     assert code == 2 and "1 of 2 runs failed" in err and "injected" in err, err
-    assert (out / "grid" / "inner_lr=0.01" / EXPERIMENT / "raw" / "maml" / "seed-0" /
+    assert (out / "grid" / "inner_lr-0.01" / EXPERIMENT / "raw" / "maml" / "seed-0" /
             RECORDS_FILE).exists()
 
 
