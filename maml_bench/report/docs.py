@@ -7,7 +7,7 @@ that say where it comes from, and this module rewrites what is between them:
     ...a Markdown table, regenerated...
     <!-- end -->
 
-    <!-- value: ROOT EXPERIMENT METHOD shots=K steps=S [digits=2] [form=ci|mean|range] -->
+    <!-- value: ROOT EXPERIMENT METHOD shots=K steps=S [digits=2] [form=ci|marked|...] -->
     99.37 ± 0.32<!-- end -->
 
     <!-- table: ROOT EXPERIMENT shots=K steps=1,5 methods=M variants=ROOT2:EXP2,ROOT3:EXP3 -->
@@ -31,9 +31,10 @@ import pandas as pd
 
 from maml_bench.errors import UserError
 
-#: how a value reads: "99.37 ± 0.32", "99.37", "99.05-99.69" (the interval's ends), "vs paper"
-#: ("99.37 ± 0.32 against 98.70 ± 0.40"), "scale" ("paper, 60,000 meta-iterations")
-FORMS = ("ci", "mean", "range", "vs-paper", "scale")
+#: how a value reads: ci "99.37 ± 0.32"; marked "99.37 ± 0.32 ✗" (as the tables); mean
+#: "99.37"; range "99.05-99.69" (the interval's ends); vs-paper "99.37 ± 0.32 ✗ against
+#: 98.70 ± 0.40"; scale "paper, 60,000 meta-iterations"
+FORMS = ("ci", "marked", "mean", "range", "vs-paper", "scale")
 MARKER = re.compile(r"<!-- (table|value): ([^\n]*?) -->(.*?)<!-- end -->", re.DOTALL)
 _DASH = "–"
 
@@ -277,6 +278,8 @@ def render(source: Source, summaries: Summaries) -> str:
     if source.form == "scale":
         its = summaries.iterations(source.root, source.experiment).get(source.method, [])
         return str(row["scale"]) + (f", {_count(its)} meta-iterations" if its else "")
+    if source.form == "marked":
+        return _marked(row, source.digits)
     if source.form == "vs-paper":
         paper = summary[(summary["method"] == source.method) & (summary["shots"] == source.shots)
                         & (summary["steps"] == source.steps[0]) & summary["paper"].notna()]
