@@ -99,3 +99,26 @@ def test_committed_result_names_are_portable():
                            capture_output=True, check=True).stdout.splitlines()
     assert files, "results/ is committed"
     assert [f for f in files if not re.fullmatch(r"[A-Za-z0-9._/-]+", f)] == []
+
+
+def test_a_pooled_root_counts_each_folders_tasks(tiny_repo):
+    """ROOT with a `*`: the matching folders' records pooled, each folder's tasks its own (the
+    five test-episode draws of a grid are 5 x 600 tasks, not 600), and `spread` their means'."""
+    import shutil
+
+    from maml_bench.report.docs import Summaries
+
+    for name in ("draw-1", "draw-2"):
+        shutil.copytree(tiny_repo / "results", tiny_repo / "pooled" / name)
+    summaries = Summaries(tiny_repo)
+    one = summaries.get("results", "sinusoid-table2-v1")
+    both = summaries.get("pooled/draw-*", "sinusoid-table2-v1")
+    pick = (one["method"] == "maml") & (one["shots"] == 5) & (one["steps"] == 1)
+    assert int(both[pick]["n"].iloc[0]) == 2 * int(one[pick]["n"].iloc[0])
+    assert both[pick]["mean"].iloc[0] == pytest.approx(one[pick]["mean"].iloc[0])
+    page = tiny_repo / "docs" / "page.md"
+    page.write_text("<!-- value: pooled/draw-* sinusoid-table2-v1 maml shots=5 steps=1 "
+                    "form=spread digits=3 -->?<!-- end -->\n")
+    sync_docs(tiny_repo, write=True, report=lambda line: None)
+    low, high = page.read_text().split("-->")[1].split("<!--")[0].split("-")
+    assert low == high  # two copies of one draw

@@ -15,7 +15,8 @@ that say where it comes from, and this module rewrites what is between them:
     <!-- end -->
 
 ROOT is a results folder relative to the repository (results, results/long, results/variants/
-...). Tables and values are computed from the verified records with the same statistics as the
+...); with a `*`, every matching folder, pooled (e.g. the five test-episode draws of a grid).
+Tables and values are computed from the verified records with the same statistics as the
 experiment's own tables (`report.tables.summarize`), so a changed record changes the page, and
 `maml-bench docs --check` (and tests/test_docs_sync.py) fail until the page is regenerated.
 """
@@ -33,10 +34,13 @@ from maml_bench.errors import UserError
 
 #: how a value reads: ci "99.37 ± 0.32"; marked "99.37 ± 0.32 ✗" (as the tables); mean
 #: "99.37"; range "99.05-99.69" (the interval's ends); vs-paper "99.37 ± 0.32 ✗ against
-#: 98.70 ± 0.40"; scale "paper, 60,000 meta-iterations"
-FORMS = ("ci", "marked", "mean", "range", "vs-paper", "scale")
+#: 98.70 ± 0.40"; scale "paper, 60,000 meta-iterations"; spread "99.10-99.40" (a pooled
+#: ROOT's lowest and highest folder mean)
+FORMS = ("ci", "marked", "mean", "range", "vs-paper", "scale", "spread")
 MARKER = re.compile(r"<!-- (table|value): ([^\n]*?) -->(.*?)<!-- end -->", re.DOTALL)
 _DASH = "–"
+#: pooled folders' task ids are shifted by this, so each folder's tasks count as their own
+TASK_OFFSET = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -106,13 +110,27 @@ class Summaries:
             from maml_bench.report.tables import summarize
 
             spec = EXPERIMENTS.get(experiment)
-            records = experiment_records(experiment, self.repo / root)
+            roots = self.roots(root)
+            parts = []
+            for i, folder in enumerate(roots):  # pooled: each folder's tasks are other tasks
+                part = experiment_records(experiment, self.repo / folder)
+                parts.append(part.assign(task=part["task"] + i * TASK_OFFSET))
+            records = pd.concat(parts, ignore_index=True)
             self._cache[key] = summarize(records, spec.paper_frame(), include_paper_only=True)
-            runs = experiment_runs(experiment, self.repo / root)
+            runs = pd.concat([experiment_runs(experiment, self.repo / r) for r in roots])
             self._iterations[key] = {
                 str(m): sorted({int(n) for n in group.dropna()})
                 for m, group in runs.groupby("method", sort=False)["iterations"]}
         return self._cache[key]
+
+    def roots(self, root: str) -> list[str]:
+        """The folders a ROOT names: itself, or with a `*`, every matching folder (pooled)."""
+        if "*" not in root:
+            return [root]
+        found = sorted(str(p.relative_to(self.repo)) for p in self.repo.glob(root) if p.is_dir())
+        if not found:
+            raise UserError(f"no folder matches {root} under {self.repo}")
+        return found
 
     def iterations(self, root: str, experiment: str) -> dict[str, list[int]]:
         """method -> the meta-iterations its runs trained for (after `get`)."""
@@ -278,6 +296,11 @@ def render(source: Source, summaries: Summaries) -> str:
     if source.form == "scale":
         its = summaries.iterations(source.root, source.experiment).get(source.method, [])
         return str(row["scale"]) + (f", {_count(its)} meta-iterations" if its else "")
+    if source.form == "spread":
+        means = [_row(summaries.get(r, source.experiment), source.method, source.shots,
+                      source.steps[0]) for r in summaries.roots(source.root)]
+        values = [m["mean"] for m in means if m is not None]
+        return f"{_number(min(values), source.digits)}-{_number(max(values), source.digits)}"
     if source.form == "marked":
         return _marked(row, source.digits)
     if source.form == "vs-paper":
