@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from maml_bench.errors import UserError
+from maml_bench.report.tables import comparison_mark, steps_name
 
 #: how a value reads: ci "99.37 ± 0.32"; marked "99.37 ± 0.32 ✗" (as the tables); mean
 #: "99.37"; range "99.05-99.69" (the interval's ends); vs-paper "99.37 ± 0.32 ✗ against
@@ -168,15 +169,7 @@ def format_value(row: pd.Series | None, digits: int, form: str) -> str:
 def _marked(row: pd.Series | None, digits: int) -> str:
     """A table cell: the value, with ✓ / ✗ where the experiment's own tables mark it (paper
     scale, a paper value at this step, an interval narrow enough to tell)."""
-    from maml_bench.report.tables import PAPER_SCALE, TOO_WIDE
-
-    cell = format_value(row, digits, "ci")
-    if row is not None and not pd.isna(row["paper_in_ci"]):
-        cell += " ✓" if row["paper_in_ci"] else " ✗"
-    elif (row is not None and row["scale"] == PAPER_SCALE and not pd.isna(row["paper"])
-          and (row["ci_high"] - row["ci_low"]) / 2 >= TOO_WIDE * abs(row["mean"])):
-        cell += " (too wide to compare)"
-    return cell
+    return format_value(row, digits, "ci") + ("" if row is None else comparison_mark(row))
 
 
 def _trained(iterations: dict[str, list[int]], methods: list[str], labels: dict[str, str]
@@ -209,7 +202,7 @@ def _paper_cell(paper: pd.DataFrame, source: Source) -> str:
     if not pd.isna(last["paper_ci"]):
         cell += f" ± {_number(last['paper_ci'], source.digits)}"
     if int(last["steps"]) not in source.steps:
-        cell += f" ({_steps(int(last['steps']))})"
+        cell += f" ({steps_name(int(last['steps']))})"
     return cell
 
 
@@ -228,7 +221,7 @@ def render_table(summary: pd.DataFrame, source: Source,
     if missing or not methods:
         raise UserError(f"{source.root}/{source.experiment}: no records or paper values for "
                         f"{', '.join(missing) or 'any method'} at K={source.shots}")
-    step_names = [f"{s} step" if s == 1 else f"{s} steps" for s in source.steps]
+    step_names = [steps_name(s) for s in source.steps]
     lines = ["| method | " + " | ".join(step_names) + " | paper |",
              "|---" * (len(step_names) + 2) + "|"]
     for method in methods:
@@ -249,14 +242,10 @@ def render_table(summary: pd.DataFrame, source: Source,
     return "\n" + "\n".join(lines) + "\n\n" + caption + "\n"
 
 
-def _steps(n: int) -> str:
-    return f"{n} step" if n == 1 else f"{n} steps"
-
-
 def render_variants(source: Source, summaries: Summaries) -> str:
     """One method across experiments (protocol variants): a row each, as `maml-bench compare`."""
     (method,) = source.methods
-    step_names = [_steps(s) for s in source.steps]
+    step_names = [steps_name(s) for s in source.steps]
     lines = ["| experiment | " + " | ".join(step_names) + " | paper |",
              "|---" * (len(step_names) + 2) + "|"]
     scales = {}
@@ -292,7 +281,7 @@ def render(source: Source, summaries: Summaries) -> str:
     row = _row(summary, source.method, source.shots, source.steps[0])
     if row is None:
         raise UserError(f"{source.root}/{source.experiment}: no records for {source.method} "
-                        f"at K={source.shots}, {_steps(source.steps[0])}")
+                        f"at K={source.shots}, {steps_name(source.steps[0])}")
     if source.form == "scale":
         its = summaries.iterations(source.root, source.experiment).get(source.method, [])
         return str(row["scale"]) + (f", {_count(its)} meta-iterations" if its else "")

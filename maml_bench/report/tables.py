@@ -154,6 +154,18 @@ def too_wide(summary: pd.DataFrame) -> pd.Series:
     return (half >= TOO_WIDE * summary["mean"].abs()).fillna(False)
 
 
+def comparison_mark(row: pd.Series) -> str:
+    """" ✓" / " ✗" (the paper's value inside / outside our interval), " (too wide to compare)"
+    at the paper's scale when the interval cannot tell (TOO_WIDE), else ""."""
+    if not pd.isna(row["paper_in_ci"]):
+        return " ✓" if row["paper_in_ci"] else " ✗"
+    half = (row["ci_high"] - row["ci_low"]) / 2
+    if row["scale"] == PAPER_SCALE and not pd.isna(row["paper"]) and half >= TOO_WIDE * abs(
+            row["mean"]):
+        return " (too wide to compare)"
+    return ""
+
+
 def method_scales(records: pd.DataFrame) -> dict[tuple[str, str], str]:
     """(experiment, method) -> the scale of its runs: "paper", "quick", ...; a method whose
     seeds ran at several scales reads e.g. "custom+paper" (so it is not paper scale);
@@ -217,7 +229,7 @@ def _std(values: np.ndarray) -> float:
         return float(np.std(values, ddof=0))
 
 
-def _steps_name(steps: int) -> str:
+def steps_name(steps: int) -> str:
     return f"{steps} step" if steps == 1 else f"{steps} steps"
 
 
@@ -269,13 +281,13 @@ def format_table(
         return pd.DataFrame(rows, columns=["method", "steps", "ours", SEEDS_HEADER, "paper"])
     columns = ["method"]
     for s in steps:
-        columns += [f"{_steps_name(s)} ours", f"{_steps_name(s)} {SEEDS_HEADER}",
-                    f"{_steps_name(s)} paper"]
+        columns += [f"{steps_name(s)} ours", f"{steps_name(s)} {SEEDS_HEADER}",
+                    f"{steps_name(s)} paper"]
     rows = []
     for method in methods:
         row = {"method": labels.get(method, method)}
         for s in steps:
-            row |= _cells(sub, method, s, metric_fmt, f"{_steps_name(s)} ")
+            row |= _cells(sub, method, s, metric_fmt, f"{steps_name(s)} ")
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
 
@@ -290,11 +302,7 @@ def _cells(sub: pd.DataFrame, method: str, step: int, metric_fmt: str, prefix: s
         if r["n"] > 0:
             half = (r["ci_high"] - r["ci_low"]) / 2
             ours = f"{format_number(metric_fmt, r['mean'])} ± {format_number(metric_fmt, half)}"
-            if not pd.isna(r["paper_in_ci"]):
-                ours += " ✓" if r["paper_in_ci"] else " ✗"
-            elif r["scale"] == PAPER_SCALE and not pd.isna(r["paper"]) and half >= TOO_WIDE * abs(
-                    r["mean"]):
-                ours += " (too wide to compare)"
+            ours += comparison_mark(r)
             if r["nonfinite"] > 0:  # diverged tasks: say how many, not just "nan"
                 ours += f" ({int(r['nonfinite'])}/{int(r['n'])} non-finite)"
             seeds = _seeds_cell(r, metric_fmt)
