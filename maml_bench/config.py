@@ -10,6 +10,7 @@ bounds stop values that would only exhaust memory or time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import types
@@ -236,10 +237,15 @@ def apply_overrides(config: C, overrides: dict[str, Any] | list[str]) -> C:
     return new
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # evaluates every annotation: milliseconds per call
+
+
 def parse_overrides(config: Any, overrides: dict[str, Any] | list[str]) -> dict[str, Any]:
     """The typed values of `overrides` (as `apply_overrides` takes them), not yet validated:
     an unknown setting or unparsable text is refused in one line."""
-    hints = typing.get_type_hints(type(config))
+    hints = _type_hints(type(config))
     fields = {f.name: f for f in dataclasses.fields(config)}  # type: ignore[arg-type]
     changes: dict[str, Any] = {}
     items = overrides.items() if isinstance(overrides, dict) else map(_split, overrides)

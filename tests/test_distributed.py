@@ -243,24 +243,42 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+STOP_ARGS = ["run", EXPERIMENT, "--method", "maml", "--scale", "tiny", "--set", "iterations=40",
+             "--set", "log_every=8", "--no-report"]
+
+
+def launch_stop_driver(driver: Path, out: Path, who: str | None) -> subprocess.CompletedProcess:
+    """The driver under torchrun; `who` (if any) sends the SIGTERM at iteration 25."""
+    env = {k: v for k, v in os.environ.items() if k != "STOP_WHO"}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(driver), *STOP_ARGS, "--out", str(out)], capture_output=True, text=True,
+        timeout=300, env={**env, **({"STOP_WHO": who} if who else {})})
+
+
+@pytest.fixture(scope="module")
+def stop_driver(tmp_path_factory) -> Path:
+    driver = tmp_path_factory.mktemp("driver") / "driver.py"
+    driver.write_text(STOP_DRIVER)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(stop_driver, tmp_path_factory) -> Path:
+    """One uninterrupted 2-process run, the reference for both ways of stopping."""
+    out = tmp_path_factory.mktemp("clean")
+    result = launch_stop_driver(stop_driver, out, None)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _run_dir(out, "maml")
+
+
 @pytest.mark.parametrize("who", ["launcher", "rank 1"])
-def test_sigterm_to_torchrun_stops_every_rank_after_one_iteration_and_resumes(tmp_path, who):
+def test_sigterm_to_torchrun_stops_every_rank_after_one_iteration_and_resumes(
+        stop_driver, uninterrupted_run, tmp_path, who):
     """torchrun forwards a SIGTERM to its workers (or one worker alone gets it): all ranks
     finish the same iteration, rank 0 checkpoints it, and the same command resumes to an
     uninterrupted 2-process run's numbers."""
-    driver = tmp_path / "driver.py"
-    driver.write_text(STOP_DRIVER)
-    args = ["run", EXPERIMENT, "--method", "maml", "--scale", "tiny", "--set", "iterations=40",
-            "--set", "log_every=8", "--no-report"]
-
-    def launch(out: Path, stop: bool) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if k != "STOP_WHO"}
-        return subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-             "2", str(driver), *args, "--out", str(out)], capture_output=True, text=True,
-            timeout=300, env={**env, **({"STOP_WHO": who} if stop else {})})
-
-    stopped = launch(tmp_path / "stopped", stop=True)
+    stopped = launch_stop_driver(stop_driver, tmp_path / "stopped", who)
     assert stopped.returncode != 0
     match = re.search(r"stopped after iteration (\d+), checkpoint written", stopped.stderr)
     assert match, stopped.stderr[-3000:]
@@ -269,11 +287,9 @@ def test_sigterm_to_torchrun_stops_every_rank_after_one_iteration_and_resumes(tm
     assert state["iteration"] == int(match.group(1)) > 25  # not the periodic one at 20
     assert not (run_dir / RECORDS_FILE).exists()
 
-    for out in (tmp_path / "stopped", tmp_path / "clean"):
-        result = launch(out, stop=False)
-        assert result.returncode == 0, result.stderr[-3000:]
-    clean = _run_dir(tmp_path / "clean", "maml")
+    result = launch_stop_driver(stop_driver, tmp_path / "stopped", None)
+    assert result.returncode == 0, result.stderr[-3000:]
     pd.testing.assert_frame_equal(_records(run_dir)[RECORD_COLUMNS],
-                                  _records(clean)[RECORD_COLUMNS])
+                                  _records(uninterrupted_run)[RECORD_COLUMNS])
     pd.testing.assert_frame_equal(pd.read_csv(run_dir / TRAIN_LOG_FILE),
-                                  pd.read_csv(clean / TRAIN_LOG_FILE))
+                                  pd.read_csv(uninterrupted_run / TRAIN_LOG_FILE))

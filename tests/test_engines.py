@@ -22,7 +22,7 @@ from maml_bench.results import RECORDS_FILE, check_run
 EXPERIMENT = "sinusoid-table2-v1"
 TINY = ["run", EXPERIMENT, "--scale", "tiny", "--method", "maml", "--no-report"]
 #: long enough to be killed mid-run after its first checkpoint, short enough for CI
-LONG = ["--set", "iterations=1500", "--set", "checkpoint_every=100", "--set", "log_every=100",
+LONG = ["--set", "iterations=600", "--set", "checkpoint_every=100", "--set", "log_every=100",
         "--set", "check_every=50"]
 
 

@@ -326,17 +326,26 @@ MINI_CASES = [(e, m, "csv") for e, m in MINI_PAIRS] + [
     and EXPERIMENTS.get(e).config.preprocessing == "suite"]
 
 
+@pytest.fixture(scope="module")
+def data_roots(generated, tmp_path_factory) -> dict[str, Path]:
+    """Per form, a data root holding the generated set under both folder names the real and
+    the demo experiments read (runs only read their data: one copy serves every case)."""
+    roots = {}
+    for form in ("csv", "pickle"):
+        roots[form] = tmp_path_factory.mktemp(f"root-{form}")
+        for name in ("miniimagenet", "miniimagenet-demo"):
+            shutil.copytree(generated[form], roots[form] / name)
+    return roots
+
+
 @pytest.mark.parametrize(("experiment", "method", "form"), MINI_CASES)
-def test_every_miniimagenet_experiment_runs_end_to_end(experiment, method, form, generated,
+def test_every_miniimagenet_experiment_runs_end_to_end(experiment, method, form, data_roots,
                                                        tmp_path, monkeypatch):
     """Each algorithm x MiniImagenet experiment at tiny scale on generated data in each real
     format (the real and the demo experiments read the same formats)."""
     from maml_bench.runner import execute, plan_runs
 
-    data = tmp_path / "data"
-    for name in ("miniimagenet", "miniimagenet-demo"):
-        shutil.copytree(generated[form], data / name)
-    monkeypatch.setenv(DATA_ENV, str(data))
+    monkeypatch.setenv(DATA_ENV, str(data_roots[form]))
     (run,) = plan_runs(experiment, "tiny", [], [method], None, tmp_path / "out")
     records = pd.read_csv(execute(run, progress=False) / "records.csv.gz")
     assert len(records) == run.config.test_tasks * (run.config.eval_steps + 1)

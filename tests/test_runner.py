@@ -114,42 +114,51 @@ def run_cli(args: list[str], env: dict[str, str] | None = None):
                           timeout=300)
 
 
-def resume_and_compare(args: list[str], interrupted: Path, clean: Path) -> pd.DataFrame:
-    """Resume the run under `interrupted` with the same command, run it uninterrupted under
-    `clean`, and require identical records and training logs (nothing lost or duplicated);
-    returns the resumed run's training log."""
-    for out in (interrupted, clean):
-        done = run_cli([*args, "--out", str(out)])
-        assert done.returncode == 0, done.stderr
-    run_dir, clean_dir = (out / "sinusoid-table2-v1" / "raw" / "maml" / "seed-0"
-                          for out in (interrupted, clean))
+#: the interrupted runs' command (log rows every 8: a stop between rows keeps the partial sum)
+STOP_ARGS = ["run", "--method", "maml", "--scale", "tiny", "--set", "iterations=40",
+             "--set", "log_every=8", "--no-report"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """STOP_ARGS run without interruption, in a process of its own as the others."""
+    out = tmp_path_factory.mktemp("clean")
+    done = run_cli([*STOP_ARGS, "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    return out / "sinusoid-table2-v1" / "raw" / "maml" / "seed-0"
+
+
+def resume_and_compare(interrupted: Path, clean_dir: Path) -> pd.DataFrame:
+    """Resume the run under `interrupted` with the same command and require the records and
+    training log of the uninterrupted run (nothing lost or duplicated); returns the resumed
+    run's training log."""
+    done = run_cli([*STOP_ARGS, "--out", str(interrupted)])
+    assert done.returncode == 0, done.stderr
+    run_dir = interrupted / "sinusoid-table2-v1" / "raw" / "maml" / "seed-0"
     pd.testing.assert_frame_equal(values(run_dir), values(clean_dir))
     log = pd.read_csv(run_dir / "train_log.csv")
     pd.testing.assert_frame_equal(log, pd.read_csv(clean_dir / "train_log.csv"))
     return log
 
 
-def test_killed_run_resumes_without_losing_or_duplicating(tmp_path):
-    args = ["run", "--method", "maml", "--scale", "tiny", "--set", "iterations=40",
-            "--no-report"]
-    killed = run_cli([*args, "--out", str(tmp_path / "killed")], {"KILL_AT": "25"})
+def test_killed_run_resumes_without_losing_or_duplicating(tmp_path, uninterrupted):
+    killed = run_cli([*STOP_ARGS, "--out", str(tmp_path / "killed")], {"KILL_AT": "25"})
     assert killed.returncode == -9, killed.stderr
     run_dir = tmp_path / "killed" / "sinusoid-table2-v1" / "raw" / "maml" / "seed-0"
     assert (run_dir / CHECKPOINT_FILE).exists()
     assert not (run_dir / RECORDS_FILE).exists()
     assert torch.load(run_dir / CHECKPOINT_FILE, weights_only=False)["iteration"] == 20
 
-    log = resume_and_compare(args, tmp_path / "killed", tmp_path / "clean")
+    log = resume_and_compare(tmp_path / "killed", uninterrupted)
     assert log["iteration"].is_unique
 
 
-def test_a_stop_checkpoints_the_iteration_in_flight_and_resumes_exactly(tmp_path):
+def test_a_stop_checkpoints_the_iteration_in_flight_and_resumes_exactly(tmp_path,
+                                                                       uninterrupted):
     """SIGTERM (or Ctrl-C) mid-iteration: the iteration finishes, a checkpoint is written
     right there with the loss summed since the last log row, exit 130; the same command then
     resumes from it to the numbers and training log of an uninterrupted run."""
-    args = ["run", "--method", "maml", "--scale", "tiny", "--set", "iterations=40",
-            "--set", "log_every=8", "--no-report"]
-    stopped = run_cli([*args, "--out", str(tmp_path / "stopped")],
+    stopped = run_cli([*STOP_ARGS, "--out", str(tmp_path / "stopped")],
                       {"KILL_AT": "25", "KILL_SIGNAL": "SIGTERM"})
     assert stopped.returncode == 130, stopped.stderr
     assert "stopped after iteration 26, checkpoint written" in stopped.stderr
@@ -159,7 +168,7 @@ def test_a_stop_checkpoints_the_iteration_in_flight_and_resumes_exactly(tmp_path
     assert state["iteration"] == 26 and state["pending"]["steps"] == 2  # 25, 26 after row 24
     assert not (run_dir / RECORDS_FILE).exists()
 
-    resume_and_compare(args, tmp_path / "stopped", tmp_path / "clean")
+    resume_and_compare(tmp_path / "stopped", uninterrupted)
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from maml_bench.progress import say
 from maml_bench.run_spec import RunSpec
 
 POLL_SECONDS = 1.0
+LOCAL_RESULT_WAIT_S = 1
 
 
 def run_on_submitit(todo: list[RunSpec], options: EngineOptions, summary: Summary,
@@ -119,7 +120,13 @@ def _submit(executor: Any, job_fn: Any, runs: list[RunSpec], options: EngineOpti
         return []
     if options.engine == "slurm":  # one job array
         return executor.map_array(job_fn, runs, [options.cpus_per_run] * len(runs))
-    return [executor.submit(job_fn, run, options.cpus_per_run) for run in runs]
+    jobs = [executor.submit(job_fn, run, options.cpus_per_run) for run in runs]
+    for job in jobs:
+        # submitit waits up to 15 s for the result file of an ended job, for shared file
+        # systems that show it late; a local job writes to this machine's disk, so a job with
+        # no file after 1 s was killed, and its retry need not wait
+        job._results_timeout_s = LOCAL_RESULT_WAIT_S
+    return jobs
 
 
 def _result(job: Any, run: RunSpec) -> JobResult | None:
