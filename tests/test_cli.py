@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 
 from maml_bench.cli import main
+from maml_bench.progress import duration
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -126,3 +128,21 @@ def test_help_of_every_command(command, capsys):
         main([*command, "--help"])
     assert done.value.code == 0
     assert "usage: maml-bench" in capsys.readouterr().out
+
+
+def test_show_times_each_scale_by_a_committed_run(tmp_path, monkeypatch, capsys):
+    """The scales' times are a committed run's measured pace times their iterations (the
+    results/ of the working directory before the checkout's), and that run is named."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--scale", "tiny", "--method", "maml", "--no-report",
+                 "--out", "results"]) == 0
+    info = tmp_path / "results" / "sinusoid-table2-v1" / "raw" / "maml" / "seed-0" / "run.json"
+    seconds = json.loads(info.read_text())["train_seconds"]
+    iterations = json.loads(info.read_text())["iterations"]
+    capsys.readouterr()
+    main(["show", "sinusoid-table2-v1"])
+    out = capsys.readouterr().out
+    paper = next(line for line in out.splitlines() if line.startswith("  paper "))
+    assert f"[about {duration(seconds / iterations * 70_000)} of MAML training]" in paper
+    assert "measured by the committed run results/sinusoid-table2-v1/raw/maml/seed-0" in out
+    assert "tiny" in out and "for tests" in out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from pathlib import Path
 
 from maml_bench.domains import (
     describe_field,
@@ -15,6 +16,7 @@ from maml_bench.domains import (
     same_identity,
     show_value,
 )
+from maml_bench.progress import duration
 
 
 def add_parser(sub: typing.Any) -> None:
@@ -49,6 +51,17 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(f"  {name:<{width}} {text}")
 
 
+def _committed_pace(experiment_id: str, method: str) -> tuple[float, Path, dict] | None:
+    """The pace of the method's committed run: results/ here, else this checkout's."""
+    from maml_bench.report.experiment import measured_pace
+
+    for results in (Path("results"), Path(__file__).resolve().parents[2] / "results"):
+        found = measured_pace(experiment_id, results, method) if results.is_dir() else None
+        if found:
+            return found
+    return None
+
+
 def first_sentence(doc: str) -> str:
     """A docstring's first sentence on one line (its first paragraph if no sentence ends)."""
     import re
@@ -69,8 +82,19 @@ def cmd_show(args: argparse.Namespace) -> None:
         print(f"  {m.algorithm:<18} {m.label} ({m.seeds})" + (f"; its settings: {own}" if own
                                                                else ""))
     print("\nscales:")
+    first = exp.methods[0]  # MAML (or MAML-TRPO): the method the scales are named for
+    pace = _committed_pace(exp.id, first.algorithm)
     for name, scale in exp.scales.items():
-        print(f"  {name:<6} {scale.description}")
+        iterations = scale.overrides.get("iterations", getattr(exp.config, "iterations", None))
+        guess = (f" [about {duration(pace[0] * iterations)} of {first.label} training]"
+                 if pace and iterations and name != "tiny" else "")
+        print(f"  {name:<6} {scale.description}{guess}")
+    if pace:
+        seconds, path, info = pace
+        print(f"  (times: {seconds:.3g} s per meta-iteration, measured by the committed run "
+              f"{path.parent} ({info['iterations']:,} iterations, {info.get('world_size', 1)} "
+              f"process(es), {info.get('date', '?')[:10]}) on the machine that made it; "
+              "evaluation not included)")
     print("\nsettings (--set KEY=VALUE; default, then meaning and valid values):")
     docs = _field_docs(type(exp.config))
     methods = {m.algorithm for m in exp.methods}

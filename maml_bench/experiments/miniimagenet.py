@@ -58,10 +58,10 @@ def miniimagenet(shots: int, demo: bool = False) -> Experiment:
             "not comparable with the paper)" if demo else "paper Table 1")
     scales = {
         "paper": Scale("the paper's protocol: 60,000 meta-iterations"),
-        "quick": Scale("minutes: 300 meta-iterations, 100 test episodes",
+        "quick": Scale("a smoke check: 300 meta-iterations, 100 test episodes",
                        overrides={"iterations": 300, "test_tasks": 100, "val_tasks": 20,
                                   "val_every": 100, "checkpoint_every": 100}, seeds=1),
-        "tiny": Scale("seconds, for tests: 2 meta-iterations, 4 filters",
+        "tiny": Scale("for tests: 2 meta-iterations, 4 filters",
                       overrides={"iterations": 2, "meta_batch": 2, "test_tasks": 4,
                                  "val_tasks": 2, "filters": 4, "eval_chunk": 2, "eval_steps": 2,
                                  "inner_steps": 1, "train_query": 2, "val_every": 2,

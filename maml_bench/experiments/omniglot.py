@@ -101,11 +101,11 @@ def omniglot(ways: int, shots: int, network: str = "conv") -> Experiment:
         metric="accuracy",
         scales={
             "paper": Scale("the paper's protocol: 60,000 meta-iterations"),
-            "quick": Scale("minutes: 1,000 meta-iterations, 200 test episodes",
+            "quick": Scale("a smoke check: 1,000 meta-iterations, 200 test episodes",
                            overrides={"iterations": 1_000, "test_tasks": 200, "val_every": 250,
                                       "checkpoint_every": 250}, seeds=1),
             **_long_scale(ways, shots, network),
-            "tiny": Scale("seconds, for tests: 4 meta-iterations of 2 tasks, 8 filters",
+            "tiny": Scale("for tests: 4 meta-iterations of 2 tasks, 8 filters",
                           overrides={"iterations": 4, "meta_batch": 2, "test_tasks": 4,
                                      "val_tasks": 2, "filters": 8, "eval_chunk": 2,
                                      "val_every": 2, "checkpoint_every": 2, "check_every": 2,

@@ -36,8 +36,8 @@ NAVIGATION = Experiment(
     scales={
         "paper": Scale("the paper's protocol: 500 meta-iterations of 20 tasks x 20 "
                        "trajectories, 40 test tasks x 40 trajectories"),
-        "quick": Scale("minutes: 30 meta-iterations", overrides={"iterations": 30}, seeds=1),
-        "tiny": Scale("seconds, for tests: 2 meta-iterations of 2 tasks x 2 short trajectories",
+        "quick": Scale("a smoke check: 30 meta-iterations", overrides={"iterations": 30}, seeds=1),
+        "tiny": Scale("for tests: 2 meta-iterations of 2 tasks x 2 short trajectories",
                       overrides={"iterations": 2, "meta_batch": 2, "train_shots": 2,
                                  "eval_shots": (2,), "test_tasks": 2, "horizon": 10,
                                  "hidden": (8, 8), "checkpoint_every": 1, "render": False},
@@ -133,7 +133,7 @@ def locomotion(name: str, env: str, title: str, episodes: int,
             "quick": Scale("a smoke scale: 10 meta-iterations of 10 tasks, 10 test tasks",
                            overrides={"iterations": 10, "meta_batch": 10, "test_tasks": 10},
                            seeds=1),
-            "tiny": Scale("seconds, for tests", overrides={
+            "tiny": Scale("for tests", overrides={
                 "iterations": 1, "meta_batch": 2, "train_shots": 2, "eval_shots": (2,),
                 "test_tasks": 2, "horizon": 5, "hidden": (8, 8), "checkpoint_every": 1,
                 "render": False}, seeds=1),

@@ -34,14 +34,14 @@ SINUSOID_TABLE2 = Experiment(
     scales={
         "paper": Scale("the paper's protocol: 70,000 meta-iterations, 500 multi-task regressors"),
         "quick": Scale(
-            "a few minutes: 4,000 meta-iterations, 50 multi-task regressors",
+            "a smoke check: 4,000 meta-iterations, 50 multi-task regressors",
             overrides={"iterations": 4_000, "checkpoint_every": 1_000, "log_every": 200,
                        "multitask_networks": 50, "multitask_steps": 2_000,
                        "multitask_chunk": 25},
             seeds=1,
         ),
         "tiny": Scale(
-            "seconds, for tests: a handful of iterations and tasks",
+            "for tests: a handful of iterations and tasks",
             overrides={"iterations": 20, "checkpoint_every": 10, "check_every": 5,
                        "log_every": 5, "test_tasks": 12, "val_tasks": 6, "eval_steps": 3,
                        "eval_chunk": 5, "finetune_lrs": (0.01, 0.1), "multitask_networks": 4,

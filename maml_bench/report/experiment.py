@@ -83,6 +83,25 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def measured_pace(experiment_id: str, results: Path, method: str = "maml"
+                  ) -> tuple[float, Path, dict[str, Any]] | None:
+    """Seconds per meta-iteration of `method`'s committed run of this experiment that trained
+    longest under `results` (any output folder in it), with its run.json path and content; None
+    without one. What `show` scales its time estimates by: a measurement, not a guess."""
+    best: tuple[float, Path, dict[str, Any]] | None = None
+    for info_file in sorted(results.glob(f"**/{experiment_id}/raw/{method}/seed-*/"
+                                         f"{RUN_INFO_FILE}")):
+        try:
+            info = _read_json(info_file)
+        except UserError:  # not a run.json this suite wrote: no measurement
+            continue
+        if not info or not info.get("iterations") or not info.get("train_seconds"):
+            continue
+        if best is None or int(info["iterations"]) > int(best[2]["iterations"]):
+            best = (float(info["train_seconds"]) / int(info["iterations"]), info_file, info)
+    return best
+
+
 def experiment_records(experiment_id: str, out: Path) -> pd.DataFrame:
     """Every record of the experiment, with a `scale` column per run (see `scale_of`)."""
     files = find_record_files(out, experiment_id)
