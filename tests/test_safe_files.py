@@ -124,6 +124,17 @@ def test_committed_checkpoints_load_with_weights_only(relative):
     assert isinstance(state["algorithm"], dict) and state["iteration"] > 0
 
 
+def test_every_committed_run_verifies_against_its_run_json():
+    """The committed records are what their runs wrote: each file's rows and checksum match
+    its run.json (a hand-edited or truncated file fails here, and every report refuses it)."""
+    from maml_bench.results import check_run
+
+    runs = sorted(p.parent for p in (ROOT / "results").glob(f"**/{RECORDS_FILE}"))
+    assert runs, "results/ holds committed runs"
+    problems = {str(r.relative_to(ROOT)): why for r in runs if (why := check_run(r)[0])}
+    assert problems == {}
+
+
 @pytest.fixture
 def umask():
     before = os.umask(0o022)
