@@ -3,7 +3,8 @@ the band of the committed baseline (benchmarks/baseline.json, checked by
 `python -m maml_bench.benchcheck`). A change that breaks learning without breaking a unit test
 shows here.
 
-Written to $MAML_BENCH_ACCURACY (default results/benchmarks/accuracy-regression.json).
+Written to $MAML_BENCH_ACCURACY (default runs/benchmarks/accuracy-regression.json;
+the committed copy is results/benchmarks/accuracy-regression.json).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from maml_bench.runner import plan_runs
 from maml_bench.tasks import BENCHMARKS
 from maml_bench.tasks.fewshot.data_root import data_root
 
-OUT = Path(os.environ.get("MAML_BENCH_ACCURACY", "results/benchmarks/accuracy-regression.json"))
+OUT = Path(os.environ.get("MAML_BENCH_ACCURACY", "runs/benchmarks/accuracy-regression.json"))
 RESULTS: dict[str, float] = {}
 
 

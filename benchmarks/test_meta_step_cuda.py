@@ -9,7 +9,8 @@ is checked against the per-task reference on the CPU (`test_cuda_meta_gradient_m
 Every step includes sampling-free work only (a fixed batch already on the device), the meta-loss,
 its backward through the inner loop and an Adam update, then a `torch.cuda.synchronize()` so that
 the timer sees the finished work. Ratios compare timings taken in the same run; the table is
-written to `$MAML_BENCH_CUDA_OUT` (default `results/benchmarks/`) as
+written to `$MAML_BENCH_CUDA_OUT` (default `runs/benchmarks/`;
+the committed copies are in `results/benchmarks/`) as
 `meta-step-cuda-<device>.json`.
 """
 
@@ -237,7 +238,7 @@ def write_table() -> None:
         if r["order"] == "second" and fo:
             r["second_over_first_time"] = r["min_ms"] / fo["min_ms"]
             r["second_over_first_memory"] = r["peak_extra_mib"] / max(fo["peak_extra_mib"], 1e-9)
-    out = Path(os.environ.get("MAML_BENCH_CUDA_OUT", "results/benchmarks"))
+    out = Path(os.environ.get("MAML_BENCH_CUDA_OUT", "runs/benchmarks"))
     out.mkdir(parents=True, exist_ok=True)
     payload = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                "cuda": torch.version.cuda, "tf32_cudnn": torch.backends.cudnn.allow_tf32,

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(not (data_root() / "omniglot").is_dir(),
 EXPERIMENT = "omniglot-5w1s-noconv-v1"
 TIMES: dict[str, float] = {}
 OUT = Path(os.environ.get("MAML_BENCH_NOCONV_RATIOS",
-                          "results/benchmarks/omniglot-noconv-meta-step-cpu.json"))
+                          "runs/benchmarks/omniglot-noconv-meta-step-cpu.json"))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ comparison that travels between machines (the committed baseline's). On a machin
 CPUs, also the whole machine: ours as a lone run there takes it (task_threads=auto: the tasks
 split over every CPU) against the per-task loop on as many torch threads.
 
-Written to $MAML_BENCH_OMNIGLOT_RATIOS (default results/benchmarks/omniglot-meta-step-cpu.json).
+Written to $MAML_BENCH_OMNIGLOT_RATIOS (default runs/benchmarks/omniglot-meta-step-cpu.json;
+the committed copy is results/benchmarks/omniglot-meta-step-cpu.json).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ TIMES: dict[str, float] = {}
 MEDIANS: dict[str, float] = {}
 MAML_PATH: dict[str, str] = {}
 OUT = Path(os.environ.get("MAML_BENCH_OMNIGLOT_RATIOS",
-                          "results/benchmarks/omniglot-meta-step-cpu.json"))
+                          "runs/benchmarks/omniglot-meta-step-cpu.json"))
 
 
 def maml_for(experiment: str):

@@ -3,7 +3,8 @@
 default, `rl/fisher.py`) against the exact products that differentiate the KL's gradient,
 timed in the same run.
 
-Written to $MAML_BENCH_META_UPDATE (default results/benchmarks/rl-meta-update-cpu.json).
+Written to $MAML_BENCH_META_UPDATE (default runs/benchmarks/rl-meta-update-cpu.json;
+the committed copy is results/benchmarks/rl-meta-update-cpu.json).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from maml_bench.rl.maml_rl import maml_trpo_step  # noqa: E402
 from maml_bench.runner import plan_runs  # noqa: E402
 from maml_bench.tasks.rl import MetaRL  # noqa: E402
 
-OUT = Path(os.environ.get("MAML_BENCH_META_UPDATE", "results/benchmarks/rl-meta-update-cpu.json"))
+OUT = Path(os.environ.get("MAML_BENCH_META_UPDATE", "runs/benchmarks/rl-meta-update-cpu.json"))
 TIMES: dict[str, float] = {}
 
 

@@ -6,7 +6,8 @@ Also the policy calls alone (T calls on [N, B, obs_dim]): the floor the sampler 
 
 Sizes: ``MAML_BENCH_SAMPLER_SCALE=full`` (default; navigation 20 tasks x 20 episodes x 100
 steps, the paper's meta-batch; cheetah 8 x 5 x 100) or ``tiny`` (2 x 2 x 10, a smoke run).
-Written to ``$MAML_BENCH_SAMPLER_RATIOS`` (default results/benchmarks/rl-sampler-cpu.json).
+Written to ``$MAML_BENCH_SAMPLER_RATIOS`` (default runs/benchmarks/rl-sampler-cpu.json;
+the committed copy is results/benchmarks/rl-sampler-cpu.json).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from maml_bench.rl.sampler import Sampler, reset_seed, scale_actions  # noqa: E4
 SCALE = os.environ.get("MAML_BENCH_SAMPLER_SCALE", "full")
 if SCALE not in ("full", "tiny"):
     raise ValueError(f"MAML_BENCH_SAMPLER_SCALE must be full or tiny, got {SCALE!r}")
-OUT = Path(os.environ.get("MAML_BENCH_SAMPLER_RATIOS", "results/benchmarks/rl-sampler-cpu.json"))
+OUT = Path(os.environ.get("MAML_BENCH_SAMPLER_RATIOS", "runs/benchmarks/rl-sampler-cpu.json"))
 
 # name -> (env id, tasks, episodes per task, horizon, sampler rounds, plain-loop rounds)
 CASES = {
