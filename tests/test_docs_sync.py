@@ -122,3 +122,123 @@ def test_a_pooled_root_counts_each_folders_tasks(tiny_repo):
     sync_docs(tiny_repo, write=True, report=lambda line: None)
     low, high = page.read_text().split("-->")[1].split("<!--")[0].split("-")
     assert low == high  # two copies of one draw
+
+
+# --- include and cell markers: numbers from committed results files (benchmarks, profiles) ---
+
+BENCH_MD = """# A benchmark
+
+Some prose: 12 ms here is not a table.
+
+| configuration | loop | ours | loop / ours |
+|---|---|---|---|
+| small | 1329 | 1,249 | **1.06x** |
+| big | 10393 | 9059 | 1.15x |
+
+## Second part
+
+| case | path | ms (median) |
+|---|---|---|
+| a | fused | 2.97 (3.02) |
+"""
+BENCH_CSV = ("config,steps,so_ms,share\nsmall,1,297.4,0.0096\nsmall,5,1138.2,0.01\n"
+             "big,1,2904.9,0.5\n")
+BENCH_JSON = {"min_ms": {"ours": 321.58, "loop": 479.57}, "ratio": 1.4913, "steps": [135703.35]}
+
+
+@pytest.fixture
+def bench_repo(tmp_path):
+    (tmp_path / "docs").mkdir()
+    bench = tmp_path / "results" / "benchmarks"
+    bench.mkdir(parents=True)
+    (bench / "b.md").write_text(BENCH_MD)
+    (bench / "b.csv").write_text(BENCH_CSV)
+    (bench / "b.json").write_text(json.dumps(BENCH_JSON))
+    return tmp_path
+
+
+def _render(repo: Path, markers: str) -> str:
+    """The page written from `markers` (each with an empty body), regenerated."""
+    page = repo / "docs" / "page.md"
+    page.write_text(markers)
+    sync_docs(repo, write=True, report=lambda line: None)
+    return page.read_text()
+
+
+def _bodies(text: str) -> list[str]:
+    return [m.group(3) for m in MARKER.finditer(text)]
+
+
+def test_an_include_copies_a_results_table(bench_repo):
+    text = _render(bench_repo, "<!-- include: results/benchmarks/b.md -->\n<!-- end -->\n\n"
+                   "<!-- include: results/benchmarks/b.md after='Second part' -->\n<!-- end -->\n"
+                   "<!-- include: results/benchmarks/b.md table=1 "
+                   "columns='configuration,loop / ours' where=configuration=big -->\n"
+                   "<!-- end -->\n")
+    first, second, picked = _bodies(text)
+    assert first == "\n" + "\n".join(BENCH_MD.splitlines()[4:8]) + "\n\n"  # verbatim
+    assert second == ("\n| case | path | ms (median) |\n|---|---|---|\n"
+                      "| a | fused | 2.97 (3.02) |\n\n")
+    assert picked == "\n| configuration | loop / ours |\n|---|---|\n| big | 1.15x |\n\n"
+
+
+@pytest.mark.parametrize("marker, expected", [
+    # a Markdown cell as written (emphasis dropped), its nth number, a ratio and a range of rows
+    ("results/benchmarks/b.md row=small column='loop / ours'", "1.06x"),
+    ("results/benchmarks/b.md row=small column=ours", "1,249"),
+    ("results/benchmarks/b.md after='Second part' where=case=a,path=fused column='ms (median)' "
+     "nth=2", "3.02"),
+    ("results/benchmarks/b.md row=big column=loop scale=1/1000 digits=1 suffix=' s'", "10.4 s"),
+    ("results/benchmarks/b.md row='*' column=loop over=ours form=range digits=2 suffix=x",
+     "1.06-1.15x"),
+    ("results/benchmarks/b.md row='*' column=loop form=max sep=, digits=0", "10,393"),
+    # a CSV row by filters, a JSON value by its key, a regular expression's match
+    ("results/benchmarks/b.csv where=config=small,steps=1 column=so_ms digits=0", "297"),
+    ("results/benchmarks/b.csv where=config=small,steps=1 column=share scale=100 digits=1 "
+     "suffix=%", "1.0%"),
+    ("results/benchmarks/b.json key=min_ms.ours sig=3", "322"),
+    ("results/benchmarks/b.json key=min_ms.loop over=min_ms.ours digits=2 suffix=x", "1.49x"),
+    ("results/benchmarks/b.json key=steps.0 sig=4 sep=,", "135,700"),
+    ("results/benchmarks/b.json key=ratio sig=2", "1.5"),
+    ("results/benchmarks/b.md match='prose: (\\d+) ms'", "12"),
+])
+def test_a_cell_renders_one_number(bench_repo, marker, expected):
+    (body,) = _bodies(_render(bench_repo, f"It took <!-- cell: {marker} -->?<!-- end -->.\n"))
+    assert body == expected
+
+
+def test_a_changed_results_file_makes_the_page_stale(bench_repo, capsys):
+    page = bench_repo / "docs" / "page.md"
+    written = _render(bench_repo, "<!-- include: results/benchmarks/b.md -->\n<!-- end -->\n"
+                      "<!-- cell: results/benchmarks/b.json key=ratio digits=2 -->?<!-- end -->\n")
+    assert main(["docs", "--repo", str(bench_repo), "--check"]) == 0
+    (bench_repo / "results" / "benchmarks" / "b.json").write_text(
+        json.dumps({**BENCH_JSON, "ratio": 1.61}))
+    assert main(["docs", "--repo", str(bench_repo), "--check"]) == 1
+    assert "stale: docs/page.md" in capsys.readouterr().out
+    assert page.read_text() == written
+    assert main(["docs", "--repo", str(bench_repo)]) == 0
+    assert "-->1.61<!-- end -->" in page.read_text()
+
+
+@pytest.mark.parametrize("marker, expected", [
+    ("<!-- cell: ../outside.json key=a -->x<!-- end -->", "outside the repository"),
+    ("<!-- cell: results/benchmarks/nope.json key=a -->x<!-- end -->", "no file"),
+    ("<!-- cell: results/benchmarks/b.json key=min_ms.nobody -->x<!-- end -->", "no key"),
+    ("<!-- cell: results/benchmarks/b.md row=nobody column=loop -->x<!-- end -->",
+     "no row matches"),
+    ("<!-- cell: results/benchmarks/b.md row='*' column=loop -->x<!-- end -->", "2 rows match"),
+    ("<!-- cell: results/benchmarks/b.md row=small column=nothing -->x<!-- end -->",
+     "no column 'nothing'"),
+    ("<!-- cell: results/benchmarks/b.csv where=config column=so_ms -->x<!-- end -->",
+     "expected COLUMN=VALUE"),
+    ("<!-- cell: results/benchmarks/b.md row=small column=loop colour=red -->x<!-- end -->",
+     "unknown option(s) colour"),
+    ("<!-- include: results/benchmarks/b.md table=3 -->\n<!-- end -->", "not a table 3"),
+    ("<!-- include: results/benchmarks/b.md after=Nowhere -->\n<!-- end -->",
+     "no heading starting with 'Nowhere'"),
+])
+def test_a_bad_file_marker_is_one_line(bench_repo, capsys, marker, expected):
+    (bench_repo / "docs" / "page.md").write_text(marker + "\n")
+    assert_refused(*run_cli(capsys, ["docs", "--repo", str(bench_repo)]),
+                   f"docs/page.md: bad marker '{marker.split(' -->')[0]} -->'", expected)

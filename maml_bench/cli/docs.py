@@ -1,6 +1,6 @@
 """`maml-bench docs`: regenerate the numbers in README.md and docs/ from the committed records
-(`maml_bench/report/docs.py` finds the markers and computes them), or with --check list the
-pages whose numbers differ."""
+and results files (`maml_bench/report/docs.py` finds the markers and computes them), or with
+--check list the pages whose numbers differ."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from maml_bench.errors import UserError
 
 
 def add_parser(sub: typing.Any) -> None:
-    text = ("regenerate the numbers in README.md and docs/ from the committed records: every "
-            "table and value between a '<!-- table: ... -->' or '<!-- value: ... -->' marker "
-            "and '<!-- end -->' (maml_bench/report/docs.py says how to write one)")
+    text = ("regenerate the numbers in README.md and docs/ from the committed records and "
+            "results files: every table and value between a '<!-- table: ... -->', "
+            "'<!-- value: ... -->', '<!-- include: ... -->' or '<!-- cell: ... -->' marker and "
+            "'<!-- end -->' (maml_bench/report/docs.py says how to write one)")
     p = sub.add_parser("docs", help="regenerate the docs' numbers from results/",
                        description=text[0].upper() + text[1:] + ".")
     p.add_argument("--check", action="store_true",
