@@ -29,7 +29,10 @@ def test_the_committed_pages_match_the_committed_records():
 def test_the_pages_hold_generated_numbers():
     """The check above would pass on pages without markers: the main tables are generated."""
     marked = {p.name for p in pages(REPO) if MARKER.search(p.read_text(encoding="utf-8"))}
-    assert {"omniglot.md", "miniimagenet.md"} <= marked
+    assert {"omniglot.md", "miniimagenet.md", "speed.md", "profile.md", "ci-benchmarks.md",
+            "scale-out.md"} <= marked
+    kinds = {m.group(1) for p in pages(REPO) for m in MARKER.finditer(p.read_text("utf-8"))}
+    assert {"table", "value", "include", "cell"} <= kinds
 
 
 @pytest.fixture(scope="module")
