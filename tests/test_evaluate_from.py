@@ -83,13 +83,17 @@ def test_omniglot_with_more_test_queries(tmp_path):
 
 CHANGED = {"test_seed": 5, "test_tasks": 3, "eval_chunk": 1, "test_query": 2,
            "eval_shots": (1, 2), "evaluate_checkpoint": "last", "render": False,
-           "test_lr": 0.3, "test_lr_later": 0.25, "test_min_steps": 30}
+           "test_lr": 0.3, "test_lr_later": 0.25, "test_min_steps": 30,
+           # lake-runs -> episodes (omniglot-20w1s-lake-v1); the Lake runs need the background
+           # split and 20-way 1-shot, so the other Omniglot cases keep their episodes
+           "test_set": "episodes"}
 
 
 @pytest.mark.parametrize(("experiment", "method"), [
     ("sinusoid-table2-v1", "maml"), ("sinusoid-table2-v1", "pretrain"),
     ("omniglot-5w1s-v1", "maml"), ("omniglot-5w1s-v1", "protonets"),
-    ("omniglot-5w1s-v1", "metalstm"), ("navigation2d-v1", "maml-trpo")])
+    ("omniglot-5w1s-v1", "metalstm"), ("omniglot-20w1s-lake-v1", "fomaml"),
+    ("navigation2d-v1", "maml-trpo")])
 def test_evaluation_only_settings_do_not_change_what_is_trained(experiment, method, tmp_path):
     """The claim `--evaluate-from` rests on: every setting declared evaluation-only, changed
     all at once, leaves the trained parameters bit for bit as they were."""

@@ -105,8 +105,8 @@ def add_parser(sub: typing.Any) -> None:
     p.add_argument("--evaluate-from", type=existing_dir, default=None, metavar="DIR",
                    help="train nothing: meta-test the finished runs under DIR (trained with this "
                    "command's scale and --set) again under this command's evaluation-only "
-                   "settings (test_query, test_seed, test_tasks, eval_shots, eval_chunk; RL: "
-                   "evaluate_checkpoint, render), "
+                   "settings (test_query, test_seed, test_tasks, eval_shots, eval_chunk; "
+                   "Omniglot: test_set; RL: evaluate_checkpoint, render), "
                    "e.g. --set test_query=15 or --grid test_seed=1,2,3, writing records, "
                    "tables and figures under --out")
     _add_engine_options(p)

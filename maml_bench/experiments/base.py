@@ -76,6 +76,9 @@ class Experiment:
     tables: tuple[TableSpec, ...] = ()
     figures: tuple[FigureSpec, ...] = ()
     notes: str = ""
+    paper_labels: dict[str, str] = field(default_factory=dict)
+    """names in tables of paper rows that no method here runs (others' published results, e.g.
+    people on Lake et al.'s one-shot runs)"""
 
     def method(self, algorithm: str) -> MethodSpec:
         for spec in self.methods:
@@ -87,7 +90,7 @@ class Experiment:
         raise UserError(f"{self.id} has no method {algorithm!r}; its methods: {known}")
 
     def labels(self) -> dict[str, str]:
-        return {m.algorithm: m.label for m in self.methods}
+        return {**self.paper_labels, **{m.algorithm: m.label for m in self.methods}}
 
     def paper_frame(self) -> pd.DataFrame:
         rows = [

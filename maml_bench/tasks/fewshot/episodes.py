@@ -23,6 +23,9 @@ from maml_bench.models import MLP, Conv4
 from maml_bench.tasks.base import SupervisedBenchmark
 from maml_bench.tasks.fewshot import pools
 
+#: Lake et al.'s one-shot runs (test_set=lake-runs): how many, and their ways
+LAKE_RUNS = 20
+LAKE_WAYS = 20
 #: the algorithms that apply `loss_convention` (MAML's inner loop with inner_lr)
 REFERENCE_LOSS = ("maml", "fomaml", "anil", "context-vector", "maml-authors")
 
@@ -34,9 +37,13 @@ class FewShotConfig(MetaConfig):
     dataset: str = setting("omniglot", OneOf(("omniglot", "miniimagenet", "miniimagenet-demo")))
     """folder under the data root (--data-root or MAML_BENCH_DATA); miniimagenet-demo: data
     generated in MiniImagenet's formats by `maml-bench data synth miniimagenet`"""
-    split: str = setting("maml", OneOf(("maml", "vinyals")))
+    split: str = setting("maml", OneOf(("maml", "vinyals", "background")))
     """class split: maml (Omniglot: 1,100 / 100 / 423 characters; MiniImagenet: its CSVs) |
-    vinyals (Omniglot: the 1,028 / 172 / 423 characters of Vinyals et al. 2016)"""
+    vinyals (Omniglot: the 1,028 / 172 / 423 characters of Vinyals et al. 2016) | background
+    (Omniglot: train and val on images_background only, 845 / 119 characters, test the 659 of
+    images_evaluation, so Lake et al.'s one-shot runs are new alphabets; validation is 4 whole
+    background alphabets (at least the MAML split's 100 characters, `omniglot.background_split`),
+    so it measures new alphabets as the runs do)"""
     ways: int = setting(5, Number(int, 2, 100))
     """N classes per episode"""
     rotations: str = setting("per-episode", OneOf(("per-episode", "none")))
@@ -76,6 +83,11 @@ class FewShotConfig(MetaConfig):
     """the images as the suite prepares them | reference: as the reference code's did (Omniglot:
     binary, resized with nearest sampling, what its Lanczos call on 1-bit PNGs did;
     MiniImagenet: TensorFlow's JPEG decoder, libjpeg's fast integer IDCT)"""
+    test_set: str = setting("episodes", OneOf(("episodes", "lake-runs")), hashed_at_default=False,
+                            evaluation_only=True)
+    """episodes: test_tasks seeded episodes of the test split | lake-runs: Lake et al.'s 20
+    one-shot runs (Omniglot all_runs.zip, 20-way 1-shot within an evaluation alphabet; the first
+    test_tasks of them), for a model trained with split=background"""
     init: str = setting("torch", OneOf(("torch", "reference")), hashed_at_default=False)
     """Conv4 initialisation: torch's defaults | reference: the reference code's (Xavier-uniform
     kernels and zero biases; head Xavier-uniform (MiniImagenet) or N(0, 1) (Omniglot))"""
@@ -122,6 +134,16 @@ class FewShotConfig(MetaConfig):
         # value there would be recorded in run.json but train on the same classes.
         require(self.split == "maml" or self.dataset == "omniglot", ["split", "dataset"],
                 f"split=maml for dataset={self.dataset} (only Omniglot has another split)")
+        if self.test_set == "lake-runs":
+            require(self.dataset == "omniglot" and self.split == "background",
+                    ["test_set", "dataset", "split"], "dataset=omniglot and split=background for "
+                    "test_set=lake-runs (the runs' alphabets held out of training)")
+            require(self.ways == LAKE_WAYS and tuple(self.eval_shots) == (1,)
+                    and self.test_query in (0, 1), ["test_set", "ways", "eval_shots", "test_query"],
+                    "ways=20, eval_shots=1 and test_query=0 or 1 for "
+                    "test_set=lake-runs (20-way 1-shot, one test drawing per class)")
+            require(self.test_tasks <= LAKE_RUNS, ["test_tasks", "test_set"],
+                    f"test_tasks <= {LAKE_RUNS} for test_set=lake-runs (Lake et al.'s runs)")
 
 
 class FewShot(SupervisedBenchmark):
@@ -140,6 +162,10 @@ class FewShot(SupervisedBenchmark):
             if pool.shape[0] < config.ways:
                 raise UserError(f"{config.dataset} {split} split has {pool.shape[0]} classes: "
                                 f"cannot draw {config.ways}-way episodes; lower --set ways")
+        # Lake's runs read when the benchmark is built, so preflight refuses a missing or
+        # damaged all_runs.zip before training, not after it.
+        self.lake = (lake_batch(config.preprocessing, config.test_tasks)
+                     if config.test_set == "lake-runs" else None)
         need = max(config.train_shots + config.train_query,
                    max(config.eval_shots) + self.test_query(max(config.eval_shots)))
         have = min(p.shape[1] for p in self.pools.values())
@@ -194,6 +220,8 @@ class FewShot(SupervisedBenchmark):
         c = self.config
         if split not in ("test", "val"):
             raise ValueError(f"split must be test or val, got {split!r}")
+        if split == "test" and self.lake is not None:
+            return {1: self.lake}
         n = c.test_tasks if split == "test" else c.val_tasks
         return {k: _fixed_episodes(self, split, n, k) for k in c.eval_shots}
 
@@ -229,6 +257,20 @@ def _cached_episodes(dataset: str, split_name: str, split: str, seed: int, n: in
                      ) -> SupervisedBatch:
     pool = pools.load(dataset, split_name, preprocessing)[split]
     return episodes(pool, torch.Generator().manual_seed(seed), n, ways, shots, query, rotate)
+
+
+def lake_batch(preprocessing: str, runs: int) -> SupervisedBatch:
+    """Lake et al.'s first `runs` one-shot runs as test tasks: support the 20 training drawings
+    (label i for class i), query the 20 test drawings, float images in [0, 1] as `episodes`'."""
+    from maml_bench.tasks.fewshot.data_root import data_root
+    from maml_bench.tasks.fewshot.lake_runs import load_runs
+    from maml_bench.tasks.fewshot.omniglot import resize_of
+
+    data = load_runs(data_root() / "omniglot", resize_of(preprocessing))
+    support = torch.from_numpy(data.support[:runs]).unsqueeze(2).float() / 255.0
+    query = torch.from_numpy(data.query[:runs]).unsqueeze(2).float() / 255.0
+    labels = torch.arange(support.shape[1]).expand(support.shape[0], -1).clone()
+    return SupervisedBatch(support, labels, query, torch.from_numpy(data.query_labels[:runs]))
 
 
 def episodes(pool: Tensor, gen: torch.Generator, n_tasks: int, ways: int, shots: int,

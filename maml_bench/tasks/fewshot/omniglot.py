@@ -147,6 +147,22 @@ def reference_resize(image: Any) -> np.ndarray:
     return binary[np.ix_(index, index)]
 
 
+def drawing(image: Any, resize: str = "lanczos") -> np.ndarray:
+    """One 105 x 105 PIL image as a pool holds it: uint8 [28, 28], resized (`RESIZES`) and
+    inverted, strokes 255 on a background of 0 (the reference code reads 1 - value / 255). Every
+    Omniglot image the suite uses goes through this, the release's and Lake's one-shot runs'."""
+    from PIL import Image
+
+    small = (reference_resize(image) if resize == "reference" else
+             image.convert("L").resize((SIZE, SIZE), resample=Image.LANCZOS))
+    return 255 - np.asarray(small, dtype=np.uint8)
+
+
+def resize_of(preprocessing: str) -> str:
+    """The resize (`RESIZES`) of a few-shot config's `preprocessing` setting."""
+    return "reference" if preprocessing == "reference" else "lanczos"
+
+
 def preprocess(root: Path, resize: str = "lanczos") -> Omniglot:
     """Decode, check and resize every image (the slow path, whose result `load_omniglot`
     caches)."""
@@ -161,14 +177,11 @@ def preprocess(root: Path, resize: str = "lanczos") -> Omniglot:
                     if image.size != (SOURCE_SIZE, SOURCE_SIZE):
                         raise UserError(f"{set_name}/{rel} is {image.size[0]} x {image.size[1]}, "
                                         f"not {SOURCE_SIZE} x {SOURCE_SIZE}; {LAYOUT}")
-                    small = (reference_resize(image) if resize == "reference" else
-                             image.convert("L").resize((SIZE, SIZE), resample=Image.LANCZOS))
+                    small = drawing(image, resize)
             except (UnidentifiedImageError, OSError) as err:
                 raise UserError(f"{set_name}/{rel} is not a readable PNG ({err}); {LAYOUT}"
                                 ) from None
-            # Strokes as 1 (255), background 0: the reference code reads 1 - value / 255.
-            by_character.setdefault(f"{set_name}/{alphabet}/{character}", []).append(
-                255 - np.asarray(small, dtype=np.uint8))
+            by_character.setdefault(f"{set_name}/{alphabet}/{character}", []).append(small)
     bad = {n: len(v) for n, v in by_character.items() if len(v) != DRAWINGS}
     if bad:
         name, count = next(iter(bad.items()))
@@ -206,3 +219,36 @@ def vinyals_split(names: tuple[str, ...]) -> dict[str, np.ndarray]:
         raise UserError(f"{len(missing)} characters of the Vinyals split are not in this "
                         f"Omniglot (e.g. {missing[0]}); {LAYOUT}")
     return {split: np.array([index[c] for c in lists[split]]) for split in ("train", "val", "test")}
+
+
+#: the background split's validation share: whole background alphabets, at least this many
+#: characters (the MAML split's validation size)
+BACKGROUND_VALIDATION = 100
+
+
+def background_split(names: tuple[str, ...], validation: int = BACKGROUND_VALIDATION
+                     ) -> dict[str, np.ndarray]:
+    """Character indices of the background split, for Lake et al.'s one-shot runs (drawn
+    within evaluation alphabets): train and val from images_background alone, test every
+    character of images_evaluation. Validation takes whole background alphabets, the sorted 30
+    shuffled with random.seed(1), in that order until it holds `validation` characters or more
+    (4 alphabets, 119 characters: Cyrillic, Early_Aramaic, Hebrew, Sanskrit; 845 train), so
+    that it measures new alphabets, as the runs do."""
+    background = [i for i, n in enumerate(names) if n.startswith("images_background/")]
+    alphabets = sorted({names[i].split("/")[1] for i in background})
+    random.Random(1).shuffle(alphabets)
+    held: set[str] = set()
+    count = 0
+    for alphabet in alphabets:
+        if count >= validation:
+            break
+        held.add(alphabet)
+        count += sum(names[i].split("/")[1] == alphabet for i in background)
+    return {"train": np.array([i for i in background if names[i].split("/")[1] not in held]),
+            "val": np.array([i for i in background if names[i].split("/")[1] in held]),
+            "test": np.array([i for i, n in enumerate(names)
+                              if n.startswith("images_evaluation/")])}
+
+
+#: the `split` setting's values -> character indices of train, val and test
+SPLITS = {"maml": maml_split, "vinyals": vinyals_split, "background": background_split}

@@ -19,11 +19,11 @@ def load(dataset: str, split: str, preprocessing: str = "suite") -> dict[str, Te
     binary, nearest-resized; MiniImagenet: TensorFlow's JPEG decoder)."""
     root = data_root() / dataset
     if dataset == "omniglot":
-        from maml_bench.tasks.fewshot.omniglot import load_omniglot, maml_split, vinyals_split
+        from maml_bench.tasks.fewshot.omniglot import SPLITS, load_omniglot, resize_of
 
-        data = load_omniglot(root, "reference" if preprocessing == "reference" else "lanczos")
+        data = load_omniglot(root, resize_of(preprocessing))
         images = torch.from_numpy(data.images).unsqueeze(2)  # [characters, 20, 1, 28, 28]
-        chosen = vinyals_split(data.names) if split == "vinyals" else maml_split(data.names)
+        chosen = SPLITS[split](data.names)
         return {name: images[torch.from_numpy(index)] for name, index in chosen.items()}
     if dataset in ("miniimagenet", "miniimagenet-demo"):  # demo: generated, same formats
         from maml_bench.tasks.fewshot.miniimagenet import load_miniimagenet
