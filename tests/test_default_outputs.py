@@ -33,6 +33,14 @@ def test_no_command_writes_into_results_by_default():
     assert {k: v for k, v in outs.items() if v.startswith("results")} == {}
 
 
+def test_report_plot_and_compare_read_the_same_scale_by_default():
+    """After the quick main job, each of them reads its records (none reads the paper runs)."""
+    scales = {name: next(a.default for a in parser._actions if "--scale" in a.option_strings)
+              for name, parser in subparsers(build_parser()) if name in
+              ("report", "plot", "compare")}
+    assert set(scales.values()) == {"quick"}, scales
+
+
 def test_no_benchmark_writes_into_results_by_default():
     """Their defaults (environment variables' fallbacks, --out defaults) are under runs/."""
     defaults = re.compile(r'environ\.get\(\s*"[A-Z_]+",\s*"([^"]*)"|default=Path\("([^"]*)"\)')

@@ -61,9 +61,9 @@ def add_parser(sub: typing.Any) -> None:
                    "--grid 0, 1 and the last)")
     p.add_argument("--name", default=None, type=option(NAME, str),
                    help="file name under OUT/comparisons/ (letters, digits, . _ -)")
-    p.add_argument("--scale", default="paper", type=option(SCALE, str),
-                   help="the --scale the runs were made at (default paper)")
-    p.add_argument("--out", type=path_arg, default=None, help=out_help.replace("quick", "paper"))
+    p.add_argument("--scale", default="quick", type=option(SCALE, str),
+                   help="the --scale the runs were made at (default quick, as report and plot)")
+    p.add_argument("--out", type=path_arg, default=None, help=out_help)
 
 
 def records_dir(args: argparse.Namespace) -> Path:
