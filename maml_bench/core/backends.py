@@ -140,8 +140,9 @@ _CHECKED: dict[tuple, str | None] = {}
 def _key(backend: str, problem: MetaProblem) -> tuple:
     model = problem.model
     shapes = tuple((k, tuple(v.shape)) for k, v in model.named_parameters())
-    return (backend, type(model).__qualname__, shapes, problem.first_order, problem.steps,
-            _lrs_kind(problem.lrs), problem.adapted)
+    # a model's variants of equal shapes (Conv4's padding) are checked each on its own
+    return (backend, type(model).__qualname__, shapes, getattr(model, "padding", None),
+            problem.first_order, problem.steps, _lrs_kind(problem.lrs), problem.adapted)
 
 
 def _lrs_kind(lrs: StepSizes) -> object:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,11 @@ class Conv4(nn.Module):
     uses the statistics of the current batch (track_running_stats=False), as the paper's code.
     `bn_scale=False`, `bn_eps=1e-3`: the reference code's batch norm (TensorFlow's defaults: an
     offset beta, no scale gamma); `init="reference"`: its initialisation (Xavier-uniform kernels,
-    zero biases; the head Xavier-uniform when flattened, N(0, 1) when averaged).
+    zero biases; the head Xavier-uniform when flattened, N(0, 1) when averaged);
+    `padding="tf-same"`: the reference code's TensorFlow 'SAME' padding, which for a stride-2
+    convolution pads ceil-division style and puts the odd pixel after (28 -> 14 pads 0 before
+    and 1 after; `same_pads`), where PyTorch's padding=1 pads 1 on both sides. At stride 1
+    (max-pool networks) the two are the same, so only stride-2 convolutions change.
     """
 
     def __init__(
@@ -33,19 +37,25 @@ class Conv4(nn.Module):
         bn_scale: bool = True,
         bn_eps: float = 1e-5,
         init: str = "torch",
+        padding: str = "torch",
     ) -> None:
         super().__init__()
         if downsample not in ("stride", "maxpool") or head not in ("mean", "flatten"):
             raise ValueError("downsample must be stride|maxpool and head mean|flatten")
         if init not in ("torch", "reference"):
             raise ValueError("init must be torch|reference")
+        if padding not in ("torch", "tf-same"):
+            raise ValueError("padding must be torch|tf-same")
         self.bn_eps = bn_eps
+        self.padding = padding
         blocks: list[nn.Module] = []
         size, c_in = image_size, in_channels
         for _ in range(4):
             stride = 2 if downsample == "stride" else 1
+            same = padding == "tf-same" and stride > 1  # stride 1: SAME pads 1 and 1 too
             blocks += [
-                nn.Conv2d(c_in, channels, 3, stride=stride, padding=1),
+                SameConv2d(c_in, channels, 3, stride=stride) if same
+                else nn.Conv2d(c_in, channels, 3, stride=stride, padding=1),
                 _batch_norm(channels, bn_scale, bn_eps),
                 nn.ReLU(),
             ]
@@ -105,16 +115,20 @@ class Conv4(nn.Module):
         t, n = x.shape[:2]
         h = x.transpose(0, 1).reshape(n, t * x.shape[2], *x.shape[3:])
         stride = 2 if self.downsample == "stride" else 1
+        same = self.padding == "tf-same" and stride > 1
+        pad = 0 if same else 1
         for conv, norm in self._blocks:
+            if same:
+                h = F.pad(h, same_padding(h.shape[-2:], 3, stride))
             weight = params[f"{conv}.weight"].reshape(-1, *params[f"{conv}.weight"].shape[2:])
             bias, beta = (params[k].reshape(-1) for k in (f"{conv}.bias", f"{norm}.bias"))
             gamma = params.get(f"{norm}.weight")  # None: no scale (the reference's), so 1
             gamma = torch.ones_like(beta) if gamma is None else gamma.reshape(-1)
             if fused:
-                h = fused_ops.conv2d(h, weight, stride, 1, t) + bias.view(1, -1, 1, 1)
+                h = fused_ops.conv2d(h, weight, stride, pad, t) + bias.view(1, -1, 1, 1)
                 h = fused_ops.batch_norm_relu(h, gamma, beta, eps=self.bn_eps)
             else:
-                h = F.conv2d(h, weight, bias, stride=stride, padding=1, groups=t)
+                h = F.conv2d(h, weight, bias, stride=stride, padding=pad, groups=t)
                 h = torch.relu(F.batch_norm(h, None, None, gamma, beta, training=True,
                                             eps=self.bn_eps))
             if self.downsample == "maxpool":
@@ -136,6 +150,33 @@ class Conv4(nn.Module):
     def _classify(self, params: Mapping[str, Tensor], h: Tensor) -> Tensor:
         weight, bias = params["classifier.weight"], params["classifier.bias"]
         return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+
+
+def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's 'SAME' padding of one dimension: (before, after). The output has
+    ceil(size / stride) positions; the total padding that needs is split with the odd pixel
+    after: 28 -> 14 at stride 2 with a 3-wide kernel pads (0, 1), 7 -> 4 pads (1, 1)."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def same_padding(hw: Sequence[int], kernel: int, stride: int) -> tuple[int, int, int, int]:
+    """`F.pad`'s (left, right, top, bottom) for TensorFlow's 'SAME' on an [..., H, W] input."""
+    return (*same_pads(int(hw[1]), kernel, stride), *same_pads(int(hw[0]), kernel, stride))
+
+
+class SameConv2d(nn.Conv2d):
+    """A square-kernel convolution with TensorFlow's 'SAME' padding (`same_padding`), padded
+    explicitly and convolved with padding 0. A Conv2d, so its parameters keep the names
+    `weight` and `bias` where an nn.Conv2d stood (checkpoints load either way)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int
+                 ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.pad(x, same_padding(x.shape[-2:], self.kernel_size[0], self.stride[0]))
+        return self._conv_forward(x, self.weight, self.bias)
 
 
 def _batch_norm(channels: int, scale: bool, eps: float) -> nn.Module:

@@ -91,6 +91,11 @@ class FewShotConfig(MetaConfig):
     init: str = setting("torch", OneOf(("torch", "reference")), hashed_at_default=False)
     """Conv4 initialisation: torch's defaults | reference: the reference code's (Xavier-uniform
     kernels and zero biases; head Xavier-uniform (MiniImagenet) or N(0, 1) (Omniglot))"""
+    padding: str = setting("torch", OneOf(("torch", "tf-same")), hashed_at_default=False)
+    """Conv4's stride-2 convolutions (Omniglot): torch: padding 1 on every side | tf-same:
+    TensorFlow's 'SAME', as the reference code (28 -> 14 pads 0 before and 1 after, 7 -> 4 pads
+    1 and 1: `models.conv.same_pads`). The max-pool network's stride-1 convolutions pad 1 and 1
+    either way"""
     # --- metric learners; added after runs existed, so left out of the hash at their defaults
     protonet_train_ways: int = setting(0, Number(int, 0, 1_000), hashed_at_default=False,
                                        used_by=("protonets",))
@@ -123,7 +128,8 @@ class FewShotConfig(MetaConfig):
         require(self.eval_steps >= 1, ["eval_steps"], "eval_steps >= 1 (accuracy after "
                 "fine-tuning)")
         conv_only = [name for name, default in (("bn_scale", "learned"), ("bn_eps", 1e-5),
-                                                ("init", "torch"), ("adapt_norm", "yes"))
+                                                ("init", "torch"), ("adapt_norm", "yes"),
+                                                ("padding", "torch"))
                      if getattr(self, name) != default]
         require(self.network == "conv" or not conv_only, conv_only + ["network"],
                 "these settings are the Conv4's (network=conv); the no-conv MLP keeps its own")
@@ -188,7 +194,8 @@ class FewShot(SupervisedBenchmark):
         mini = c.dataset.startswith("miniimagenet")
         return Conv4(channels + extra_inputs, c.ways, c.filters, size,
                      downsample="maxpool" if mini else "stride", head="flatten" if mini else "mean",
-                     bn_scale=c.bn_scale == "learned", bn_eps=c.bn_eps, init=c.init)
+                     bn_scale=c.bn_scale == "learned", bn_eps=c.bn_eps, init=c.init,
+                     padding=c.padding)
 
     def train_batch(self, gen: torch.Generator, n_tasks: int, shots: int, query: int
                     ) -> SupervisedBatch:
