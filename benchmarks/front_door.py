@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from maml_bench.results import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 #: the README's test command (tests/test_readme.py checks the README shows exactly this)
@@ -77,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / "front-door-cpu.json"
-    temporary = target.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(temporary, target)  # atomically: a reader never sees half a file
+    atomic_write_text(target, json.dumps(report, indent=2) + "\n")
     print(f"wrote {target}: main job {report['main_job']['minutes']} min"
           + (f", tests {report['tests']['minutes']} min" if "tests" in report else ""),
           file=sys.stderr)
