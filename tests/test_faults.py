@@ -37,14 +37,17 @@ def _png() -> bytes:
     return buffer.getvalue()
 
 
-def omniglot_root(tmp_path: Path, extra: dict[str, bytes] | None = None) -> Path:
-    """Both sets as zips with one character each (enough for the fault to be met first)."""
+def omniglot_root(tmp_path: Path, extra: dict[str, bytes] | None = None,
+                  first: bytes | None = None) -> Path:
+    """Both sets as zips with one character each (enough for the fault to be met first);
+    `first`: the bytes of the first drawing instead of a good PNG."""
     root = tmp_path / "omniglot"
     root.mkdir(parents=True)
     for name in omniglot.SETS:
         with zipfile.ZipFile(root / f"{name}.zip", "w", zipfile.ZIP_STORED) as archive:
             for i in range(1, 21):
-                archive.writestr(f"{name}/Latin/character01/0001_{i:02d}.png", _png())
+                blob = first if i == 1 and first is not None else _png()
+                archive.writestr(f"{name}/Latin/character01/0001_{i:02d}.png", blob)
             for member, blob in (extra or {}).items():
                 archive.writestr(f"{name}/{member}", blob)
     return root
@@ -73,6 +76,40 @@ def test_a_readme_is_ignored_and_a_stray_png_refused(tmp_path):
     with pytest.raises(UserError, match=r"member images_background/x\.png is not at "
                        r"<alphabet>/<character>/<file>\.png"):
         omniglot.preprocess(root)
+
+
+def _broken_pngs() -> dict[str, bytes]:
+    """PNGs inside an intact zip that Pillow refuses in each of its ways: a chunk type that is
+    not letters (SyntaxError), an IHDR shorter than 13 bytes (ValueError), a file cut short
+    (OSError), a decompression bomb (DecompressionBombError)."""
+    import struct
+    import zlib as z
+
+    good = _png()
+    signature, ihdr = good[:8], good[16:29]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", z.crc32(kind + data)))
+
+    huge = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 0, 0, 0, 0)
+    return {"broken-chunk": signature + chunk(b"IHDR", ihdr) + chunk(b"\x00\x01\x02\x03", b""),
+            "short-header": signature + chunk(b"IHDR", ihdr[:12]),
+            "cut-short": good[: len(good) // 2],
+            "bomb": signature + chunk(b"IHDR", huge) + chunk(b"IEND", b"")}
+
+
+@pytest.mark.parametrize("kind", ["broken-chunk", "short-header", "cut-short", "bomb"])
+def test_a_damaged_png_in_an_intact_zip_is_one_line_in_a_run(tmp_path, capsys, kind):
+    root = omniglot_root(tmp_path / "data", first=_broken_pngs()[kind])
+    with pytest.raises(UserError, match=r"0001_01\.png is not a readable PNG"):
+        omniglot.preprocess(root)
+    out = tmp_path / "out"
+    code = main(["run", "omniglot-5w1s-v1", "--scale", "tiny", "--method", "maml",
+                 "--no-report", "--data-root", str(tmp_path / "data"), "--out", str(out)])
+    assert code == 2
+    assert "0001_01.png is not a readable PNG" in one_error(capsys)
+    assert not out.exists() or not any(out.rglob("*"))
 
 
 @pytest.mark.parametrize("content", ["[]", "{}", '{"config_hash": 1}'])

@@ -115,14 +115,16 @@ def _answer_item(runs, run: int, i: int) -> str:
     return f"run{run + 1:02d}/test/item{i + 1:02d}.png"  # query i is item i + 1 (sorted)
 
 
-def _copy_without(tmp_path, skip: str, damage: str | None = None):
+def _copy_without(tmp_path, skip: str, damage: str | None = None,
+                  replace: dict[str, bytes] | None = None):
     source = OMNIGLOT_ROOT / "all_runs.zip"
     root = tmp_path / "omniglot"
     root.mkdir()
     with zipfile.ZipFile(source) as old, zipfile.ZipFile(root / "all_runs.zip", "w") as new:
         for info in old.infolist():
             if info.filename != skip:
-                new.writestr(info, old.read(info.filename))
+                new.writestr(info, (replace or {}).get(info.filename)
+                             or old.read(info.filename))
     if damage:  # flip bytes inside one member's compressed data
         data = bytearray((root / "all_runs.zip").read_bytes())
         with zipfile.ZipFile(root / "all_runs.zip") as z:
@@ -212,3 +214,17 @@ def test_a_missing_all_runs_zip_is_refused_before_training(tmp_path, monkeypatch
     finally:
         pools.load.cache_clear()
         episodes._cached_episodes.cache_clear()
+
+
+@needs_runs
+@pytest.mark.parametrize("kind", ["short-header", "bomb"])
+def test_a_damaged_png_in_an_intact_zip_is_one_line_naming_it(tmp_path, kind):
+    from test_faults import _broken_pngs
+
+    from maml_bench.tasks.fewshot.lake_runs import load_runs
+
+    member = "run02/training/class04.png"
+    root = _copy_without(tmp_path, "", replace={member: _broken_pngs()[kind]})
+    with pytest.raises(UserError, match=f"{member} is not a readable PNG") as err:
+        load_runs(root)
+    assert "\n" not in str(err.value)

@@ -112,8 +112,7 @@ def check_omniglot(root: Path, expect: str) -> Report:
                     with Image.open(io.BytesIO(blob)) as image:
                         image.load()
                         sizes[image.size] += 1
-                except (OSError, ValueError, SyntaxError,
-                        Image.DecompressionBombError) as err:
+                except omniglot.unreadable_image_errors() as err:
                     unreadable.append(f"{name}/{rel} ({str(err)[:50]})")
                 characters[rel.rsplit("/", 1)[0]] += 1
         except UserError as err:  # not a readable zip

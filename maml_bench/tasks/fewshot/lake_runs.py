@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from maml_bench.errors import UserError
-from maml_bench.tasks.fewshot.omniglot import SOURCE_SIZE, drawing
+from maml_bench.tasks.fewshot.omniglot import SOURCE_SIZE, drawing, unreadable_image_errors
 
 FILE = "all_runs.zip"
 RUNS = 20
@@ -42,7 +42,7 @@ class LakeRuns:
 
 def load_runs(root: Path, resize: str = "lanczos") -> LakeRuns:
     """The 20 runs from `root`/all_runs.zip, each image resized as `resize` (omniglot.RESIZES)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     source = root / FILE
     if not source.is_file():
@@ -68,7 +68,7 @@ def load_runs(root: Path, resize: str = "lanczos") -> LakeRuns:
                     raise UserError(f"{source}: {name} is {png.size[0]} x {png.size[1]}, not "
                                     f"{SOURCE_SIZE} x {SOURCE_SIZE}; {LAYOUT}")
                 return drawing(png, resize)
-        except (UnidentifiedImageError, OSError) as err:
+        except unreadable_image_errors() as err:
             raise UserError(f"{source}: {name} is not a readable PNG ({err}); {LAYOUT}"
                             ) from None
 

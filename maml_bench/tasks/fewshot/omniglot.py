@@ -147,6 +147,14 @@ def reference_resize(image: Any) -> np.ndarray:
     return binary[np.ix_(index, index)]
 
 
+def unreadable_image_errors() -> tuple[type[Exception], ...]:
+    """What Pillow raises on a damaged or hostile image file: OSError (unidentified, truncated),
+    ValueError and SyntaxError (a broken header or chunk), DecompressionBombError."""
+    from PIL import Image
+
+    return (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 def drawing(image: Any, resize: str = "lanczos") -> np.ndarray:
     """One 105 x 105 PIL image as a pool holds it: uint8 [28, 28], resized (`RESIZES`) and
     inverted, strokes 255 on a background of 0 (the reference code reads 1 - value / 255). Every
@@ -166,7 +174,7 @@ def resize_of(preprocessing: str) -> str:
 def preprocess(root: Path, resize: str = "lanczos") -> Omniglot:
     """Decode, check and resize every image (the slow path, whose result `load_omniglot`
     caches)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     by_character: dict[str, list[np.ndarray]] = {}
     for set_name, source in _sources(root).items():
@@ -178,7 +186,7 @@ def preprocess(root: Path, resize: str = "lanczos") -> Omniglot:
                         raise UserError(f"{set_name}/{rel} is {image.size[0]} x {image.size[1]}, "
                                         f"not {SOURCE_SIZE} x {SOURCE_SIZE}; {LAYOUT}")
                     small = drawing(image, resize)
-            except (UnidentifiedImageError, OSError) as err:
+            except unreadable_image_errors() as err:
                 raise UserError(f"{set_name}/{rel} is not a readable PNG ({err}); {LAYOUT}"
                                 ) from None
             by_character.setdefault(f"{set_name}/{alphabet}/{character}", []).append(small)
