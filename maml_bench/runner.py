@@ -372,7 +372,18 @@ def check_evaluable(run: RunSpec, source: RunSpec) -> list[str]:
             f"no finished {source.run_id} with its checkpoint in {source.directory}: train it "
             f"first (maml-bench run {source.experiment} --method {source.method} --out "
             f"{source.out}, at the same --scale and --set)")
+    _source_state(source)  # before `run`'s folder and lock exist: a bad one leaves nothing
     return differing
+
+
+def _source_state(source: RunSpec) -> dict[str, Any]:
+    """The finished run `source`'s checkpoint, checked to be one this suite wrote for it."""
+    path = source.directory / CHECKPOINT_FILE
+    state = _load_checkpoint(path, fix="train that run again with `run` (or get its real files)")
+    if state["config_hash"] != config_hash(source.config):
+        raise UserError(f"{path} belongs to another config than its run.json: train that run "
+                        "again with `run`")
+    return state
 
 
 def evaluate_trained(run: RunSpec, source: RunSpec) -> Path:
@@ -380,14 +391,18 @@ def evaluate_trained(run: RunSpec, source: RunSpec) -> Path:
     source's in evaluation-only settings alone (test episodes, their queries, seed, K), and
     write the records as `run`'s, with no training: the trained parameters are the source's."""
     differing = check_evaluable(run, source)
+    state = _source_state(source)
     with run_lock(run):
         remove_stray_temp_files(run.directory)
         if is_done(run):
             log.info("%s: already evaluated, skipped", run.run_id)
             return run.directory
-        state = _resume_state(source.directory / CHECKPOINT_FILE, config_hash(source.config))
-        torch.set_num_threads(1)
-        device, benchmark, algorithm = _build(run)
+        try:
+            torch.set_num_threads(1)
+            device, benchmark, algorithm = _build(run)
+        except UserError:
+            _remove_if_unused(run)
+            raise
         algorithm.load_state_dict(state["algorithm"])
         log.info("%s: evaluating the parameters trained in %s", run.run_id, source.directory)
         return _evaluate_and_write(
@@ -509,8 +524,8 @@ def _resume_state(path: Path, chash: str) -> dict[str, Any] | None:
     return state
 
 
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint this suite wrote, else a UserError naming `path`.
+def _load_checkpoint(path: Path, fix: str = "delete it to restart that run") -> dict[str, Any]:
+    """A checkpoint this suite wrote, else a UserError naming `path` and `fix`.
 
     weights_only=True: unpickling runs no code from the file, only rebuilds tensors and plain
     values, so a tampered checkpoint (in a shared or downloaded results folder) cannot run any.
@@ -519,11 +534,11 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing
         raise UserError(f"checkpoint {path} is unreadable or not one this suite wrote "
-                        f"({type(err).__name__}); delete it to restart that run") from None
+                        f"({type(err).__name__}); {fix}") from None
     if not (isinstance(state, dict) and all(
             isinstance(state.get(k), t) for k, t in CHECKPOINT_KEYS.items())):
         raise UserError(f"checkpoint {path} is not one this suite wrote (not a dict with "
-                        f"{', '.join(CHECKPOINT_KEYS)}); delete it to restart that run")
+                        f"{', '.join(CHECKPOINT_KEYS)}); {fix}")
     return state
 
 
