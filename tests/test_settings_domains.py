@@ -69,6 +69,10 @@ ISSUE = [  # (experiment, --set values, what the line names: the setting and the
     (SINUSOID, ["meta_batch=١٢"], ("meta_batch", "ASCII")),
     (SINUSOID, ["iterations=5", "iterations=7"], ("--set iterations", "twice")),
     (SINUSOID, ["iterations=5", " iterations =7"], ("--set iterations", "twice")),
+    # settings the loader or network would ignore there (recorded, changing nothing)
+    ("miniimagenet-5w1s-demo-v1", ["rotations=none"], ("rotations", "rotations=per-episode")),
+    ("miniimagenet-5w1s-v2", ["padding=tf-same"], ("padding", "padding=torch")),
+    ("omniglot-5w1s-noconv-v1", ["filters=32"], ("filters", "network=conv")),
     # the rllab time step of another task family is another experiment
     ("ant-dir-v1", ["env=maml_bench/HalfCheetahDirRllabDt-v0"], ("env", "cheetah-dir-v1")),
 ]

@@ -138,9 +138,11 @@ def omniglot(ways: int, shots: int, network: str = "conv", version: int = 1) -> 
                            overrides={"iterations": 1_000, "test_tasks": 200, "val_every": 250,
                                       "checkpoint_every": 250}, seeds=1),
             **_long_scale(ways, shots, network),
-            "tiny": Scale("for tests: 4 meta-iterations of 2 tasks, 8 filters",
+            "tiny": Scale("for tests: 4 meta-iterations of 2 tasks"
+                          + (", 8 filters" if network == "conv" else ""),
                           overrides={"iterations": 4, "meta_batch": 2, "test_tasks": 4,
-                                     "val_tasks": 2, "filters": 8, "eval_chunk": 2,
+                                     "val_tasks": 2, "eval_chunk": 2,
+                                     **({"filters": 8} if network == "conv" else {}),
                                      "val_every": 2, "checkpoint_every": 2, "check_every": 2,
                                      "log_every": 2}, seeds=1),
         },

@@ -129,7 +129,7 @@ class FewShotConfig(MetaConfig):
                 "fine-tuning)")
         conv_only = [name for name, default in (("bn_scale", "learned"), ("bn_eps", 1e-5),
                                                 ("init", "torch"), ("adapt_norm", "yes"),
-                                                ("padding", "torch"))
+                                                ("padding", "torch"), ("filters", 64))
                      if getattr(self, name) != default]
         require(self.network == "conv" or not conv_only, conv_only + ["network"],
                 "these settings are the Conv4's (network=conv); the no-conv MLP keeps its own")
@@ -140,6 +140,15 @@ class FewShotConfig(MetaConfig):
         # value there would be recorded in run.json but train on the same classes.
         require(self.split == "maml" or self.dataset == "omniglot", ["split", "dataset"],
                 f"split=maml for dataset={self.dataset} (only Omniglot has another split)")
+        # the Omniglot loader and its stride-2 Conv4 alone read these: elsewhere another value
+        # would be recorded in run.json and change nothing
+        require(self.rotations == "per-episode" or self.dataset == "omniglot",
+                ["rotations", "dataset"], f"rotations=per-episode (its default) for "
+                f"dataset={self.dataset}: rotation is Omniglot's augmentation, other data is "
+                "never rotated")
+        require(self.padding == "torch" or self.dataset == "omniglot", ["padding", "dataset"],
+                f"padding=torch for dataset={self.dataset}: its Conv4 max-pools after stride-1 "
+                "convolutions, which pad 1 and 1 either way")
         if self.test_set == "lake-runs":
             require(self.dataset == "omniglot" and self.split == "background",
                     ["test_set", "dataset", "split"], "dataset=omniglot and split=background for "
