@@ -166,11 +166,30 @@ def read_run_info(path: Path) -> dict[str, Any]:
     file is redone); valid JSON but not what the suite wrote (`[]`, `{}`, a hand-edited file)
     is refused as one line, since readers would fail on it or misjudge the run."""
     info = json.loads(path.read_text())
-    if not isinstance(info, dict) or any(k not in info for k in RUN_INFO_KEYS) or not isinstance(
-            info["config"], dict):
+    if not _is_run_info(info):
         raise UserError(f"{path} is not a run.json this suite wrote: delete the run's folder "
                         f"{path.parent} to redo it")
     return info
+
+
+def _is_run_info(info: Any) -> bool:
+    """The keys and types readers rely on: the identity, the config fields that give the
+    records' row count (`expected_rows`), and that count and checksum where present."""
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if not isinstance(info, dict) or any(k not in info for k in RUN_INFO_KEYS):
+        return False
+    config = info["config"]
+    if not (isinstance(config, dict) and isinstance(info["config_hash"], str)
+            and isinstance(info["run_id"], str) and isinstance(info["method"], str)
+            and whole(info["repetition"])):
+        return False
+    shots = config.get("eval_shots")
+    return (isinstance(shots, list) and all(whole(k) for k in shots)
+            and whole(config.get("test_tasks")) and whole(config.get("eval_steps"))
+            and whole(info.get("records_rows", 0))
+            and isinstance(info.get("records_sha256", ""), str))
 
 
 def check_run(run_dir: Path) -> tuple[str | None, pd.DataFrame | None]:

@@ -112,11 +112,23 @@ def test_a_damaged_png_in_an_intact_zip_is_one_line_in_a_run(tmp_path, capsys, k
     assert not out.exists() or not any(out.rglob("*"))
 
 
-@pytest.mark.parametrize("content", ["[]", "{}", '{"config_hash": 1}'])
+#: a run.json's real contents changed by hand: every key there, a type or a field wrong
+EDITS = {"config emptied": lambda info: {**info, "config": {}},
+         "rows a list": lambda info: {**info, "records_rows": [1]},
+         "hash a number": lambda info: {**info, "config_hash": 1},
+         "rows gone, config emptied": lambda info: {
+             **{k: v for k, v in info.items() if k != "records_rows"}, "config": {}}}
+
+
+@pytest.mark.parametrize("content", ["[]", "{}", '{"config_hash": 1}', *EDITS])
 def test_a_run_json_the_suite_did_not_write_is_refused(tmp_path, capsys, content):
+    import json
+
     out = tmp_path / "out"
     assert main([*TINY, "--out", str(out)]) == 0
     info = out / RUN_DIR / "run.json"
+    if content in EDITS:
+        content = json.dumps(EDITS[content](json.loads(info.read_text())))
     info.write_text(content)
     capsys.readouterr()
     for command in (["report", "--out", str(out)], [*TINY, "--out", str(out)]):
