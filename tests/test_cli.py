@@ -86,6 +86,18 @@ def test_the_entry_point_refuses_bad_input_in_one_line_with_exit_code_2():
     assert len(lines) == 1 and "unknown experiment 'sinusoid-tabel2-v1'" in lines[0], lines
 
 
+def test_ctrl_c_before_the_command_starts_is_one_line():
+    """A Ctrl-C while the parser is built (the first moments of every command) is one line
+    and exit code 130, as a Ctrl-C during a run, not a KeyboardInterrupt traceback."""
+    script = ("import maml_bench.cli as cli\n"
+              "def interrupted():\n    raise KeyboardInterrupt\n"
+              "cli.build_parser = interrupted\ncli.entry()\n")
+    done = subprocess.run([sys.executable, "-c", script, "list"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip() == "maml-bench: interrupted before the command started"
+
+
 def test_run_report_plot_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["run", "--scale", "tiny", "--out", str(out), "--method", "maml",

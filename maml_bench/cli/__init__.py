@@ -101,7 +101,11 @@ def entry() -> typing.NoReturn:
     """The `maml-bench` command: `main`, then an exit that a further Ctrl-C cannot turn into a
     traceback (the interpreter's exit handlers join threads and free libraries, and a signal
     meanwhile would interrupt them; everything is saved by then, so it leaves at once)."""
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # before a command started (parsing, imports): nothing written
+        print("maml-bench: interrupted before the command started", file=sys.stderr)
+        code = 130
 
     def leave(*_: typing.Any) -> None:
         with contextlib.suppress(Exception):  # what was printed still reaches its file
