@@ -176,6 +176,18 @@ def test_a_run_writes_files_colleagues_can_read(tmp_path, umask):
         assert stat.S_IMODE((tmp_path / RUN_DIR / name).stat().st_mode) == 0o644, name
 
 
+def test_the_decoded_miniimagenet_cache_follows_the_umask(tmp_path, umask):
+    """The decode cache is shared by everyone who points at the same cache folder."""
+    import numpy as np
+
+    from maml_bench.tasks.fewshot.miniimagenet import Split, _save_cache
+
+    umask(0o022)
+    path = tmp_path / "cache" / "decoded.npz"
+    _save_cache(path, {"test": Split(np.zeros((2, 1, 3, 1, 1), np.uint8), ("a", "b"))})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
 # -- the render child -----------------------------------------------------------------------
 
 

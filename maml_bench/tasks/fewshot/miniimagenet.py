@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from maml_bench.errors import UserError
+from maml_bench.results import file_mode
 from maml_bench.tasks.fewshot.data_root import cache_dir
 
 SPLITS = ("train", "val", "test")
@@ -471,6 +472,7 @@ def _save_cache(path: Path, splits: dict[str, Split]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, file_mode())  # a shared cache readable as the umask allows
             with os.fdopen(fd, "wb") as handle:
                 np.savez(handle, **arrays)
             os.replace(tmp, path)
