@@ -18,6 +18,19 @@ class WriteError(UserError, OSError):
     callers that tolerate failed writes (caches)."""
 
 
+class OutOfMemory(UserError):
+    """The allocator refused memory mid-run (settings above the memory floor's estimate): one
+    line (exit code 1, as a full disk) naming what to lower; the last checkpoint is kept."""
+
+
+def is_allocator_failure(err: BaseException) -> bool:
+    """torch's own out-of-memory errors (CPU allocator, CUDA) and Python's MemoryError."""
+    import torch
+
+    return isinstance(err, MemoryError | torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
+
+
 class TrainingDiverged(UserError):
     """A non-finite loss or parameter appeared during training."""
 

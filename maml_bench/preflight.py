@@ -37,7 +37,9 @@ def check_run(run: RunSpec) -> None:
         if hasattr(benchmark, "make_policy"):  # meta-RL
             phases = rl_parts(benchmark, run.config, getattr(method, "train_inner_steps", None))
         else:
-            phases = supervised_parts(benchmark, run.config, method.adapts_weights_at_test)
+            phases = supervised_parts(benchmark, run.config, method.adapts_weights_at_test,
+                                      task_passes=hasattr(method, "tasks_per_pass"),
+                                      device=str(device))
         check_fits(phases, machine_bytes(str(device)), run.run_id)
         method(benchmark, run.config, run.seed)
     finally:

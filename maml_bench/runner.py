@@ -36,7 +36,13 @@ from maml_bench.config import (
 )
 from maml_bench.core.chunking import set_run_cpus
 from maml_bench.domains import evaluation_only, readers
-from maml_bench.errors import RunBusy, TrainingDiverged, UserError
+from maml_bench.errors import (
+    OutOfMemory,
+    RunBusy,
+    TrainingDiverged,
+    UserError,
+    is_allocator_failure,
+)
 from maml_bench.experiments import EXPERIMENTS, Experiment
 from maml_bench.fits import FITS_FILE, fit_frame
 from maml_bench.memory import keep_freed_memory
@@ -236,6 +242,14 @@ def execute(run: RunSpec, progress: bool | str | None = None, threads: int = 1,
             # empty run folder behind to look like a started run
             _remove_if_unused(run)
             raise
+        except (RuntimeError, MemoryError) as err:
+            if not is_allocator_failure(err):
+                raise
+            _remove_if_unused(run)
+            raise OutOfMemory(
+                f"{run.run_id} ran out of memory ({str(err).splitlines()[0][:80]}): lower "
+                "meta_batch, task_chunk or eval_chunk (or the network's size); the run resumes "
+                "from its last checkpoint") from None
 
 
 def _remove_if_unused(run: RunSpec) -> None:

@@ -206,3 +206,32 @@ def test_runs_failing_together_say_what_was_written(tmp_path, capsys, monkeypatc
         assert list(out.rglob("*")) == []  # no run folder left to look like a started run
     else:
         assert "records of 1 run were written" in line
+
+
+def test_running_out_of_memory_mid_run_is_one_line_and_keeps_the_checkpoint(
+        tmp_path, capsys, monkeypatch):
+    """Settings above the memory floor's estimate that the allocator then refuses: one line
+    naming what to lower, exit 1, the last checkpoint kept; the same command resumes there."""
+    import torch
+
+    from maml_bench.algorithms.maml import MAML
+    from maml_bench.runner import CHECKPOINT_FILE
+
+    real = MAML.train_step
+
+    def refused_at_15(self, iteration):
+        if iteration == 15:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator:"
+                               " can't allocate memory: you tried to allocate 67108864 bytes.")
+        return real(self, iteration)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(MAML, "train_step", refused_at_15)
+    assert main([*TINY, "--out", str(out)]) == 1
+    line = one_error(capsys)
+    assert "ran out of memory" in line and "lower meta_batch, task_chunk" in line
+    state = torch.load(out / RUN_DIR / CHECKPOINT_FILE, weights_only=True)
+    assert state["iteration"] == 10  # the checkpoint before the failure
+    monkeypatch.setattr(MAML, "train_step", real)
+    assert main([*TINY, "--out", str(out)]) == 0
+    assert (out / RUN_DIR / "records.csv.gz").is_file()

@@ -84,6 +84,30 @@ def test_settings_that_cannot_fit_are_refused_naming_them(tmp_path, capsys, sets
     assert not out.exists()
 
 
+def test_a_training_pass_too_large_is_refused_naming_task_chunk(demo_data, tmp_path, capsys,
+                                                                monkeypatch):
+    """2,000 tasks in one pass: their examples fit (1.6 GiB) but one forward pass's
+    activations of them do not fit the 4 GiB given here; in passes of one task they would."""
+    import maml_bench.preflight
+
+    monkeypatch.setattr(maml_bench.preflight, "machine_bytes", lambda device="cpu": 4 * GIB)
+    out = tmp_path / "out"
+    argv = [*DEMO, "--method", "maml", "--out", str(out), "--set", "meta_batch=2000"]
+    code, err = run_cli(capsys, [*argv, "--set", "task_chunk=whole"])
+    assert_refused(code, err, "activations of a pass of training tasks", "task_chunk")
+    assert not out.exists()
+    config = resolve_config(EXPERIMENTS.get("miniimagenet-5w1s-demo-v1"), "tiny",
+                            ["meta_batch=2000", "task_chunk=1"], "maml")
+    need, _ = floor(supervised_parts(pools_benchmark(config), config, True, task_passes=True))
+    assert need < 4 * GIB
+
+
+def pools_benchmark(config):
+    from maml_bench.tasks.fewshot.episodes import FewShot
+
+    return FewShot(config)
+
+
 def sinusoid_parts(**changes):
     config = resolve_config(EXPERIMENTS.get("sinusoid-table2-v1"), "tiny",
                             [f"{k}={v}" for k, v in changes.items()])

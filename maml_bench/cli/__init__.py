@@ -28,7 +28,7 @@ import sys
 import typing
 
 from maml_bench.cli import common, data, docs, profile, report, run, show
-from maml_bench.errors import UserError, WriteError, one_line
+from maml_bench.errors import OutOfMemory, UserError, WriteError, one_line
 
 
 @functools.cache
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"maml-bench: error: {one_line(str(err))}", file=sys.stderr)
         common._remove_created_if_empty()
         # a disk that is full or read-only is the machine's fault, not the input's
-        return 1 if isinstance(err, WriteError) else 2
+        return 1 if isinstance(err, WriteError | OutOfMemory) else 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0

@@ -85,12 +85,17 @@ def auto_task_chunk(model: nn.Module, batch: SupervisedBatch) -> int:
     device = next(model.parameters()).device
     if device.type != "cpu":
         return batch.n_tasks
-    per_task = task_activation_mib(model, batch)
-    if per_task * batch.n_tasks <= CPU_WHOLE_MIB:  # tiny tasks (the MLPs)
-        return batch.n_tasks
-    fits = min(int(CPU_PASS_MIB // per_task), CPU_MAX_TASKS)
-    if fits >= batch.n_tasks:
-        return batch.n_tasks
+    return cpu_auto_tasks(task_activation_mib(model, batch), batch.n_tasks)
+
+
+def cpu_auto_tasks(per_task_mib: float, n_tasks: int) -> int:
+    """`auto`'s tasks per pass on the CPU for `n_tasks` tasks of `per_task_mib` first-layer
+    activations each (`auto_rule`)."""
+    if per_task_mib * n_tasks <= CPU_WHOLE_MIB:  # tiny tasks (the MLPs)
+        return n_tasks
+    fits = min(int(CPU_PASS_MIB // per_task_mib), CPU_MAX_TASKS)
+    if fits >= n_tasks:
+        return n_tasks
     return 1 << (fits.bit_length() - 1) if fits > 1 else 1  # a power of two, as measured
 
 
