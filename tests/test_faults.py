@@ -235,3 +235,43 @@ def test_running_out_of_memory_mid_run_is_one_line_and_keeps_the_checkpoint(
     monkeypatch.setattr(MAML, "train_step", real)
     assert main([*TINY, "--out", str(out)]) == 0
     assert (out / RUN_DIR / "records.csv.gz").is_file()
+
+
+def test_a_full_disk_at_the_lock_is_one_line_and_leaves_no_tree(tmp_path, capsys, monkeypatch):
+    """The lock file's pid is the first byte a run writes: ENOSPC there, with the disk's
+    folders creatable (their entries fit; the data does not)."""
+    real = os.write
+
+    def full_at_the_lock(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(runner.LOCK_FILE):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+
+    monkeypatch.setattr(runner.os, "write", full_at_the_lock)
+    out = tmp_path / "out"
+    assert main([*TINY, "--out", str(out)]) == 1
+    line = one_error(capsys)
+    assert runner.LOCK_FILE in line and "No space left on device" in line
+    assert not out.exists() or list(out.rglob("*")) == []
+
+
+def test_a_full_disk_later_in_a_run_keeps_the_earlier_checkpoint(tmp_path, capsys, monkeypatch):
+    """ENOSPC at the second checkpoint: the first stays whole and the run resumes from it."""
+    import torch
+
+    real, calls = os.fsync, []
+
+    def full_from_the_second(fd):
+        calls.append(fd)
+        if len(calls) >= 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(os, "fsync", full_from_the_second)
+    assert main([*TINY, "--out", str(out)]) == 1
+    assert "No space left on device" in one_error(capsys)
+    ckpt = out / RUN_DIR / runner.CHECKPOINT_FILE
+    assert torch.load(ckpt, weights_only=True)["iteration"] == 10
+    monkeypatch.setattr(os, "fsync", real)
+    assert main([*TINY, "--out", str(out)]) == 0
