@@ -200,8 +200,11 @@ def check_run(run_dir: Path) -> tuple[str | None, pd.DataFrame | None]:
         return "it has no run.json (the run did not finish)", None
     try:
         info = read_run_info(info_path)
+    except (OSError, ValueError) as err:  # a torn or unreadable run.json, not the records
+        return f"its run.json {info_path} cannot be read ({err})", None
+    try:
         data = records.read_bytes()
-    except (OSError, ValueError) as err:
+    except OSError as err:
         return f"it cannot be read ({err})", None
     try:
         frame = _parse(data)

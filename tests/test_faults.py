@@ -275,3 +275,15 @@ def test_a_full_disk_later_in_a_run_keeps_the_earlier_checkpoint(tmp_path, capsy
     assert torch.load(ckpt, weights_only=True)["iteration"] == 10
     monkeypatch.setattr(os, "fsync", real)
     assert main([*TINY, "--out", str(out)]) == 0
+
+
+def test_a_torn_run_json_is_named_by_report(tmp_path, capsys):
+    """A run.json cut short (a copy interrupted): report names it, not the records beside it."""
+    out = tmp_path / "out"
+    assert main([*TINY, "--out", str(out)]) == 0
+    info = out / RUN_DIR / "run.json"
+    info.write_text(info.read_text()[:40])
+    capsys.readouterr()
+    assert main(["report", "--out", str(out)]) == 2
+    line = one_error(capsys)
+    assert f"its run.json {info} cannot be read" in line
