@@ -139,7 +139,9 @@ def _train_pass_tasks(config: Any, task_passes: bool, device: str, first_entries
     for methods without passes."""
     if not task_passes:
         return 1
-    chunk, tasks = config.task_chunk, config.meta_batch
+    # under torchrun each process differentiates its share of the meta-batch
+    chunk = config.task_chunk
+    tasks = -(-config.meta_batch // max(1, int(os.environ.get("WORLD_SIZE", "1"))))
     if chunk == WHOLE or chunk >= tasks:
         return tasks
     if chunk > 0:

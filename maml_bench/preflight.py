@@ -42,7 +42,7 @@ def check_run(run: RunSpec) -> None:
             phases = rl_parts(benchmark, run.config, getattr(method, "train_inner_steps", None))
         else:
             phases = supervised_parts(benchmark, run.config, method.adapts_weights_at_test,
-                                      task_passes=hasattr(method, "tasks_per_pass"),
+                                      task_passes=method.meta_trains_in_passes,
                                       device=str(device))
         check_fits(phases, machine_bytes(str(device)), run.run_id)
         method(benchmark, run.config, run.seed)

@@ -243,13 +243,21 @@ def execute(run: RunSpec, progress: bool | str | None = None, threads: int = 1,
             _remove_if_unused(run)
             raise
         except (RuntimeError, MemoryError) as err:
-            if not is_allocator_failure(err):
+            # under torchrun the other processes wait in a collective: this one must end
+            if not is_allocator_failure(err) or distributed.launched():
                 raise
             _remove_if_unused(run)
-            raise OutOfMemory(
-                f"{run.run_id} ran out of memory ({str(err).splitlines()[0][:80]}): lower "
-                "meta_batch, task_chunk or eval_chunk (or the network's size); the run resumes "
-                "from its last checkpoint") from None
+            raise out_of_memory(run, err) from None
+
+
+def out_of_memory(run: RunSpec, err: BaseException) -> OutOfMemory:
+    """The one line for an allocator's refusal mid-run."""
+    what = (str(err).splitlines() or [type(err).__name__])[0]
+    what = what.split("DefaultCPUAllocator: ")[-1]  # keep "can't allocate memory: ... bytes"
+    return OutOfMemory(
+        f"{run.run_id} ran out of memory ({what}): run it with a lower meta_batch, task_chunk "
+        "or eval_chunk, or a smaller network (another config: it starts again, its checkpoint "
+        "kept here)")
 
 
 def _remove_if_unused(run: RunSpec) -> None:
@@ -281,7 +289,7 @@ def _execute(run: RunSpec, mode: str, threads: int) -> Path:
     # where the processes do not share a file system.
     state = distributed.from_main(lambda: _resume_state(ckpt_path, chash))
     if state is not None:
-        algorithm.load_state_dict(state["algorithm"])
+        load_algorithm_state(algorithm, state, ckpt_path)
         start, train_log = state["iteration"], state["train_log"]
         train_seconds = state.get("train_seconds", 0.0)
         pending = state.get("pending")
@@ -414,16 +422,35 @@ def evaluate_trained(run: RunSpec, source: RunSpec) -> Path:
         try:
             torch.set_num_threads(1)
             device, benchmark, algorithm = _build(run)
+            load_algorithm_state(algorithm, state, source.directory / CHECKPOINT_FILE,
+                                 fix="train that run again with `run`")
+            log.info("%s: evaluating the parameters trained in %s", run.run_id,
+                     source.directory)
+            return _evaluate_and_write(
+                run, algorithm, benchmark, device, state["train_log"],
+                state.get("train_seconds", 0.0),
+                {"evaluated_from": str(source.directory),
+                 "trained_config_hash": config_hash(source.config), "changed": differing})
         except UserError:
             _remove_if_unused(run)
             raise
+        except (RuntimeError, MemoryError) as err:
+            if not is_allocator_failure(err):
+                raise
+            _remove_if_unused(run)
+            raise out_of_memory(run, err) from None
+
+
+def load_algorithm_state(algorithm: Algorithm, state: dict[str, Any], path: Path,
+                         fix: str = "delete it to restart that run") -> None:
+    """`algorithm.load_state_dict` of a checkpoint's state; one whose contents do not fit this
+    algorithm (keys, shapes: edited, or another method's) is one line naming `path`."""
+    try:
         algorithm.load_state_dict(state["algorithm"])
-        log.info("%s: evaluating the parameters trained in %s", run.run_id, source.directory)
-        return _evaluate_and_write(
-            run, algorithm, benchmark, device, state["train_log"],
-            state.get("train_seconds", 0.0),
-            {"evaluated_from": str(source.directory),
-             "trained_config_hash": config_hash(source.config), "changed": differing})
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as err:
+        what = (str(err).splitlines() or [""])[0][:80]
+        raise UserError(f"checkpoint {path} does not fit {type(algorithm).__name__} "
+                        f"({type(err).__name__}: {what}); {fix}") from None
 
 
 def _train(run: RunSpec, algorithm: Algorithm, start: int, train_log: list[dict[str, float]],

@@ -95,7 +95,7 @@ def test_ctrl_c_before_the_command_starts_is_one_line():
     done = subprocess.run([sys.executable, "-c", script, "list"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 130, done.stderr
-    assert done.stderr.strip() == "maml-bench: interrupted before the command started"
+    assert done.stderr.strip() == "maml-bench: interrupted"
 
 
 def test_run_report_plot_end_to_end(tmp_path, capsys):

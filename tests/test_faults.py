@@ -208,8 +208,18 @@ def test_runs_failing_together_say_what_was_written(tmp_path, capsys, monkeypatc
         assert "records of 1 run were written" in line
 
 
+ALLOCATOR_ERRORS = {
+    "cpu": lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. "
+                                "DefaultCPUAllocator: can't allocate memory: you tried to "
+                                "allocate 67108864 bytes. Error code 12"),
+    "python": MemoryError,  # an empty message
+    "cuda": lambda: __import__("torch").OutOfMemoryError("CUDA out of memory. Tried to allocate"),
+}
+
+
+@pytest.mark.parametrize("kind", list(ALLOCATOR_ERRORS))
 def test_running_out_of_memory_mid_run_is_one_line_and_keeps_the_checkpoint(
-        tmp_path, capsys, monkeypatch):
+        tmp_path, capsys, monkeypatch, kind):
     """Settings above the memory floor's estimate that the allocator then refuses: one line
     naming what to lower, exit 1, the last checkpoint kept; the same command resumes there."""
     import torch
@@ -221,8 +231,7 @@ def test_running_out_of_memory_mid_run_is_one_line_and_keeps_the_checkpoint(
 
     def refused_at_15(self, iteration):
         if iteration == 15:
-            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator:"
-                               " can't allocate memory: you tried to allocate 67108864 bytes.")
+            raise ALLOCATOR_ERRORS[kind]()
         return real(self, iteration)
 
     out = tmp_path / "out"
@@ -230,6 +239,8 @@ def test_running_out_of_memory_mid_run_is_one_line_and_keeps_the_checkpoint(
     assert main([*TINY, "--out", str(out)]) == 1
     line = one_error(capsys)
     assert "ran out of memory" in line and "lower meta_batch, task_chunk" in line
+    if kind == "cpu":
+        assert "you tried to allocate 67108864 bytes" in line
     state = torch.load(out / RUN_DIR / CHECKPOINT_FILE, weights_only=True)
     assert state["iteration"] == 10  # the checkpoint before the failure
     monkeypatch.setattr(MAML, "train_step", real)
@@ -287,3 +298,14 @@ def test_a_torn_run_json_is_named_by_report(tmp_path, capsys):
     assert main(["report", "--out", str(out)]) == 2
     line = one_error(capsys)
     assert f"its run.json {info} cannot be read" in line
+
+
+def test_an_error_that_is_not_memory_is_not_called_memory(tmp_path, monkeypatch):
+    from maml_bench.algorithms.maml import MAML
+
+    def broken(self, iteration):
+        raise RuntimeError("a bug, not the allocator")
+
+    monkeypatch.setattr(MAML, "train_step", broken)
+    with pytest.raises(RuntimeError, match="a bug, not the allocator"):
+        main([*TINY, "--out", str(tmp_path / "out")])

@@ -88,6 +88,25 @@ def test_a_bad_checkpoint_is_refused_by_evaluate_from(trained, tmp_path, capsys,
     assert not out.exists() or not any(out.rglob("*"))  # no folder, lock or records left
 
 
+@pytest.mark.parametrize("algorithm", [{}, {"model": {"w": [1]}}])
+def test_a_checkpoint_whose_state_does_not_fit_is_refused_on_resume(tmp_path, capsys,
+                                                                    algorithm):
+    """Every key of the right type, the algorithm's state not this algorithm's: one line."""
+    from maml_bench.config import config_hash
+    from maml_bench.experiments import EXPERIMENTS
+    from maml_bench.runner import resolve_config
+
+    config = resolve_config(EXPERIMENTS.get("sinusoid-table2-v1"), "tiny", [], "maml")
+    ckpt = tmp_path / RUN_DIR / CHECKPOINT_FILE
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"algorithm": algorithm, "iteration": 10, "train_log": [],
+                "config_hash": config_hash(config)}, ckpt)
+    code, err = main([*TINY, "--out", str(tmp_path)]), capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    (line,) = [line for line in err.splitlines() if "error" in line]
+    assert str(ckpt) in line and "does not fit MAML" in line and "delete it" in line
+
+
 def test_a_checkpoint_that_is_not_a_dict_is_refused_on_resume(tmp_path, capsys):
     ckpt = tmp_path / RUN_DIR / CHECKPOINT_FILE
     ckpt.parent.mkdir(parents=True)

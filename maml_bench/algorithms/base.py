@@ -33,6 +33,9 @@ class Algorithm(ABC):
     cpu_only: str | None = None
     #: meta-test holds adapted weights per task of a chunk (`maml_bench/memory_floor.py`)
     adapts_weights_at_test: bool = True
+    #: meta-trains its meta-batch in passes of `task_chunk` tasks (MAML's meta-step): the
+    #: memory floor counts one pass's activations, else one task's
+    meta_trains_in_passes: bool = False
 
     def __init__(self, benchmark: SupervisedBenchmark, config: Any, seed: int) -> None:
         self.benchmark = benchmark

@@ -39,6 +39,7 @@ class MAML(Algorithm):
 
     theta <- theta - beta * grad_theta sum_i L_i(theta - alpha grad L_i(theta))."""
 
+    meta_trains_in_passes = True
     first_order = False
     data_parallel = True  # also FOMAML, Meta-SGD, ANIL, context vector (same train_step)
     needs_forward = False  # Reptile: its own inner loop runs through the batched forward

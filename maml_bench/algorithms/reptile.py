@@ -100,6 +100,7 @@ class Reptile(MAML):
     # It never differentiates through an inner loop: its backend is gated (and chosen) for
     # first-order use. As second order, the gate checked fused second derivatives it never
     # uses, a long wait at MiniImagenet's 84 x 84 before the first iteration (docs/speed.md).
+    meta_trains_in_passes = False  # one task at a time, task_chunk unread
     first_order = True
     needs_forward = True  # its inner optimizer steps through `self.forward`
 

@@ -103,8 +103,8 @@ def entry() -> typing.NoReturn:
     meanwhile would interrupt them; everything is saved by then, so it leaves at once)."""
     try:
         code = main()
-    except KeyboardInterrupt:  # before a command started (parsing, imports): nothing written
-        print("maml-bench: interrupted before the command started", file=sys.stderr)
+    except KeyboardInterrupt:  # outside a command's own handling (parsing, imports, exit)
+        print("maml-bench: interrupted", file=sys.stderr)
         code = 130
 
     def leave(*_: typing.Any) -> None:

@@ -237,6 +237,7 @@ def _evaluate_again(args: argparse.Namespace, out: Path, pairs: list[typing.Any]
     """--evaluate-from: each (run, trained source) pair meta-tested here, one after another."""
     from maml_bench import distributed
     from maml_bench.grid import write_index
+    from maml_bench.preflight import check_runs
     from maml_bench.progress import say
     from maml_bench.runner import check_evaluable, evaluate_trained
 
@@ -250,6 +251,7 @@ def _evaluate_again(args: argparse.Namespace, out: Path, pairs: list[typing.Any]
         pairs = [(dataclasses.replace(run, device=args.device), src) for run, src in pairs]
     for run, source in pairs:  # every source checked before the first evaluation
         check_evaluable(run, source)
+    check_runs([run for run, _ in pairs])  # the data, and the memory floor of the test
     writable_dir(out)
     if args.grid:
         write_index(out, args.experiment, points)

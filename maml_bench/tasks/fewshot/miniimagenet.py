@@ -472,8 +472,8 @@ def _save_cache(path: Path, splits: dict[str, Split]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            os.fchmod(fd, file_mode())  # a shared cache readable as the umask allows
             with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), file_mode())  # shared: readable as the umask allows
                 np.savez(handle, **arrays)
             os.replace(tmp, path)
         finally:
