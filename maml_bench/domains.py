@@ -150,7 +150,7 @@ class Items(Domain):
 #: List settings that are sets of values, refused with a repeated item: `domain_of` gives them
 #: Items(distinct=True), so every config's field of that name is covered (a new list setting
 #: can declare Items(..., distinct=True) itself).
-DISTINCT_ITEMS = frozenset({"eval_shots", "finetune_lrs"})
+DISTINCT_ITEMS = frozenset({"eval_shots", "finetune_lrs", "finetune_lr_decays"})
 
 
 def _same_env_class(env: str) -> str:

@@ -5,10 +5,15 @@ MAML paper's Table 1): one network trained on all training classes at once, then
   with plain gradient steps, the step size tuned on validation episodes;
 * nearest neighbour: each query labelled by its nearest support example (cosine) in the
   network's feature space; no steps, so its curve is flat.
+
+That is the suite's protocol (batch statistics always, as MAML's network). `baseline_protocol=
+ravi` runs them as Ravi & Larochelle's code did (running batch-norm statistics, SGD with a
+decay, a random head: algorithms/ravi_baselines.py).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -22,8 +27,10 @@ from maml_bench.algorithms.base import (
     seeded_model,
     tuned_finetune,
 )
+from maml_bench.algorithms.ravi_baselines import nearest_neighbour, new_head, tuned_sgd
 from maml_bench.core.functional import BatchedForward, SupervisedBatch, make_batched_forward
 from maml_bench.errors import UserError
+from maml_bench.models.conv import keep_running_statistics
 from maml_bench.tasks.base import SupervisedBenchmark
 
 
@@ -40,10 +47,18 @@ class FineTuning(Algorithm):
             torch.manual_seed(seed + 1)
             self.model.classifier = nn.Linear(self.model.classifier.in_features,
                                               benchmark.n_train_classes).to(self.device)
+        if self.ravi:
+            keep_running_statistics(self.model)
         self.optimizer = adam(list(self.model.parameters()), config.meta_lr)
         c = config
-        # The images MAML sees per meta-iteration, as plain labelled examples.
-        self.batch_size = c.meta_batch * c.ways * (c.train_shots + c.train_query)
+        # By default the images MAML sees per meta-iteration, as plain labelled examples.
+        self.batch_size = c.pretrain_batch or c.meta_batch * c.ways * (c.train_shots
+                                                                       + c.train_query)
+
+    @property
+    def ravi(self) -> bool:
+        """Ravi & Larochelle's protocol (baseline_protocol=ravi: algorithms/ravi_baselines.py)."""
+        return getattr(self.config, "baseline_protocol", "suite") == "ravi"
 
     def modules(self) -> dict[str, Any]:
         return {"model": self.model, "optimizer": self.optimizer}
@@ -69,10 +84,17 @@ class FineTuning(Algorithm):
         return make_batched_forward(self.benchmark.make_model())
 
     def evaluate(self) -> dict[int, Tensor]:
+        if self.ravi:
+            base = copy.deepcopy(self.model)
+            base.classifier = new_head(base.classifier.in_features, self.config.ways,
+                                       self.seed + 2, self.device)
+            return tuned_sgd(base, self.benchmark, self.config, self.info, type(self).__name__)
         return tuned_finetune(self.benchmark, self.episode_forward(), self.episode_theta(),
                               self.config, self.info)
 
     def fine_tuner(self, shots: int) -> tuple[BatchedForward, dict[str, Tensor], float] | None:
+        if self.ravi:
+            return None  # SGD with a decay, in training mode: not a plain functional step
         tuned = self.info.get("tuned_finetune_lr", {})  # set by evaluate
         if str(shots) not in tuned:
             return None
@@ -85,6 +107,11 @@ class NearestNeighbour(FineTuning):
     adapts_weights_at_test = False
 
     def evaluate(self) -> dict[int, Tensor]:
+        if self.ravi:
+            steps = self.config.eval_steps
+            return {k: nearest_neighbour(self._network(), batch, self.config.eval_chunk)
+                    .float().unsqueeze(1).expand(-1, steps + 1)
+                    for k, batch in self.benchmark.eval_sets("test").items()}
         model = self.benchmark.make_model()
         if not hasattr(model, "batched_features"):
             raise UserError("nearest-neighbour needs a network with a feature extractor "
@@ -106,3 +133,18 @@ class NearestNeighbour(FineTuning):
 
     def fine_tuner(self, shots: int) -> None:
         return None  # nothing is fine-tuned
+
+    def validation_score(self) -> float | None:
+        """baseline_protocol=ravi: nearest-neighbour accuracy on the validation episodes, as
+        Ravi & Larochelle's pre-training printed it; else none (nothing is fine-tuned)."""
+        if not self.ravi:
+            return None
+        scores = [nearest_neighbour(self._network(), batch, self.config.eval_chunk).mean().item()
+                  for batch in self.benchmark.eval_sets("val").values()]
+        return sum(scores) / len(scores)
+
+    def _network(self) -> nn.Module:
+        if not hasattr(self.model, "embedding"):
+            raise UserError("nearest-neighbour needs a network with a feature extractor "
+                            "(--set network=conv)")
+        return self.model

@@ -18,9 +18,25 @@ PAPER_CI = {1: {"finetune": 0.54, "nearest-neighbour": 0.70, "matchingnets": 0.8
                 "metalstm": 0.77, "fomaml": 1.75, "maml": 1.84},
             5: {"finetune": 0.79, "nearest-neighbour": 0.65, "matchingnets": 0.73,
                 "metalstm": 0.71, "fomaml": 0.91, "maml": 0.92}}
+#: Ravi & Larochelle's baselines as their code ran them (twitter/meta-learning-lstm, read in
+#: docs/miniimagenet.md): model/baselines/pre-train.lua (a 64-filter Conv4 with Torch's batch
+#: norm, eps 1e-3, a 64-way head, Adam 1e-3 on 64 images per step, 30,000 steps, the 64
+#: training classes), pre-trained-SGD.lua (15 SGD steps on the whole support set, lr and decay
+#: from these grids on 100 validation episodes), 15 queries per class in test episodes
+RAVI_BASELINES = {
+    "baseline_protocol": "ravi", "pretrain_batch": 64, "iterations": 30_000, "meta_lr": 1e-3,
+    "filters": 64, "bn_scale": "learned", "bn_eps": 1e-3, "init": "torch",
+    "preprocessing": "suite",  # Torch's image.load: libjpeg's accurate IDCT, as Pillow's
+    "test_query": 15, "eval_steps": 15, "val_tasks": 100,
+    "finetune_lrs": (0.5, 0.1, 0.01, 0.001, 1e-4, 1e-5),
+    "finetune_lr_decays": (1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 0.0),
+}
 METHODS = (MethodSpec("maml", "MAML", seeds=1), MethodSpec("fomaml", "first-order MAML", seeds=1),
            MethodSpec("finetune", "fine-tuning baseline", seeds=1),
            MethodSpec("nearest-neighbour", "nearest neighbour baseline", seeds=1))
+#: the real data's: the baselines by Ravi & Larochelle's protocol
+REAL_METHODS = METHODS[:2] + tuple(MethodSpec(m.algorithm, m.label, m.seeds, RAVI_BASELINES)
+                                   for m in METHODS[2:])
 #: the MAML authors' released 5-way 1-shot model, meta-tested by this suite (no training)
 AUTHORS = MethodSpec("maml-authors", "MAML: the authors' trained model (59,000 its.)", seeds=1)
 
@@ -89,7 +105,8 @@ def miniimagenet(shots: int, demo: bool = False) -> Experiment:
         title=f"MiniImagenet 5-way {shots}-shot ({what})",
         benchmark="fewshot",
         config=config,
-        methods=METHODS + ((AUTHORS,) if shots == 1 and not demo else ()) + later,
+        methods=(METHODS if demo else REAL_METHODS)
+        + ((AUTHORS,) if shots == 1 and not demo else ()) + later,
         paper=() if demo else paper,
         paper_ci={} if demo else ci,
         metric="accuracy",

@@ -98,9 +98,13 @@ class Conv4(nn.Module):
             k.startswith(f"{norm}.") for _, norm in self._blocks)]
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.embedding(x))
+
+    def embedding(self, x: Tensor) -> Tensor:
+        """[..., C, H, W] -> the features the head sees: the last block's output averaged over
+        space (head="mean") or flattened (head="flatten")."""
         h = self.features(x)
-        h = h.mean(dim=(-2, -1)) if self.head == "mean" else h.flatten(start_dim=-3)
-        return self.classifier(h)
+        return h.mean(dim=(-2, -1)) if self.head == "mean" else h.flatten(start_dim=-3)
 
     def batched_features(self, params: Mapping[str, Tensor], x: Tensor,
                          fused: bool = False) -> Tensor:
@@ -177,6 +181,27 @@ class SameConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         x = F.pad(x, same_padding(x.shape[-2:], self.kernel_size[0], self.stride[0]))
         return self._conv_forward(x, self.weight, self.bias)
+
+
+def keep_running_statistics(model: nn.Module, momentum: float = 0.1) -> nn.Module:
+    """Batch norm as Torch's SpatialBatchNormalization (Ravi & Larochelle's baselines): in
+    training mode each batch is normalised by its own statistics, which also update running
+    averages (`momentum` 0.1, the variance unbiased); in evaluation mode the averages are used.
+    The suite's Conv4 otherwise always uses the current batch's statistics. In place, before an
+    optimizer is made (the parameters stay the same objects)."""
+    for module in model.modules():
+        if isinstance(module, OffsetBatchNorm2d):
+            raise ValueError("running statistics need batch norm with a learned scale "
+                             "(bn_scale=learned)")
+        if isinstance(module, nn.BatchNorm2d):
+            like = module.bias
+            module.momentum = momentum
+            module.track_running_stats = True
+            module.register_buffer("running_mean", torch.zeros_like(like, requires_grad=False))
+            module.register_buffer("running_var", torch.ones_like(like, requires_grad=False))
+            module.register_buffer("num_batches_tracked",
+                                   torch.tensor(0, dtype=torch.long, device=like.device))
+    return model
 
 
 def _batch_norm(channels: int, scale: bool, eps: float) -> nn.Module:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from maml_bench.config import COUNT, MetaConfig
 from maml_bench.core.functional import SupervisedBatch, task_cross_entropy
-from maml_bench.domains import Number, OneOf, require, setting
+from maml_bench.domains import Items, Number, OneOf, require, setting
 from maml_bench.errors import UserError
 from maml_bench.models import MLP, Conv4
 from maml_bench.tasks.base import SupervisedBenchmark
@@ -28,6 +28,8 @@ LAKE_RUNS = 20
 LAKE_WAYS = 20
 #: the algorithms that apply `loss_convention` (MAML's inner loop with inner_lr)
 REFERENCE_LOSS = ("maml", "fomaml", "anil", "context-vector", "maml-authors")
+#: the pre-trained baselines (algorithms/finetune.py), which read `baseline_protocol`
+BASELINES = ("finetune", "nearest-neighbour")
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,27 @@ class FewShotConfig(MetaConfig):
                                         used_by=("metalstm",))
     """meta-learner LSTM: clip the meta-gradient's global norm to this (0 = off; the paper's
     code: 0.25)"""
+    # --- the pre-trained baselines; added after runs existed, so left out of the hash at their
+    # defaults
+    baseline_protocol: str = setting("suite", OneOf(("suite", "ravi")), hashed_at_default=False,
+                                     used_by=BASELINES)
+    """suite: pre-trained with batch statistics always, then fine-tuned from a zero head by
+    plain steps of a step size tuned over finetune_lrs | ravi: Ravi & Larochelle's code
+    (twitter/meta-learning-lstm: model/baselines/pre-train.lua, pre-trained-SGD.lua), whose
+    numbers the paper cites: batch norm keeps running statistics (momentum 0.1) while
+    pre-training; per episode one fixed random head and the whole network are fine-tuned by
+    eval_steps SGD steps of lr / (1 + t decay) on the support set, in training mode, with (lr,
+    decay) chosen from finetune_lrs x finetune_lr_decays on the validation episodes; queries and
+    nearest-neighbour features are computed in evaluation mode (the running statistics)"""
+    pretrain_batch: int = setting(0, Number(int, 0, 100_000), hashed_at_default=False,
+                                  used_by=BASELINES)
+    """images per pre-training step of the baselines; 0 = the images MAML sees per
+    meta-iteration, meta_batch x ways x (train_shots + train_query) (Ravi & Larochelle: 64)"""
+    finetune_lr_decays: tuple[float, ...] = setting(
+        (0.0,), Items(Number(float, 0.0, 1e6), 1, 64), hashed_at_default=False,
+        used_by=BASELINES)
+    """baseline_protocol=ravi: step-size decays d searched with finetune_lrs; fine-tuning step t
+    (from 0) takes lr / (1 + t d), as Torch's optim.sgd (Ravi & Larochelle: 1, 0.1, ..., 1e-5, 0)"""
 
     def validate(self) -> None:
         super().validate()
@@ -136,6 +159,14 @@ class FewShotConfig(MetaConfig):
         require(self.protonet_train_ways == 0 or self.protonet_train_ways >= self.ways,
                 ["protonet_train_ways", "ways"],
                 "protonet_train_ways = 0 (the experiment's ways) or >= ways")
+        if self.baseline_protocol == "ravi":
+            require(self.network == "conv" and self.bn_scale == "learned",
+                    ["baseline_protocol", "network", "bn_scale"], "network=conv and "
+                    "bn_scale=learned for baseline_protocol=ravi (its batch norm keeps running "
+                    "statistics of a learned scale and offset, as Torch's)")
+        require(self.baseline_protocol == "ravi" or tuple(self.finetune_lr_decays) == (0.0,),
+                ["finetune_lr_decays", "baseline_protocol"], "finetune_lr_decays=0 (no decay) "
+                "unless baseline_protocol=ravi, the protocol that searches decays")
         # pools.load reads `split` for Omniglot alone (MiniImagenet's is its CSVs): another
         # value there would be recorded in run.json but train on the same classes.
         require(self.split == "maml" or self.dataset == "omniglot", ["split", "dataset"],
