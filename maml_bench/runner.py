@@ -363,22 +363,35 @@ def _evaluate_and_write(run: RunSpec, algorithm: Algorithm, benchmark: Any,
     return run.directory
 
 
-def trained_source(run: RunSpec, scale: str, overrides: list[str], source_out: Path) -> RunSpec:
+def trained_source(run: RunSpec, scale: str, overrides: list[str], source_out: Path,
+                   trained_by: tuple[str, str] | None = None) -> RunSpec:
     """The run under `source_out` that trained `run`'s parameters: the same experiment, method,
-    repetition, scale and settings, apart from the evaluation-only ones among `overrides`."""
+    repetition, scale and settings, apart from the evaluation-only ones among `overrides`;
+    `trained_by` (experiment, method): that one's run instead, whose training must be `run`'s
+    (`check_evaluable`)."""
+    experiment, method = trained_by or (run.experiment, run.method)
     eval_keys = evaluation_only(run.config)
     training = [o for o in overrides if o.partition("=")[0].strip() not in eval_keys]
-    config = resolve_config(EXPERIMENTS.get(run.experiment), scale, training, run.method)
-    return dataclasses.replace(run, config=config, out=source_out)
+    config = resolve_config(EXPERIMENTS.get(experiment), scale, training, method)
+    return dataclasses.replace(run, experiment=experiment, method=method, config=config,
+                               out=source_out)
 
 
 def check_evaluable(run: RunSpec, source: RunSpec) -> list[str]:
     """The settings in which `run` differs from the finished run `source`, after checking
-    that they are evaluation-only and that `source` is done with its checkpoint kept."""
+    that they are evaluation-only and that `source` is done with its checkpoint kept. A source
+    of another method or experiment (`--trained-by`) must share `run`'s training and agree on
+    every setting that training reads (`Algorithm.training_settings`)."""
     differing = [f.name for f in dataclasses.fields(run.config)
                  if getattr(run.config, f.name) != getattr(source.config, f.name)]
     allowed = evaluation_only(run.config)
+    if (source.experiment, source.method) != (run.experiment, run.method):
+        reads = _shared_training(run, source)
+        allowed = {f.name for f in dataclasses.fields(run.config)} - reads
     training = sorted(set(differing) - allowed)
+    if training and (source.experiment, source.method) != (run.experiment, run.method):
+        raise UserError(f"--trained-by {source.experiment}/{source.method}: its training reads "
+                        f"{', '.join(training)}, set otherwise here: give both the same --set")
     if training:
         raise UserError(f"--evaluate-from may change evaluation-only settings alone "
                         f"({', '.join(sorted(allowed))}); {', '.join(training)} change what is "
@@ -396,6 +409,24 @@ def check_evaluable(run: RunSpec, source: RunSpec) -> list[str]:
             f"{source.out}, at the same --scale and --set)")
     _source_state(source)  # before `run`'s folder and lock exist: a bad one leaves nothing
     return differing
+
+
+def _shared_training(run: RunSpec, source: RunSpec) -> frozenset[str]:
+    """The settings that `source`'s training reads, where it is `run`'s training too; else a
+    one-line refusal."""
+    run_class, source_class = ALGORITHMS.get(run.method), ALGORITHMS.get(source.method)
+    family = run_class.trains_as or run.method
+    reads = source_class.training_settings(source.config)
+    if (source_class.trains_as or source.method) != family or reads is None:
+        raise UserError(f"--trained-by {source.experiment}/{source.method}: its training is "
+                        f"not {run.experiment}/{run.method}'s (only methods that share one "
+                        "training, such as finetune and nearest-neighbour with pretrain_batch "
+                        "set, can be evaluated from each other)")
+    if run_class.training_settings(run.config) != reads:
+        raise UserError(f"--trained-by {source.experiment}/{source.method}: it reads other "
+                        f"settings in training than {run.experiment}/{run.method}; give the same "
+                        "pretrain_batch and --set to both")
+    return reads
 
 
 def _source_state(source: RunSpec) -> dict[str, Any]:

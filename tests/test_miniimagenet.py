@@ -4,6 +4,7 @@ broken copies, and N-way K-shot episodes of the benchmark."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 import zipfile
@@ -350,3 +351,67 @@ def test_every_miniimagenet_experiment_runs_end_to_end(experiment, method, form,
     records = pd.read_csv(execute(run, progress=False) / "records.csv.gz")
     assert len(records) == run.config.test_tasks * (run.config.eval_steps + 1)
     assert records["value"].between(0, 100).all()
+
+
+def test_one_and_five_shot_pretrain_the_same_baseline_network(data_roots, monkeypatch):
+    """With its own pre-training batch (Ravi & Larochelle's protocol) the baselines' training
+    reads none of the settings in which the 1-shot and 5-shot experiments differ: the same seed
+    trains the same network (what `--trained-by` relies on)."""
+    from maml_bench.algorithms import ALGORITHMS
+    from maml_bench.algorithms.finetune import PRETRAINING_SETTINGS
+    from maml_bench.runner import plan_runs
+    from maml_bench.tasks.fewshot.episodes import FewShot
+
+    monkeypatch.setenv(DATA_ENV, str(data_roots["csv"]))
+    states = []
+    for experiment in ("miniimagenet-5w1s-v2", "miniimagenet-5w5s-v2"):
+        (run,) = plan_runs(experiment, "tiny", [], ["finetune"], None, Path("unused"))
+        algo = ALGORITHMS.get("finetune")(FewShot(run.config), run.config, seed=3)
+        for i in range(3):
+            algo.train_step(i)
+        states.append(algo.model.state_dict())
+        assert ALGORITHMS.get("finetune").training_settings(run.config) == PRETRAINING_SETTINGS
+    (one, five), runs = states, [plan_runs(e, "tiny", [], ["finetune"], None, Path("u"))[0]
+                                 for e in ("miniimagenet-5w1s-v2", "miniimagenet-5w5s-v2")]
+    assert [k for k in PRETRAINING_SETTINGS
+            if getattr(runs[0].config, k) != getattr(runs[1].config, k)] == []
+    assert runs[0].config.train_shots != runs[1].config.train_shots  # they do differ
+    for name, value in one.items():
+        assert torch.equal(value, five[name]), name
+
+
+def test_nearest_neighbour_and_five_shot_evaluated_from_the_finetune_run(data_roots, tmp_path,
+                                                                        monkeypatch, capsys):
+    """`--evaluate-from DIR --trained-by EXPERIMENT/METHOD`: one pre-training serves the other
+    baseline and the other K, in the same --out; a method with another training is refused in
+    one line, and so is --trained-by alone."""
+    from maml_bench.cli import main
+
+    monkeypatch.setenv(DATA_ENV, str(data_roots["csv"]))
+    out = str(tmp_path / "out")
+    tiny = ["--scale", "tiny", "--no-report"]
+    assert main(["run", "miniimagenet-5w1s-v2", "--method", "finetune", *tiny, "--out", out]) == 0
+    source = tmp_path / "out/miniimagenet-5w1s-v2/raw/finetune/seed-0"
+    for experiment, method in (("miniimagenet-5w1s-v2", "nearest-neighbour"),
+                               ("miniimagenet-5w5s-v2", "finetune"),
+                               ("miniimagenet-5w5s-v2", "nearest-neighbour")):
+        assert main(["run", experiment, "--method", method, *tiny, "--out", out,
+                     "--evaluate-from", out, "--trained-by", "miniimagenet-5w1s-v2/finetune"]) == 0
+        done = tmp_path / "out" / experiment / "raw" / method / "seed-0"
+        info = json.loads((done / "run.json").read_text())
+        assert info["evaluated_from"] == str(source)
+        assert not (done / "checkpoint.pt").exists()
+        records = pd.read_csv(done / "records.csv.gz")
+        assert len(records) == info["config"]["test_tasks"] * (info["config"]["eval_steps"] + 1)
+    capsys.readouterr()
+    for args, message in (
+            (["--method", "maml", "--evaluate-from", out, "--trained-by",
+              "miniimagenet-5w1s-v2/finetune"], "its training is not"),
+            (["--method", "nearest-neighbour", "--trained-by", "miniimagenet-5w1s-v2/finetune"],
+             "give --evaluate-from too"),
+            (["--method", "nearest-neighbour", "--evaluate-from", out, "--trained-by",
+              "miniimagenet-5w1s-v2"], "expected EXPERIMENT/METHOD")):
+        assert main(["run", "miniimagenet-5w5s-v2", *tiny, "--out", str(tmp_path / "o2"),
+                     *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err

@@ -36,6 +36,17 @@ class Algorithm(ABC):
     #: meta-trains its meta-batch in passes of `task_chunk` tasks (MAML's meta-step): the
     #: memory floor counts one pass's activations, else one task's
     meta_trains_in_passes: bool = False
+    #: the registry id of the method whose training this one's is (the nearest neighbour
+    #: pre-trains as fine-tuning does), so a finished run of that method can be meta-tested as
+    #: this one (`run --evaluate-from DIR --trained-by EXPERIMENT/METHOD`); None: its own id
+    trains_as: str | None = None
+
+    @classmethod
+    def training_settings(cls, config: Any) -> frozenset[str] | None:
+        """The settings this method's training reads under `config`, where that is known to be
+        fewer than all of them (a run whose config agrees on these, with the same seed, trained
+        the same parameters); None: every setting but the evaluation-only ones."""
+        return None
 
     def __init__(self, benchmark: SupervisedBenchmark, config: Any, seed: int) -> None:
         self.benchmark = benchmark

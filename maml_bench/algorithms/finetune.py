@@ -33,6 +33,12 @@ from maml_bench.errors import UserError
 from maml_bench.models.conv import keep_running_statistics
 from maml_bench.tasks.base import SupervisedBenchmark
 
+#: what pre-training with its own batch (pretrain_batch > 0) reads: the data, the network, the
+#: optimizer and its length; beside these only the run's seed
+PRETRAINING_SETTINGS = frozenset({
+    "dataset", "split", "rotations", "preprocessing", "network", "filters", "bn_scale", "bn_eps",
+    "init", "padding", "baseline_protocol", "pretrain_batch", "iterations", "meta_lr"})
+
 
 class FineTuning(Algorithm):
     """Pre-train on all training classes, fine-tune on each episode's support set."""
@@ -54,6 +60,15 @@ class FineTuning(Algorithm):
         # By default the images MAML sees per meta-iteration, as plain labelled examples.
         self.batch_size = c.pretrain_batch or c.meta_batch * c.ways * (c.train_shots
                                                                        + c.train_query)
+
+    @classmethod
+    def training_settings(cls, config: Any) -> frozenset[str] | None:
+        """With its own pre-training batch the pre-training draws plain labelled images: it
+        reads neither the episodes' shape (ways, shots, queries, meta-batch) nor MAML's inner
+        loop, so 1-shot and 5-shot experiments train the same network (tested)."""
+        if not getattr(config, "pretrain_batch", 0):
+            return None
+        return PRETRAINING_SETTINGS
 
     @property
     def ravi(self) -> bool:
@@ -105,6 +120,7 @@ class NearestNeighbour(FineTuning):
     """Pre-train as FineTuning; label each query by its nearest support example (cosine)."""
 
     adapts_weights_at_test = False
+    trains_as = "finetune"  # the same pre-training
 
     def evaluate(self) -> dict[int, Tensor]:
         if self.ravi:

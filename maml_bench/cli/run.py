@@ -109,7 +109,30 @@ def add_parser(sub: typing.Any) -> None:
                    "Omniglot: test_set; RL: evaluate_checkpoint, render), "
                    "e.g. --set test_query=15 or --grid test_seed=1,2,3, writing records, "
                    "tables and figures under --out")
+    p.add_argument("--trained-by", default=None,
+                   metavar="EXPERIMENT/METHOD",
+                   help="with --evaluate-from: meta-test that experiment's and method's finished "
+                   "run under DIR as this command's method, where the two share one training "
+                   "(the nearest neighbour pre-trains as fine-tuning does; with pretrain_batch "
+                   "set, 1-shot and 5-shot pre-train alike), e.g. `run miniimagenet-5w5s-v2 "
+                   "--method nearest-neighbour --evaluate-from results/long --trained-by "
+                   "miniimagenet-5w1s-v2/finetune --out results/long`; every setting that "
+                   "training reads must agree")
     _add_engine_options(p)
+
+
+def _experiment_method(text: str) -> tuple[str, str]:
+    """EXPERIMENT/METHOD, both registered."""
+    from maml_bench.algorithms import ALGORITHMS
+    from maml_bench.experiments import EXPERIMENTS
+
+    experiment, slash, method = text.partition("/")
+    if not slash or not experiment or not method:
+        raise UserError(f"--trained-by {text!r}: expected EXPERIMENT/METHOD, e.g. "
+                        "miniimagenet-5w1s-v2/finetune")
+    EXPERIMENTS.get(experiment)  # unknown ids: one line naming the known ones
+    ALGORITHMS.get(method)
+    return experiment, method
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -194,6 +217,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     from maml_bench.runner import check_readers, plan_runs, trained_source
 
     out = args.out or default_out(args.scale)
+    if args.trained_by and not args.evaluate_from:
+        raise UserError("--trained-by names a finished run under --evaluate-from DIR: give "
+                        "--evaluate-from too")
     if distributed.launched() and args.engine != "local":
         raise UserError(f"--engine {args.engine} under torchrun: torchrun splits one run over "
                         "its processes; launch the engine's command without torchrun")
@@ -211,8 +237,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         root = runs[0].out if point.name else out
         if args.evaluate_from:
             overrides = args.overrides + list(point.overrides)
-            runs = [(run, trained_source(run, args.scale, overrides, args.evaluate_from))
-                    for run in runs]
+            trained_by = _experiment_method(args.trained_by) if args.trained_by else None
+            runs = [(run, trained_source(run, args.scale, overrides, args.evaluate_from,
+                                         trained_by)) for run in runs]
         plans.append((point, root, runs))
     points = [point for point, _, _ in plans]
     if args.grid:
@@ -244,7 +271,8 @@ def _evaluate_again(args: argparse.Namespace, out: Path, pairs: list[typing.Any]
     if args.engine != "local" or (args.jobs or 1) > 1 or distributed.launched():
         raise UserError("--evaluate-from runs here, one evaluation at a time: drop --engine, "
                         "--jobs and torchrun")
-    if args.out is None or args.out.resolve() == args.evaluate_from.resolve():
+    if args.out is None or any(run.directory.resolve() == src.directory.resolve()
+                               for run, src in pairs):
         raise UserError("--evaluate-from needs its own --out (e.g. results/variants): the "
                         "trained runs' records stay as they are")
     if args.device not in (None, "cpu"):
