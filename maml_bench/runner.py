@@ -373,6 +373,10 @@ def trained_source(run: RunSpec, scale: str, overrides: list[str], source_out: P
     eval_keys = evaluation_only(run.config)
     training = [o for o in overrides if o.partition("=")[0].strip() not in eval_keys]
     config = resolve_config(EXPERIMENTS.get(experiment), scale, training, method)
+    reads = ALGORITHMS.get(method).training_settings(config) if trained_by else None
+    if reads is not None:  # the other's settings that its training ignores stay its own
+        training = [o for o in training if o.partition("=")[0].strip() in reads]
+        config = resolve_config(EXPERIMENTS.get(experiment), scale, training, method)
     return dataclasses.replace(run, experiment=experiment, method=method, config=config,
                                out=source_out)
 
@@ -382,16 +386,17 @@ def check_evaluable(run: RunSpec, source: RunSpec) -> list[str]:
     that they are evaluation-only and that `source` is done with its checkpoint kept. A source
     of another method or experiment (`--trained-by`) must share `run`'s training and agree on
     every setting that training reads (`Algorithm.training_settings`)."""
-    differing = [f.name for f in dataclasses.fields(run.config)
-                 if getattr(run.config, f.name) != getattr(source.config, f.name)]
     allowed = evaluation_only(run.config)
     if (source.experiment, source.method) != (run.experiment, run.method):
-        reads = _shared_training(run, source)
+        reads = _shared_training(run, source)  # first: the configs may be of other kinds
         allowed = {f.name for f in dataclasses.fields(run.config)} - reads
+    differing = [f.name for f in dataclasses.fields(run.config)
+                 if getattr(run.config, f.name) != getattr(source.config, f.name)]
     training = sorted(set(differing) - allowed)
     if training and (source.experiment, source.method) != (run.experiment, run.method):
         raise UserError(f"--trained-by {source.experiment}/{source.method}: its training reads "
-                        f"{', '.join(training)}, set otherwise here: give both the same --set")
+                        f"{', '.join(training)}, which differ here, so it trained another "
+                        "network: train this run with `run` instead")
     if training:
         raise UserError(f"--evaluate-from may change evaluation-only settings alone "
                         f"({', '.join(sorted(allowed))}); {', '.join(training)} change what is "
@@ -415,17 +420,17 @@ def _shared_training(run: RunSpec, source: RunSpec) -> frozenset[str]:
     """The settings that `source`'s training reads, where it is `run`'s training too; else a
     one-line refusal."""
     run_class, source_class = ALGORITHMS.get(run.method), ALGORITHMS.get(source.method)
-    family = run_class.trains_as or run.method
+    name = f"--trained-by {source.experiment}/{source.method}"
+    if ((source_class.trains_as or source.method) != (run_class.trains_as or run.method)
+            or type(source.config) is not type(run.config)):
+        raise UserError(f"{name}: its training is not {run.experiment}/{run.method}'s (only "
+                        "methods that share one training, such as finetune and "
+                        "nearest-neighbour, can be evaluated from each other)")
     reads = source_class.training_settings(source.config)
-    if (source_class.trains_as or source.method) != family or reads is None:
-        raise UserError(f"--trained-by {source.experiment}/{source.method}: its training is "
-                        f"not {run.experiment}/{run.method}'s (only methods that share one "
-                        "training, such as finetune and nearest-neighbour with pretrain_batch "
-                        "set, can be evaluated from each other)")
-    if run_class.training_settings(run.config) != reads:
-        raise UserError(f"--trained-by {source.experiment}/{source.method}: it reads other "
-                        f"settings in training than {run.experiment}/{run.method}; give the same "
-                        "pretrain_batch and --set to both")
+    if reads is None or run_class.training_settings(run.config) != reads:
+        raise UserError(f"{name}: its training reads the episodes' settings here (the "
+                        "baselines do so with pretrain_batch=0): --set pretrain_batch (Ravi & "
+                        "Larochelle: 64) for both, or train this run with `run`")
     return reads
 
 
@@ -448,7 +453,8 @@ def evaluate_trained(run: RunSpec, source: RunSpec) -> Path:
     with run_lock(run):
         remove_stray_temp_files(run.directory)
         if is_done(run):
-            log.info("%s: already evaluated, skipped", run.run_id)
+            log.info("%s: already done (evaluated or trained), skipped: its records are kept",
+                     run.run_id)
             return run.directory
         try:
             torch.set_num_threads(1)
@@ -461,7 +467,8 @@ def evaluate_trained(run: RunSpec, source: RunSpec) -> Path:
                 run, algorithm, benchmark, device, state["train_log"],
                 state.get("train_seconds", 0.0),
                 {"evaluated_from": str(source.directory),
-                 "trained_config_hash": config_hash(source.config), "changed": differing})
+                 "trained_config_hash": config_hash(source.config), "changed": differing,
+                 "trained_run": source.run_id, "trained_seed": source.seed})
         except UserError:
             _remove_if_unused(run)
             raise

@@ -386,20 +386,25 @@ def test_nearest_neighbour_and_five_shot_evaluated_from_the_finetune_run(data_ro
     baseline and the other K, in the same --out; a method with another training is refused in
     one line, and so is --trained-by alone."""
     from maml_bench.cli import main
+    from maml_bench.run_spec import derive_seed
 
     monkeypatch.setenv(DATA_ENV, str(data_roots["csv"]))
     out = str(tmp_path / "out")
     tiny = ["--scale", "tiny", "--no-report"]
     assert main(["run", "miniimagenet-5w1s-v2", "--method", "finetune", *tiny, "--out", out]) == 0
     source = tmp_path / "out/miniimagenet-5w1s-v2/raw/finetune/seed-0"
-    for experiment, method in (("miniimagenet-5w1s-v2", "nearest-neighbour"),
-                               ("miniimagenet-5w5s-v2", "finetune"),
-                               ("miniimagenet-5w5s-v2", "nearest-neighbour")):
-        assert main(["run", experiment, "--method", method, *tiny, "--out", out,
+    for experiment, method, extra in (("miniimagenet-5w1s-v2", "nearest-neighbour", []),
+                                      ("miniimagenet-5w5s-v2", "finetune", []),
+                                      # a setting the pre-training does not read: its own
+                                      ("miniimagenet-5w5s-v2", "nearest-neighbour",
+                                       ["--set", "eval_steps=3"])):
+        assert main(["run", experiment, "--method", method, *tiny, "--out", out, *extra,
                      "--evaluate-from", out, "--trained-by", "miniimagenet-5w1s-v2/finetune"]) == 0
         done = tmp_path / "out" / experiment / "raw" / method / "seed-0"
         info = json.loads((done / "run.json").read_text())
         assert info["evaluated_from"] == str(source)
+        assert info["trained_run"] == "miniimagenet-5w1s-v2/finetune/seed-0"
+        assert info["trained_seed"] == derive_seed("miniimagenet-5w1s-v2", "finetune", 0)
         assert not (done / "checkpoint.pt").exists()
         records = pd.read_csv(done / "records.csv.gz")
         assert len(records) == info["config"]["test_tasks"] * (info["config"]["eval_steps"] + 1)
@@ -410,7 +415,15 @@ def test_nearest_neighbour_and_five_shot_evaluated_from_the_finetune_run(data_ro
             (["--method", "nearest-neighbour", "--trained-by", "miniimagenet-5w1s-v2/finetune"],
              "give --evaluate-from too"),
             (["--method", "nearest-neighbour", "--evaluate-from", out, "--trained-by",
-              "miniimagenet-5w1s-v2"], "expected EXPERIMENT/METHOD")):
+              "miniimagenet-5w1s-v2"], "expected EXPERIMENT/METHOD"),
+            (["--method", "nearest-neighbour", "--evaluate-from", out, "--trained-by",
+              "sinusoid-table2-v1/pretrain"], "its training is not"),
+            (["--method", "nearest-neighbour", "--evaluate-from", out, "--trained-by",
+              "miniimagenet-5w1s-v2/finetune", "--set", "filters=8"],
+             "trained with other settings"),
+            (["--method", "nearest-neighbour", "--evaluate-from", out, "--trained-by",
+              "miniimagenet-5w1s-v2/finetune", "--set", "pretrain_batch=0"],
+             "--set pretrain_batch")):
         assert main(["run", "miniimagenet-5w5s-v2", *tiny, "--out", str(tmp_path / "o2"),
                      *args]) == 2
         err = capsys.readouterr().err

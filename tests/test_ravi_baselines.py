@@ -14,9 +14,11 @@ import torch.nn.functional as F
 
 from maml_bench.algorithms.ravi_baselines import (
     finetune_episode,
+    nearest_labels,
     nearest_neighbour,
     new_head,
     sgd_steps,
+    torch7_batch_norm_init,
     tuned_sgd,
 )
 from maml_bench.core.functional import SupervisedBatch
@@ -124,11 +126,10 @@ def test_nearest_neighbour_is_cosine_in_evaluation_mode():
     assert nearest_neighbour(net, same, chunk=2).tolist() == [100.0] * 3
     assert net.training
     x_q = batch.x_query.clone()
-    x_q[:, 1:] = torch.rand_like(x_q[:, 1:])
-    one = SupervisedBatch(batch.x_support, batch.y_support, batch.x_query[:, :1],
-                          batch.y_query[:, :1])
-    other = SupervisedBatch(batch.x_support, batch.y_support, x_q[:, :1], batch.y_query[:, :1])
-    torch.testing.assert_close(nearest_neighbour(net, one, 3), nearest_neighbour(net, other, 3))
+    x_q[:, 1:] = torch.rand_like(x_q[:, 1:]) * 5
+    other = SupervisedBatch(batch.x_support, batch.y_support, x_q, batch.y_query)
+    assert torch.equal(nearest_labels(net, batch)[:, 0], nearest_labels(net, other)[:, 0])
+    assert not torch.equal(nearest_labels(net, batch), nearest_labels(net, other))
     # by hand: cosine similarity of flattened last-block features, running statistics
     net.eval()
     with torch.no_grad():
@@ -145,8 +146,10 @@ def test_a_diverged_episode_is_nan_not_chance():
     net.classifier = new_head(net.classifier.in_features, 5, 0, torch.device("cpu")).double()
     batch = episodes()
     curve = finetune_episode(net, batch, 0, 3, 1e300, 0.0, every_step=True)
-    assert len(curve) == 4 and math.isfinite(curve[0]) and all(math.isnan(v) for v in curve[2:])
-    assert all(math.isnan(v) for v in finetune_episode(net, batch, 0, 3, 1e300, 0.0, False))
+    assert len(curve) == 4 and math.isfinite(curve[0]) and all(math.isnan(v) for v in curve[1:])
+    for steps in (1, 3):  # diverged at the last step too
+        assert math.isnan(finetune_episode(net, batch, 0, steps, 1e300, 0.0, False)[0])
+    assert all(math.isfinite(v) for v in finetune_episode(net, batch, 0, 3, 0.01, 0.0, True))
 
 
 def test_the_head_is_torchs_default_from_its_seed():
@@ -168,7 +171,7 @@ def test_the_grid_picks_the_best_validation_pair_and_never_a_diverged_one():
     config = SimpleNamespace(finetune_lrs=(1e300, 0.5, 0.01), finetune_lr_decays=(0.0, 1.0),
                              eval_steps=2)
     info: dict = {}
-    curves = tuned_sgd(net, bench, config, info, "test")
+    curves = tuned_sgd(net, net, bench, config, info, "test")
     chosen = info["ravi_finetune"]["1"]
     assert chosen["lr"] != 1e300
     scores = {(lr, d): torch.tensor([finetune_episode(net, val, t, 2, lr, d, False)
@@ -192,3 +195,15 @@ def test_ravi_protocol_needs_the_conv_net_with_a_learned_scale():
                       bn_scale="none").validate()
     with pytest.raises(UserError, match="finetune_lr_decays"):
         FewShotConfig(dataset="miniimagenet", finetune_lr_decays=(0.1,)).validate()
+
+
+def test_batch_norm_starts_as_torch7s():
+    """Torch7's BatchNormalization:reset(): scale uniform in [0, 1], offset 0, from the seed."""
+    a, b = small_net(), small_net()
+    torch7_batch_norm_init(a, 5)
+    torch7_batch_norm_init(b, 5)
+    scales = torch.cat([m.weight for m in a.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    offsets = torch.cat([m.bias for m in a.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    assert scales.min() >= 0 and scales.max() <= 1 and scales.std() > 0.1
+    assert torch.equal(offsets, torch.zeros_like(offsets))
+    assert torch.equal(a.features[1].weight, b.features[1].weight)

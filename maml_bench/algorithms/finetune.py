@@ -27,7 +27,12 @@ from maml_bench.algorithms.base import (
     seeded_model,
     tuned_finetune,
 )
-from maml_bench.algorithms.ravi_baselines import nearest_neighbour, new_head, tuned_sgd
+from maml_bench.algorithms.ravi_baselines import (
+    nearest_neighbour,
+    new_head,
+    torch7_batch_norm_init,
+    tuned_sgd,
+)
 from maml_bench.core.functional import BatchedForward, SupervisedBatch, make_batched_forward
 from maml_bench.errors import UserError
 from maml_bench.models.conv import keep_running_statistics
@@ -37,7 +42,8 @@ from maml_bench.tasks.base import SupervisedBenchmark
 #: optimizer and its length; beside these only the run's seed
 PRETRAINING_SETTINGS = frozenset({
     "dataset", "split", "rotations", "preprocessing", "network", "filters", "bn_scale", "bn_eps",
-    "init", "padding", "baseline_protocol", "pretrain_batch", "iterations", "meta_lr"})
+    "init", "padding", "baseline_protocol", "pretrain_batch", "iterations", "meta_lr",
+    "ways"})  # ways: the N-way head is drawn before init=reference redraws the trunk
 
 
 class FineTuning(Algorithm):
@@ -55,11 +61,19 @@ class FineTuning(Algorithm):
                                               benchmark.n_train_classes).to(self.device)
         if self.ravi:
             keep_running_statistics(self.model)
+            torch7_batch_norm_init(self.model, seed + 4)
         self.optimizer = adam(list(self.model.parameters()), config.meta_lr)
         c = config
         # By default the images MAML sees per meta-iteration, as plain labelled examples.
         self.batch_size = c.pretrain_batch or c.meta_batch * c.ways * (c.train_shots
                                                                        + c.train_query)
+
+    def _with_new_head(self, seed: int) -> nn.Module:
+        """A copy of the pre-trained network with a new random N-way head."""
+        net = copy.deepcopy(self.model)
+        net.classifier = new_head(net.classifier.in_features, self.config.ways, seed,
+                                  self.device)
+        return net
 
     @classmethod
     def training_settings(cls, config: Any) -> frozenset[str] | None:
@@ -100,10 +114,9 @@ class FineTuning(Algorithm):
 
     def evaluate(self) -> dict[int, Tensor]:
         if self.ravi:
-            base = copy.deepcopy(self.model)
-            base.classifier = new_head(base.classifier.in_features, self.config.ways,
-                                       self.seed + 2, self.device)
-            return tuned_sgd(base, self.benchmark, self.config, self.info, type(self).__name__)
+            search, test_net = (self._with_new_head(self.seed + i) for i in (2, 3))
+            return tuned_sgd(search, test_net, self.benchmark, self.config, self.info,
+                             type(self).__name__)
         return tuned_finetune(self.benchmark, self.episode_forward(), self.episode_theta(),
                               self.config, self.info)
 

@@ -29,6 +29,18 @@ from maml_bench.progress import IterationProgress, terminal
 from maml_bench.tasks.base import SupervisedBenchmark
 
 
+def torch7_batch_norm_init(net: nn.Module, seed: int) -> None:
+    """Torch7's BatchNormalization:reset(), which Ravi & Larochelle's network had: the scale
+    uniform in [0, 1] (PyTorch's starts at 1), the offset 0; drawn from `seed` alone. Torch7's
+    convolutions and linear layers start as PyTorch's do (uniform in +-1/sqrt(fan in))."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.copy_(torch.rand(module.weight.shape, generator=gen))
+                module.bias.zero_()
+
+
 def new_head(in_features: int, ways: int, seed: int, device: torch.device) -> nn.Linear:
     """A linear N-way head with the default initialisation of Torch's nn.Linear (and
     PyTorch's): weight and bias uniform in +-1/sqrt(in_features), drawn from `seed` alone."""
@@ -42,9 +54,12 @@ def new_head(in_features: int, ways: int, seed: int, device: torch.device) -> nn
 
 
 def _accuracy(net: nn.Module, x: Tensor, y: Tensor) -> float:
+    """Query accuracy in evaluation mode; NaN where a logit is not finite (diverged)."""
     net.eval()
     with torch.no_grad():
-        acc = (net(x).argmax(-1) == y).double().mean().item() * 100.0
+        logits = net(x)
+        acc = ((logits.argmax(-1) == y).double().mean().item() * 100.0
+               if torch.isfinite(logits).all() else math.nan)
     net.train()
     return acc
 
@@ -53,7 +68,7 @@ def sgd_steps(net: nn.Module, x: Tensor, y: Tensor, steps: int, lr: float, decay
               after_step: Callable[[int], None] = lambda t: None) -> bool:
     """Torch's optim.sgd without momentum on the mean cross-entropy of (x, y), in `net`'s
     current mode: step t (from 0) of lr / (1 + t decay). False, and no further steps, once the
-    loss is not finite."""
+    loss or a parameter is not finite (`after_step` is not called for that step)."""
     params = list(net.parameters())
     for t in range(steps):
         with torch.enable_grad():  # meta-test may run under no_grad
@@ -64,6 +79,8 @@ def sgd_steps(net: nn.Module, x: Tensor, y: Tensor, steps: int, lr: float, decay
         with torch.no_grad():
             for p, g in zip(params, grads, strict=True):
                 p.sub_(g, alpha=lr / (1.0 + t * decay))
+            if not all(torch.isfinite(p).all() for p in params):
+                return False
         after_step(t)
     return True
 
@@ -98,9 +115,10 @@ def finetune_curves(base: nn.Module, batch: SupervisedBatch, steps: int, lr: flo
     return torch.tensor(rows, dtype=torch.float64)
 
 
-def tuned_sgd(base: nn.Module, benchmark: SupervisedBenchmark, config: Any,
-              info: dict[str, Any], name: str) -> dict[int, Tensor]:
-    """Choose (lr, decay) per K on the validation episodes, then the test curves."""
+def tuned_sgd(search: nn.Module, test_net: nn.Module, benchmark: SupervisedBenchmark,
+              config: Any, info: dict[str, Any], name: str) -> dict[int, Tensor]:
+    """Choose (lr, decay) per K on the validation episodes, fine-tuning `search`, then the test
+    curves, fine-tuning `test_net` (their code draws a new head for each: `bestSGD`)."""
     val, test = benchmark.eval_sets("val"), benchmark.eval_sets("test")
     grid = [(lr, d) for lr in config.finetune_lrs for d in config.finetune_lr_decays]
     total = (sum(b.n_tasks for b in val.values()) * len(grid)
@@ -119,15 +137,15 @@ def tuned_sgd(base: nn.Module, benchmark: SupervisedBenchmark, config: Any,
     for k, batch in val.items():
         scores = {}
         for lr, decay in grid:
-            final = finetune_curves(base, batch, config.eval_steps, lr, decay, False, tick)
+            final = finetune_curves(search, batch, config.eval_steps, lr, decay, False, tick)
             mean = final.mean().item()
             scores[(lr, decay)] = -math.inf if math.isnan(mean) else mean  # diverged: never
         lr, decay = max(grid, key=scores.__getitem__)  # the first of equals, as the grid's order
         chosen[str(k)] = {"lr": lr, "decay": decay, "val_accuracy": scores[(lr, decay)]}
     for k, batch in test.items():
         best = chosen[str(k)]
-        out[k] = finetune_curves(base, batch, config.eval_steps, best["lr"], best["decay"], True,
-                                 tick)
+        out[k] = finetune_curves(test_net, batch, config.eval_steps, best["lr"], best["decay"],
+                                 True, tick)
     progress.close(finished=False)
     info["ravi_finetune"] = chosen
     return out
@@ -138,16 +156,18 @@ def _embed(net: nn.Module, x: Tensor) -> Tensor:
     return F.normalize(net.embedding(x.flatten(0, 1)), dim=-1).view(*x.shape[:2], -1)
 
 
-def nearest_neighbour(net: nn.Module, batch: SupervisedBatch, chunk: int) -> Tensor:
-    """[tasks] accuracy of 1-nearest-neighbour (cosine) labelling in the space of
+def nearest_labels(net: nn.Module, part: SupervisedBatch) -> Tensor:
+    """[tasks, queries]: each query's label by 1-nearest-neighbour (cosine) in the space of
     `net.embedding` (the features its head sees), the network in evaluation mode."""
     net.eval()
-    accs = []
     with torch.no_grad():
-        for part in batch.chunks(chunk):
-            support, query = _embed(net, part.x_support), _embed(net, part.x_query)
-            nearest = (query @ support.transpose(1, 2)).argmax(-1)
-            labels = part.y_support.gather(1, nearest)
-            accs.append((labels == part.y_query).double().mean(-1) * 100.0)
+        support, query = _embed(net, part.x_support), _embed(net, part.x_query)
+        nearest = (query @ support.transpose(1, 2)).argmax(-1)
     net.train()
-    return torch.cat(accs)
+    return part.y_support.gather(1, nearest)
+
+
+def nearest_neighbour(net: nn.Module, batch: SupervisedBatch, chunk: int) -> Tensor:
+    """[tasks] accuracy of `nearest_labels`, `chunk` episodes at a time."""
+    return torch.cat([(nearest_labels(net, part) == part.y_query).double().mean(-1) * 100.0
+                      for part in batch.chunks(chunk)])

@@ -115,9 +115,9 @@ def add_parser(sub: typing.Any) -> None:
                    "run under DIR as this command's method, where the two share one training "
                    "(the nearest neighbour pre-trains as fine-tuning does; with pretrain_batch "
                    "set, 1-shot and 5-shot pre-train alike), e.g. `run miniimagenet-5w5s-v2 "
-                   "--method nearest-neighbour --evaluate-from results/long --trained-by "
-                   "miniimagenet-5w1s-v2/finetune --out results/long`; every setting that "
-                   "training reads must agree")
+                   "--method nearest-neighbour --scale paper --evaluate-from results "
+                   "--trained-by miniimagenet-5w1s-v2/finetune --out results`; every setting "
+                   "that training reads must agree")
     _add_engine_options(p)
 
 
