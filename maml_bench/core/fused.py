@@ -44,10 +44,12 @@ def _conv_grads(gy: Tensor, x: Tensor, w: Tensor, g: ConvGeometry, mask: tuple[b
                 ) -> tuple[Tensor, Tensor]:
     """The native backward: (input gradient, weight gradient) as `mask` asks; x and w may be
     stand-ins of the right shape where their own values are not needed."""
-    if mask[0]:
+    if mask[0] and g.stride != (1, 1):
         # oneDNN's strided input gradient is faster from channels-last gy
         # (results/benchmarks/omniglot-meta-step-speed-notes.md); back to contiguous for the
-        # elementwise passes after it.
+        # elementwise passes after it. At stride 1 (MiniImagenet) the two copies cost more
+        # than they save (about twice the time at 75 x 64 x 42 x 42; a MiniImagenet 1-shot
+        # step of 2 tasks on one thread 2.29 s against 2.54 s, best of 4, 2026-12-08).
         gy = gy.contiguous(memory_format=torch.channels_last)
     gx, gw, _ = aten.convolution_backward(gy, x, w, None, g.stride, g.padding, (1, 1), False,
                                           (0, 0), g.groups, (*mask, False))
