@@ -28,6 +28,7 @@ from maml_bench.algorithms.base import (
     tuned_finetune,
 )
 from maml_bench.algorithms.ravi_baselines import (
+    nearest_labels,
     nearest_neighbour,
     new_head,
     torch7_batch_norm_init,
@@ -137,10 +138,11 @@ class NearestNeighbour(FineTuning):
 
     def evaluate(self) -> dict[int, Tensor]:
         if self.ravi:
-            steps = self.config.eval_steps
-            return {k: nearest_neighbour(self._network(), batch, self.config.eval_chunk)
-                    .float().unsqueeze(1).expand(-1, steps + 1)
-                    for k, batch in self.benchmark.eval_sets("test").items()}
+            net = self._network()
+            return flat_curves(self.benchmark, "test",
+                               lambda part: F.one_hot(nearest_labels(net, part),
+                                                      self.config.ways).float(),
+                               self.config.eval_steps, self.config.eval_chunk)
         model = self.benchmark.make_model()
         if not hasattr(model, "batched_features"):
             raise UserError("nearest-neighbour needs a network with a feature extractor "
